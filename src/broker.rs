@@ -1,0 +1,237 @@
+//! Connections to RabbitMQ: naming, bounded connect retries, and the pool.
+//!
+//! One reconnect mechanism: we do not turn on lapin's `enable_auto_recover()`. A lost
+//! connection is replaced by a fresh one from [`Pool`] (deadpool drops connections that are no
+//! longer connected), and the caller re-opens its channels, so channel-level errors (which
+//! lapin does not recover) and connection loss follow the same path.
+
+use std::time::Duration;
+
+use backoff::ExponentialBackoffBuilder;
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::{Connection, ConnectionProperties};
+
+use crate::error::{Error, Result};
+
+/// How long CLI commands and producers keep trying to reach the broker before giving up.
+pub const CONNECT_DEADLINE_DEFAULT: Duration = Duration::from_secs(15);
+
+/// `url` with its password replaced by `***`; the only form of a broker URL that may appear
+/// in a log line, an error or command output.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        // Unparseable: show only the scheme, since the rest may hold a password.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://(unparseable URL)"),
+            None => "(unparseable URL)".to_string(),
+        },
+    }
+}
+
+/// Parts of an AMQP URL that Warren needs besides connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlParts {
+    /// Host name or address.
+    pub host: String,
+    /// User name (`guest` when absent).
+    pub username: String,
+    /// Password (`guest` when absent). Never print it.
+    pub password: String,
+    /// Virtual host, decoded (`/` when absent).
+    pub vhost: String,
+}
+
+/// Splits an AMQP URL.
+///
+/// # Errors
+/// [`Error::Config`] when the URL cannot be parsed (the message does not repeat the URL).
+pub fn url_parts(url: &str) -> Result<UrlParts> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| Error::Config(format!("the AMQP URL `{}` is not a valid URL: {e}", redact(url))))?;
+    if !matches!(parsed.scheme(), "amqp" | "amqps") {
+        return Err(Error::Config(format!(
+            "the AMQP URL `{}` must start with amqp:// or amqps://",
+            redact(url)
+        )));
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let path = parsed.path();
+    let vhost = match path.strip_prefix('/') {
+        None | Some("") => "/".to_string(),
+        Some(v) => decode(v),
+    };
+    Ok(UrlParts {
+        host: parsed.host_str().unwrap_or("localhost").to_string(),
+        username: if parsed.username().is_empty() { "guest".into() } else { decode(parsed.username()) },
+        password: parsed.password().map_or_else(|| "guest".into(), decode),
+        vhost,
+    })
+}
+
+/// `warren {role} {host}:{pid}`: what the management UI shows for our connections, so an
+/// operator can tell producers from workers and find the process.
+pub fn connection_name(role: &str) -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("warren {role} {host}:{}", std::process::id())
+}
+
+fn properties(name: &str) -> ConnectionProperties {
+    ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .with_client_property("product".into(), "warren".into())
+        .with_client_property("version".into(), env!("CARGO_PKG_VERSION").into())
+}
+
+/// Why a connect attempt failed, and whether trying again can help.
+fn classify(url: &str, err: lapin::Error) -> backoff::Error<Error> {
+    let redacted = redact(url);
+    if let lapin::ErrorKind::ProtocolError(amqp) = err.kind() {
+        let reason = amqp.get_message().to_string();
+        match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
+                return backoff::Error::permanent(Error::Refused {
+                    url: redacted,
+                    reason,
+                    hint: "Check the user name and password in the AMQP URL (--amqp-url / WARREN_AMQP_URL).",
+                });
+            }
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => {
+                return backoff::Error::permanent(Error::Refused {
+                    url: redacted,
+                    reason,
+                    hint: "The virtual host does not exist or the user may not use it. Create it with \
+                           `rabbitmqctl add_vhost VHOST` and grant rights with \
+                           `rabbitmqctl set_permissions -p VHOST USER '.*' '.*' '.*'`, or fix the vhost \
+                           at the end of the AMQP URL (`%2f` is the default vhost `/`).",
+                });
+            }
+            _ => {}
+        }
+    }
+    backoff::Error::transient(Error::Connect { url: redacted, reason: err.to_string() })
+}
+
+/// Opens one named connection, retrying with exponential backoff until `deadline` has passed
+/// (or forever when `None`).
+///
+/// # Errors
+/// [`Error::Refused`] at once for bad credentials or an unknown vhost; [`Error::Connect`]
+/// when the broker stayed unreachable until the deadline.
+pub async fn connect(url: &str, name: &str, deadline: Option<Duration>) -> Result<Connection> {
+    let policy = ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(200))
+        .with_multiplier(2.0)
+        .with_max_interval(Duration::from_secs(5))
+        .with_max_elapsed_time(deadline)
+        .build();
+    backoff::future::retry_notify(
+        policy,
+        || async { Connection::connect(url, properties(name)).await.map_err(|e| classify(url, e)) },
+        |err: Error, wait: Duration| {
+            tracing::warn!(error = %err.to_string().lines().next().unwrap_or_default(), retry_in = ?wait, "broker not reachable yet");
+        },
+    )
+    .await
+}
+
+/// A pool of named connections for short publish paths (producer, CLI).
+#[derive(Clone)]
+pub struct Pool {
+    inner: deadpool_lapin::Pool,
+    url: String,
+    deadline: Option<Duration>,
+}
+
+impl std::fmt::Debug for Pool {
+    // deadpool's own Debug would print the URL with its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("url", &redact(&self.url)).field("status", &self.inner.status()).finish()
+    }
+}
+
+impl Pool {
+    /// A pool of at most `size` connections named after `role`. Connects lazily.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the URL is unusable.
+    pub fn new(url: &str, role: &str, size: usize, deadline: Option<Duration>) -> Result<Pool> {
+        url_parts(url)?;
+        let name = connection_name(role);
+        let cfg = deadpool_lapin::Config {
+            url: Some(url.to_string()),
+            pool: Some(deadpool_lapin::PoolConfig::new(size.max(1))),
+        };
+        let inner = cfg
+            .create_pool(move || properties(&name), deadpool_lapin::Runtime::Tokio1)
+            .map_err(|e| Error::Config(format!("cannot build the connection pool: {e}")))?;
+        Ok(Pool { inner, url: url.to_string(), deadline })
+    }
+
+    /// A connected connection, retrying with backoff until the pool's deadline.
+    ///
+    /// # Errors
+    /// As [`connect`].
+    pub async fn get(&self) -> Result<deadpool_lapin::Connection> {
+        let policy = ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(200))
+            .with_max_interval(Duration::from_secs(5))
+            .with_max_elapsed_time(self.deadline)
+            .build();
+        backoff::future::retry_notify(
+            policy,
+            || async {
+                self.inner.get().await.map_err(|e| match e {
+                    deadpool_lapin::PoolError::Backend(err) => classify(&self.url, err),
+                    other => backoff::Error::transient(Error::Connect {
+                        url: redact(&self.url),
+                        reason: other.to_string(),
+                    }),
+                })
+            },
+            |err: Error, wait: Duration| {
+                tracing::warn!(error = %err.to_string().lines().next().unwrap_or_default(), retry_in = ?wait, "broker not reachable yet");
+            },
+        )
+        .await
+    }
+
+    /// The broker URL (with password); pass it on, never print it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_the_password_and_keeps_the_rest() {
+        assert_eq!(redact("amqp://bob:s3cret@host:5672/%2f"), "amqp://bob:***@host:5672/%2f");
+        assert_eq!(redact("amqp://host/vh"), "amqp://host/vh");
+        assert!(!redact("amqp://bob:s3cret@[bad").contains("s3cret"));
+    }
+
+    #[test]
+    fn url_parts_decode_the_vhost_and_default_credentials() {
+        let p = url_parts("amqp://127.0.0.1:5672/%2f").unwrap();
+        assert_eq!((p.host.as_str(), p.username.as_str(), p.vhost.as_str()), ("127.0.0.1", "guest", "/"));
+        let p = url_parts("amqps://u:p%40ss@rabbit.example/it-1").unwrap();
+        assert_eq!((p.password.as_str(), p.vhost.as_str()), ("p@ss", "it-1"));
+        assert_eq!(url_parts("amqp://h").unwrap().vhost, "/");
+        assert!(url_parts("http://h/").is_err());
+    }
+
+    #[test]
+    fn connection_names_say_role_host_and_pid() {
+        let name = connection_name("worker");
+        assert!(name.starts_with("warren worker "));
+        assert!(name.ends_with(&format!(":{}", std::process::id())));
+    }
+}

@@ -1,0 +1,456 @@
+//! The `warren` command line: one function per subcommand, output to a writer.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (broker unreachable, a task not confirmed);
+//! 2 a usage error (bad flag, bad topology file, bad input).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::broker::{self, CONNECT_DEADLINE_DEFAULT, connection_name, redact, url_parts};
+use crate::config::{Overrides, Settings, parse_duration};
+use crate::error::{Error, Result};
+use crate::producer::{EnqueueOptions, Producer};
+use crate::topology::{self, Plan};
+
+/// Warren: typed tasks on RabbitMQ with broker-held delays, retries and dead letters.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, long_about = None)]
+pub struct Cli {
+    /// Broker URL, vhost included (`%2f` is the default vhost `/`).
+    #[arg(long, global = true, env = "WARREN_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// Prefix of every exchange and queue name.
+    #[arg(long, global = true, env = "WARREN_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Topology file [default: topology/warren.toml when it exists].
+    #[arg(long, global = true, env = "WARREN_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
+    /// Management API URL [default: http://{amqp host}:15672].
+    #[arg(long, global = true, env = "WARREN_MANAGEMENT_URL", hide_env_values = true)]
+    pub management_url: Option<String>,
+    /// Log format on stderr; `RUST_LOG` sets the level.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Declare or export the namespace's exchanges, queues and bindings.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+    /// Enqueue tasks (confirmed by the broker before the id is printed).
+    Enqueue(EnqueueArgs),
+}
+
+/// `warren topology ...`
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Declare everything the topology file describes; safe to run again.
+    Apply,
+    /// Print RabbitMQ definitions JSON for the namespace (import it per vhost in the
+    /// management UI, or `POST /api/definitions/{vhost}`).
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `warren enqueue ...`
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Task name, e.g. `send_email`.
+    pub task: String,
+    /// `-` reads JSON lines from stdin, one task per line.
+    #[arg(value_parser = ["-"])]
+    pub stdin: Option<String>,
+    /// The task's arguments as JSON [default: {}].
+    #[arg(long, conflicts_with_all = ["payload_file", "stdin"])]
+    pub payload: Option<String>,
+    /// Read the task's JSON arguments from a file.
+    #[arg(long, conflicts_with = "stdin")]
+    pub payload_file: Option<PathBuf>,
+    /// Run no earlier than this from now, e.g. `90s`, `10m`, `2h` (whole seconds, rounded up).
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Never start after this long from now, e.g. `10m`.
+    #[arg(long, value_parser = parse_duration)]
+    pub expires_in: Option<Duration>,
+    /// Task id (default: a new UUID v7); with --count or stdin, each task gets `ID-N`.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Correlation id carried through retries.
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// Enqueue this many copies through the pipelined bulk path.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000), conflicts_with = "stdin")]
+    pub count: Option<u64>,
+}
+
+/// Entry point of the binary: parses arguments, sets up logging, runs, maps errors to exit
+/// codes and prints them once.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match runtime.block_on(run(cli, &mut stdout)) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = stdout.flush();
+            eprintln!("error: {e}");
+            ExitCode::from(if e.is_usage() { 2 } else { 1 })
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,warren=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+impl Cli {
+    /// Settings after layering the file, environment and these flags.
+    ///
+    /// # Errors
+    /// [`Error::Config`] as [`Settings::load`].
+    pub fn settings(&self) -> Result<Settings> {
+        let overrides = Overrides {
+            amqp_url: self.amqp_url.clone(),
+            namespace: self.namespace.clone(),
+            management_url: self.management_url.clone(),
+        };
+        Settings::load(self.topology.as_deref(), &overrides)
+    }
+}
+
+/// Runs a parsed command, writing its results to `out`.
+///
+/// # Errors
+/// Whatever the subcommand fails with; the caller prints it and picks the exit code.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
+    let settings = cli.settings()?;
+    match cli.command {
+        Command::Topology(TopologyCommand::Apply) => topology_apply(&settings, out).await,
+        Command::Topology(TopologyCommand::Export { output }) => topology_export(&settings, output, out),
+        Command::Enqueue(args) => enqueue(&settings, args, out).await,
+    }
+}
+
+fn write_err(source: std::io::Error) -> Error {
+    Error::Io { context: "writing output".to_string(), source }
+}
+
+async fn topology_apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
+    let started = Instant::now();
+    let vhost = url_parts(&settings.amqp_url)?.vhost;
+    let conn = broker::connect(&settings.amqp_url, &connection_name("cli"), Some(CONNECT_DEADLINE_DEFAULT)).await?;
+    let plan = Plan::new(settings);
+    let result = topology::apply(&plan, &conn, &vhost).await;
+    let _ = conn.close(200, "done".into()).await;
+    let report = result?;
+    for e in &report.exchanges {
+        writeln!(out, "exchange  {e}").map_err(write_err)?;
+    }
+    for (q, messages) in &report.queues {
+        writeln!(out, "queue     {q}  ({messages} messages)").map_err(write_err)?;
+    }
+    for b in &report.bindings {
+        writeln!(out, "binding   {b}").map_err(write_err)?;
+    }
+    writeln!(
+        out,
+        "applied namespace `{}` on {} (vhost `{vhost}`): {} exchanges, {} queues, {} bindings in {} ms",
+        settings.namespace,
+        redact(&settings.amqp_url),
+        report.exchanges.len(),
+        report.queues.len(),
+        report.bindings.len(),
+        started.elapsed().as_millis()
+    )
+    .map_err(write_err)?;
+    if settings.tasks.is_empty() {
+        writeln!(out, "note: the topology declares no task types; add [tasks.NAME] tables to get work queues")
+            .map_err(write_err)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn topology_export(settings: &Settings, output: Option<PathBuf>, out: &mut dyn Write) -> Result<ExitCode> {
+    let defs = Plan::new(settings).to_definitions();
+    let text = serde_json::to_string_pretty(&defs).unwrap_or_default();
+    match output {
+        Some(path) => std::fs::write(&path, text + "\n").map_err(|source| Error::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        })?,
+        None => writeln!(out, "{text}").map_err(write_err)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_payload(text: &str, origin: &str) -> Result<Vec<u8>> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::InvalidInput(format!("{origin} is not valid JSON: {e}")))?;
+    serde_json::to_vec(&value).map_err(|e| Error::InvalidInput(format!("{origin}: {e}")))
+}
+
+async fn enqueue(settings: &Settings, args: EnqueueArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    crate::topology::names::validate_task_name(&args.task).map_err(Error::InvalidInput)?;
+    let options = EnqueueOptions {
+        delay: args.delay,
+        expires_in: args.expires_in,
+        expires_at: None,
+        id: None,
+        correlation_id: args.correlation_id.clone(),
+        traceparent: None,
+    };
+    if args.stdin.is_some() {
+        return enqueue_lines(settings, &args, options, std::io::stdin().lock(), out).await;
+    }
+    let body = match (&args.payload, &args.payload_file) {
+        (Some(p), _) => parse_payload(p, "--payload")?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::InvalidInput(format!("cannot read --payload-file {}: {e}", path.display()))
+            })?;
+            parse_payload(&text, &format!("--payload-file {}", path.display()))?
+        }
+        (None, None) => b"{}".to_vec(),
+    };
+    let producer = Producer::with_role(settings, "cli")?;
+    match args.count {
+        None => {
+            let id = producer.enqueue_raw(&args.task, body, EnqueueOptions { id: args.id.clone(), ..options }).await?;
+            writeln!(out, "{id}").map_err(write_err)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(count) => {
+            let items = (1..=count).map(|n| {
+                let id = args.id.as_ref().map(|id| format!("{id}-{n}"));
+                (args.task.clone(), Ok(body.clone()), EnqueueOptions { id, ..options.clone() })
+            });
+            let outcome = enqueue_in_chunks(&producer, &args.task, items, count, out).await?;
+            Ok(outcome)
+        }
+    }
+}
+
+/// Chunk size of the bulk paths: bounds memory while keeping the confirm window full.
+const CHUNK: usize = 10_000;
+
+/// Sends `items` through `enqueue_many_raw` chunk by chunk, printing each confirmed id, a
+/// progress bar on a terminal (plain lines otherwise) and a closing line with the rate.
+async fn enqueue_in_chunks(
+    producer: &Producer,
+    task: &str,
+    items: impl Iterator<Item = (String, Result<Vec<u8>>, EnqueueOptions)>,
+    total: u64,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let progress = Progress::new(total);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut items = items.peekable();
+    while items.peek().is_some() {
+        let chunk: Vec<_> = items.by_ref().take(CHUNK).collect();
+        for result in producer.enqueue_many_raw(chunk).await {
+            match result {
+                Ok(id) => {
+                    ok += 1;
+                    writeln!(out, "{id}").map_err(write_err)?;
+                }
+                Err(e) => {
+                    if failed == 0 {
+                        progress.println(&format!("error: {e}"));
+                    }
+                    failed += 1;
+                }
+            }
+        }
+        progress.set(ok + failed);
+    }
+    progress.finish();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "enqueued {ok} of {total} `{task}` tasks in {secs:.2} s ({:.0} tasks/s){}",
+        ok as f64 / secs.max(1e-9),
+        if failed > 0 { format!("; {failed} NOT enqueued") } else { String::new() }
+    );
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `warren enqueue TASK -`: one JSON payload per line. A bad line is reported with its number
+/// and skipped; the others are enqueued; each enqueued line is printed as `LINE<TAB>ID`.
+async fn enqueue_lines(
+    settings: &Settings,
+    args: &EnqueueArgs,
+    options: EnqueueOptions,
+    input: impl BufRead,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let producer = Producer::with_role(settings, "cli")?;
+    let started = Instant::now();
+    let (mut ok, mut bad) = (0u64, 0u64);
+    let mut lines = input.lines().enumerate().peekable();
+    while lines.peek().is_some() {
+        let mut numbers = Vec::new();
+        let mut items = Vec::new();
+        for (i, line) in lines.by_ref().take(CHUNK) {
+            let n = i + 1;
+            let line = line.map_err(|source| Error::Io { context: format!("reading stdin line {n}"), source })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_payload(&line, &format!("line {n}")) {
+                Ok(body) => {
+                    numbers.push(n);
+                    let id = args.id.as_ref().map(|id| format!("{id}-{n}"));
+                    items.push((args.task.clone(), Ok(body), EnqueueOptions { id, ..options.clone() }));
+                }
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("error: {e}; line {n} NOT enqueued");
+                }
+            }
+        }
+        for (n, result) in numbers.into_iter().zip(producer.enqueue_many_raw(items).await) {
+            match result {
+                Ok(id) => {
+                    ok += 1;
+                    writeln!(out, "{n}\t{id}").map_err(write_err)?;
+                }
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("error: line {n} NOT enqueued: {e}");
+                }
+            }
+        }
+    }
+    eprintln!(
+        "enqueued {ok} `{}` tasks from stdin in {:.2} s{}",
+        args.task,
+        started.elapsed().as_secs_f64(),
+        if bad > 0 { format!("; {bad} line(s) NOT enqueued") } else { String::new() }
+    );
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// A progress bar on a terminal, a line every 10 % otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    last_decile: std::cell::Cell<u64>,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} tasks  {per_sec}  eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Progress { bar, total, last_decile: std::cell::Cell::new(0) }
+    }
+
+    fn set(&self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None => {
+                let decile = done * 10 / self.total.max(1);
+                if decile > self.last_decile.get() {
+                    self.last_decile.set(decile);
+                    eprintln!("progress: {done}/{} tasks", self.total);
+                }
+            }
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_parse_before_and_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["warren", "--namespace", "a", "topology", "apply", "--amqp-url", "amqp://h/"]).unwrap();
+        assert_eq!(cli.namespace.as_deref(), Some("a"));
+        assert_eq!(cli.amqp_url.as_deref(), Some("amqp://h/"));
+        assert!(matches!(cli.command, Command::Topology(TopologyCommand::Apply)));
+    }
+
+    #[test]
+    fn enqueue_parses_durations_and_refuses_bad_ones() {
+        let cli = Cli::try_parse_from(["warren", "enqueue", "t", "--delay", "90s", "--expires-in", "10m"]).unwrap();
+        let Command::Enqueue(a) = cli.command else { panic!() };
+        assert_eq!(a.delay, Some(Duration::from_secs(90)));
+        assert_eq!(a.expires_in, Some(Duration::from_secs(600)));
+        let err = Cli::try_parse_from(["warren", "enqueue", "t", "--delay", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn enqueue_refuses_a_count_of_zero_and_payload_with_stdin() {
+        assert!(Cli::try_parse_from(["warren", "enqueue", "t", "--count", "0"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "enqueue", "t", "-", "--payload", "{}"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "enqueue", "t", "x"]).is_err());
+    }
+
+    #[test]
+    fn a_payload_must_be_json() {
+        assert!(parse_payload("{\"a\":1}", "p").is_ok());
+        let err = parse_payload("{a:1}", "line 3").unwrap_err().to_string();
+        assert!(err.starts_with("line 3 is not valid JSON"), "{err}");
+    }
+}

@@ -1,0 +1,230 @@
+//! A small client for RabbitMQ's management HTTP API (statistics, definitions, connections).
+//!
+//! Blocking (ureq): callers in async code use it from `spawn_blocking` or accept a short
+//! block. Credentials come from the AMQP URL unless the management URL carries its own.
+
+use std::time::Duration;
+
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value;
+
+use crate::broker::{redact, url_parts};
+use crate::config::Settings;
+use crate::error::{Error, Result};
+
+/// Management API port when the URL is derived from the AMQP host.
+pub const MANAGEMENT_PORT_DEFAULT: u16 = 15672;
+
+/// Percent-encodes one path segment (vhost `/` becomes `%2F`).
+pub fn enc(segment: &str) -> String {
+    utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string()
+}
+
+/// A management API endpoint with credentials.
+#[derive(Clone)]
+pub struct Management {
+    base: String,
+    user: String,
+    password: String,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Management {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Management").field("base", &self.base).field("user", &self.user).finish()
+    }
+}
+
+impl Management {
+    /// The API for `settings`: `management_url` if set, else `http://{amqp host}:15672`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when either URL cannot be parsed.
+    pub fn from_settings(settings: &Settings) -> Result<Management> {
+        let amqp = url_parts(&settings.amqp_url)?;
+        let (base, user, password) = match &settings.management_url {
+            Some(m) => {
+                let mut parsed = url::Url::parse(m).map_err(|e| {
+                    Error::Config(format!("the management URL `{}` is not a valid URL: {e}", redact(m)))
+                })?;
+                let user = if parsed.username().is_empty() { amqp.username.clone() } else { parsed.username().to_string() };
+                let password = parsed.password().map_or_else(|| amqp.password.clone(), str::to_string);
+                let _ = parsed.set_username("");
+                let _ = parsed.set_password(None);
+                (parsed.to_string().trim_end_matches('/').to_string(), user, password)
+            }
+            None => {
+                let host = if amqp.host.contains(':') { format!("[{}]", amqp.host) } else { amqp.host.clone() };
+                (format!("http://{host}:{MANAGEMENT_PORT_DEFAULT}"), amqp.username, amqp.password)
+            }
+        };
+        Ok(Management::new(&base, &user, &password))
+    }
+
+    /// An API at `base` (e.g. `http://127.0.0.1:15672`) with basic-auth credentials.
+    pub fn new(base: &str, user: &str, password: &str) -> Management {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30))
+            .build();
+        Management {
+            base: base.trim_end_matches('/').to_string(),
+            user: user.to_string(),
+            password: password.to_string(),
+            agent,
+        }
+    }
+
+    /// The base URL (no credentials in it).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent
+            .request(method, &format!("{}/api/{path}", self.base))
+            .set("authorization", &basic_auth(&self.user, &self.password))
+    }
+
+    fn fail(&self, method: &str, path: &str, err: ureq::Error) -> Error {
+        match err {
+            ureq::Error::Status(401, _) => Error::Management(format!(
+                "the management API at {} refused user `{}` (401): check the credentials, or pass \
+                 --management-url http://USER:PASSWORD@HOST:15672",
+                self.base, self.user
+            )),
+            ureq::Error::Status(code, resp) => {
+                let body = resp.into_string().unwrap_or_default();
+                Error::Management(format!("{method} {}/api/{path} answered {code}: {}", self.base, body.trim()))
+            }
+            ureq::Error::Transport(t) => Error::Management(format!(
+                "the RabbitMQ management API at {} is unreachable ({t}). Enable it with \
+                 `rabbitmq-plugins enable rabbitmq_management` (scripts/broker.sh does), or point \
+                 Warren at it with --management-url / WARREN_MANAGEMENT_URL.",
+                self.base
+            )),
+        }
+    }
+
+    /// `GET /api/{path}` as JSON.
+    ///
+    /// # Errors
+    /// [`Error::Management`] naming the URL and status.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        let resp = self.request("GET", path).call().map_err(|e| self.fail("GET", path, e))?;
+        resp.into_json().map_err(|e| Error::Management(format!("GET {}/api/{path}: unreadable JSON: {e}", self.base)))
+    }
+
+    /// `GET /api/{path}`, with 404 as `None`.
+    ///
+    /// # Errors
+    /// As [`Management::get`], except for 404.
+    pub fn get_opt(&self, path: &str) -> Result<Option<Value>> {
+        match self.request("GET", path).call() {
+            Ok(resp) => resp
+                .into_json()
+                .map(Some)
+                .map_err(|e| Error::Management(format!("GET {}/api/{path}: unreadable JSON: {e}", self.base))),
+            Err(ureq::Error::Status(404, _)) => Ok(None),
+            Err(e) => Err(self.fail("GET", path, e)),
+        }
+    }
+
+    /// `PUT /api/{path}` with a JSON body.
+    ///
+    /// # Errors
+    /// [`Error::Management`].
+    pub fn put(&self, path: &str, body: &Value) -> Result<()> {
+        self.request("PUT", path).send_json(body).map_err(|e| self.fail("PUT", path, e))?;
+        Ok(())
+    }
+
+    /// `POST /api/{path}` with a JSON body.
+    ///
+    /// # Errors
+    /// [`Error::Management`].
+    pub fn post(&self, path: &str, body: &Value) -> Result<()> {
+        self.request("POST", path).send_json(body).map_err(|e| self.fail("POST", path, e))?;
+        Ok(())
+    }
+
+    /// `DELETE /api/{path}`; a 404 counts as done.
+    ///
+    /// # Errors
+    /// [`Error::Management`].
+    pub fn delete(&self, path: &str) -> Result<()> {
+        match self.request("DELETE", path).call() {
+            Ok(_) | Err(ureq::Error::Status(404, _)) => Ok(()),
+            Err(e) => Err(self.fail("DELETE", path, e)),
+        }
+    }
+
+    /// One queue's details, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Management`].
+    pub fn queue(&self, vhost: &str, name: &str) -> Result<Option<Value>> {
+        self.get_opt(&format!("queues/{}/{}", enc(vhost), enc(name)))
+    }
+
+    /// Every connection the broker has (all vhosts).
+    ///
+    /// # Errors
+    /// [`Error::Management`].
+    pub fn connections(&self) -> Result<Vec<Value>> {
+        Ok(self.get("connections")?.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Force-closes the connections whose user-provided name is `name`; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::Management`].
+    pub fn close_connections_named(&self, name: &str) -> Result<usize> {
+        let mut closed = 0;
+        for c in self.connections()? {
+            let provided = c["client_properties"]["connection_name"].as_str().unwrap_or_default();
+            if provided == name
+                && let Some(id) = c["name"].as_str()
+            {
+                self.delete(&format!("connections/{}", enc(id)))?;
+                closed += 1;
+            }
+        }
+        Ok(closed)
+    }
+}
+
+fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_is_base64_of_user_colon_password() {
+        assert_eq!(basic_auth("guest", "guest"), "Basic Z3Vlc3Q6Z3Vlc3Q=");
+        assert_eq!(basic_auth("a", "b"), "Basic YTpi");
+        assert_eq!(basic_auth("ab", "cd"), "Basic YWI6Y2Q=");
+    }
+
+    #[test]
+    fn the_default_endpoint_is_the_amqp_host_on_15672_with_its_credentials() {
+        let mut s = Settings::default();
+        s.amqp_url = "amqp://bob:pw@rabbit.local:5672/v".into();
+        let m = Management::from_settings(&s).unwrap();
+        assert_eq!((m.base(), m.user.as_str(), m.password.as_str()), ("http://rabbit.local:15672", "bob", "pw"));
+        s.management_url = Some("http://admin:x@mgmt:8080/".into());
+        let m = Management::from_settings(&s).unwrap();
+        assert_eq!((m.base(), m.user.as_str(), m.password.as_str()), ("http://mgmt:8080", "admin", "x"));
+    }
+
+    #[test]
+    fn vhost_segments_are_encoded() {
+        assert_eq!(enc("/"), "%2F");
+        assert_eq!(enc("it-1"), "it%2D1");
+    }
+}

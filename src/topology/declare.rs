@@ -1,0 +1,169 @@
+//! Sends a [`Plan`] to RabbitMQ. The only lapin calls of the topology module.
+//!
+//! Declaring is idempotent: an object that exists with the same arguments is left as it is.
+//! One that exists with other arguments makes RabbitMQ close the channel with
+//! `PRECONDITION_FAILED - inequivalent arg`; we turn that into a [`Conflict`] naming the
+//! object, the argument and both values, reopen a channel and go on, so one run reports every
+//! conflict at once.
+
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection};
+
+use super::{ArgValue, Destination, ExchangeKind, Plan};
+use crate::error::{Conflict, Error, Result};
+
+/// What [`apply`] declared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Exchanges declared (created, or already there as planned).
+    pub exchanges: Vec<String>,
+    /// Queues declared, with the number of messages each held.
+    pub queues: Vec<(String, u32)>,
+    /// Bindings declared, as `source -[key]-> destination`.
+    pub bindings: Vec<String>,
+}
+
+/// Field table of a queue's arguments: integers as 64-bit integers, strings as long strings.
+pub fn field_table(args: &[(&'static str, ArgValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in args {
+        let value = match v {
+            ArgValue::Int(i) => AMQPValue::LongLongInt(*i),
+            ArgValue::Str(s) => AMQPValue::LongString(s.as_str().into()),
+        };
+        table.insert((*k).into(), value);
+    }
+    table
+}
+
+/// Declares every exchange, queue and binding of `plan` on `conn`.
+///
+/// # Errors
+/// [`Error::TopologyConflict`] listing every object that exists with other arguments;
+/// [`Error::Declare`] for any other refusal or a lost connection.
+pub async fn apply(plan: &Plan, conn: &Connection, vhost: &str) -> Result<ApplyReport> {
+    let mut channel = open(conn).await?;
+    let mut report = ApplyReport::default();
+    let mut conflicts = Vec::new();
+
+    for ex in &plan.exchanges {
+        let kind = match ex.kind {
+            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+        };
+        let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        match channel.exchange_declare(ex.name.as_str().into(), kind, opts, FieldTable::default()).await {
+            Ok(()) => report.exchanges.push(ex.name.clone()),
+            Err(source) => {
+                let conflict = conflict_of(&source, "exchange", &ex.name, vhost)
+                    .ok_or_else(|| Error::Declare { entity: "exchange", name: ex.name.clone(), source })?;
+                conflicts.push(conflict);
+                channel = open(conn).await?;
+            }
+        }
+    }
+    for q in &plan.queues {
+        let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+        match channel.queue_declare(q.name.as_str().into(), opts, field_table(&q.args)).await {
+            Ok(state) => report.queues.push((q.name.clone(), state.message_count())),
+            Err(source) => {
+                let conflict = conflict_of(&source, "queue", &q.name, vhost)
+                    .ok_or_else(|| Error::Declare { entity: "queue", name: q.name.clone(), source })?;
+                conflicts.push(conflict);
+                channel = open(conn).await?;
+            }
+        }
+    }
+    for b in &plan.bindings {
+        let (src, dst, key) = (b.source.as_str(), b.destination.as_str(), b.routing_key.as_str());
+        let result = match b.kind {
+            Destination::Queue => {
+                channel
+                    .queue_bind(dst.into(), src.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+                    .await
+            }
+            Destination::Exchange => {
+                channel
+                    .exchange_bind(dst.into(), src.into(), key.into(), ExchangeBindOptions::default(), FieldTable::default())
+                    .await
+            }
+        };
+        result.map_err(|source| Error::Declare { entity: "binding", name: format!("{src} -[{key}]-> {dst}"), source })?;
+        report.bindings.push(format!("{src} -[{key}]-> {dst}"));
+    }
+    let _ = channel.close(200, "topology applied".into()).await;
+    if conflicts.is_empty() { Ok(report) } else { Err(Error::TopologyConflict(conflicts)) }
+}
+
+async fn open(conn: &Connection) -> Result<Channel> {
+    conn.create_channel()
+        .await
+        .map_err(|source| Error::Amqp { operation: "opening a channel".into(), source })
+}
+
+/// A `PRECONDITION_FAILED` about an argument becomes a [`Conflict`]; anything else is `None`.
+fn conflict_of(err: &lapin::Error, entity: &'static str, name: &str, vhost: &str) -> Option<Conflict> {
+    let lapin::ErrorKind::ProtocolError(amqp) = err.kind() else { return None };
+    if !matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) {
+        return None;
+    }
+    // The code says "conflict"; only the broker's text says which argument and values, so
+    // read them from it, and keep the whole text when its shape is unfamiliar.
+    let text = amqp.get_message().as_str();
+    let (argument, existing, wanted) = parse_inequivalent(text)
+        .unwrap_or_else(|| ("(see broker message)".into(), text.to_string(), "the planned value".into()));
+    Some(Conflict { entity, name: name.to_string(), vhost: vhost.to_string(), argument, existing, wanted })
+}
+
+/// Reads `inequivalent arg 'A' for queue 'Q' in vhost 'V': received X but current is Y`,
+/// where X and Y are `none` or `the value 'v' of type 't'`.
+fn parse_inequivalent(text: &str) -> Option<(String, String, String)> {
+    let rest = text.split_once("inequivalent arg '")?.1;
+    let (argument, rest) = rest.split_once('\'')?;
+    let rest = rest.split_once("received ")?.1;
+    let (received, current) = rest.split_once(" but current is ")?;
+    let value = |s: &str| -> String {
+        let s = s.trim();
+        match s.split_once("the value '") {
+            Some((_, v)) => v.split_once('\'').map_or(v, |(v, _)| v).to_string(),
+            None => s.trim_matches('\'').to_string(),
+        }
+    };
+    Some((argument.to_string(), value(current), value(received)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_conflict_message_yields_argument_and_both_values() {
+        let text = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'ns.a' in vhost 'v': \
+                    received the value 'quorum' of type 'longstr' but current is none";
+        assert_eq!(
+            parse_inequivalent(text),
+            Some(("x-queue-type".into(), "none".into(), "quorum".into()))
+        );
+        let text = "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': \
+                    received the value '2000' of type 'long' but current is the value '5000' of type 'long'";
+        assert_eq!(parse_inequivalent(text), Some(("x-message-ttl".into(), "5000".into(), "2000".into())));
+        let text = "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'e' in vhost '/': \
+                    received 'topic' but current is 'direct'";
+        assert_eq!(parse_inequivalent(text), Some(("type".into(), "direct".into(), "topic".into())));
+    }
+
+    #[test]
+    fn an_unfamiliar_message_is_not_parsed() {
+        assert_eq!(parse_inequivalent("PRECONDITION_FAILED - something else"), None);
+    }
+
+    #[test]
+    fn arguments_go_out_as_integers_and_long_strings() {
+        let t = field_table(&[("x-message-ttl", ArgValue::Int(1000)), ("x-queue-type", ArgValue::Str("quorum".into()))]);
+        let inner = t.inner();
+        assert!(matches!(inner.get("x-message-ttl"), Some(AMQPValue::LongLongInt(1000))));
+        assert!(matches!(inner.get("x-queue-type"), Some(AMQPValue::LongString(_))));
+    }
+}

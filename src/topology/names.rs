@@ -1,0 +1,147 @@
+//! Every exchange and queue name, built in one place so producer, worker, CLI and tests
+//! cannot disagree. Pure: no lapin here.
+
+/// Longest task name; names appear in queue names and routing keys (255 bytes at most).
+pub const TASK_NAME_MAX: usize = 64;
+
+/// Checks a task name: `[a-z0-9_-]`, 1 to 64 characters.
+///
+/// # Errors
+/// A sentence naming the offending character or length.
+pub fn validate_task_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > TASK_NAME_MAX {
+        return Err(format!(
+            "task name `{}` must be 1 to {TASK_NAME_MAX} characters long (it is {})",
+            shorten(name),
+            name.chars().count()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "task name `{}` contains {c:?}; use only lowercase ASCII letters, digits, `_` and `-` \
+             (names appear in queue names and routing keys)",
+            shorten(name)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a namespace: like a task name, and dots are allowed inside (`billing.prod`).
+///
+/// # Errors
+/// A sentence naming the problem.
+pub fn validate_namespace(ns: &str) -> Result<(), String> {
+    let ok_chars = ns
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
+    if ns.is_empty() || ns.len() > 64 || !ok_chars || ns.starts_with('.') || ns.ends_with('.') {
+        return Err(format!(
+            "namespace `{}` must be 1 to 64 characters of lowercase ASCII letters, digits, `_`, `-` \
+             and inner dots",
+            shorten(ns)
+        ));
+    }
+    Ok(())
+}
+
+fn shorten(s: &str) -> String {
+    if s.chars().count() > 70 {
+        let head: String = s.chars().take(60).collect();
+        format!("{head}…")
+    } else {
+        s.to_string()
+    }
+}
+
+/// Names of one namespace's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    ns: String,
+}
+
+impl Names {
+    /// Names under namespace `ns` (already validated).
+    pub fn new(ns: impl Into<String>) -> Self {
+        Names { ns: ns.into() }
+    }
+
+    /// The namespace itself.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// `{ns}.tasks`: direct exchange producers publish to, routing key = task name.
+    pub fn tasks_exchange(&self) -> String {
+        format!("{}.tasks", self.ns)
+    }
+
+    /// `{ns}.{task}`: the work queue of one task type.
+    pub fn work_queue(&self, task: &str) -> String {
+        format!("{}.{task}", self.ns)
+    }
+
+    /// `{ns}.dead`: direct exchange receiving dead tasks, routing key = task name.
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.ns)
+    }
+
+    /// `{ns}.{task}.dead`: dead tasks of one type.
+    pub fn dead_queue(&self, task: &str) -> String {
+        format!("{}.{task}.dead", self.ns)
+    }
+
+    /// `{ns}.delay.{level}`: the ladder's exchange and queue of one level (same name).
+    pub fn delay_level(&self, level: u32) -> String {
+        format!("{}.delay.{level}", self.ns)
+    }
+
+    /// `{ns}.delay.deliver`: topic exchange at the ladder's foot, routes `#.{task}` to work.
+    pub fn deliver_exchange(&self) -> String {
+        format!("{}.delay.deliver", self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design_table() {
+        let n = Names::new("shop");
+        assert_eq!(n.tasks_exchange(), "shop.tasks");
+        assert_eq!(n.work_queue("send_email"), "shop.send_email");
+        assert_eq!(n.dead_exchange(), "shop.dead");
+        assert_eq!(n.dead_queue("send_email"), "shop.send_email.dead");
+        assert_eq!(n.delay_level(3), "shop.delay.3");
+        assert_eq!(n.deliver_exchange(), "shop.delay.deliver");
+    }
+
+    #[test]
+    fn valid_task_names_pass() {
+        for ok in ["a", "send_email", "resize-image", "v2", &"x".repeat(64)] {
+            validate_task_name(ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn invalid_task_names_say_why() {
+        assert!(validate_task_name("").unwrap_err().contains("1 to 64"));
+        assert!(validate_task_name(&"x".repeat(65)).unwrap_err().contains("it is 65"));
+        assert!(validate_task_name("a.b").unwrap_err().contains("'.'"));
+        assert!(validate_task_name("a b").unwrap_err().contains("' '"));
+        assert!(validate_task_name("Email").unwrap_err().contains("'E'"));
+        assert!(validate_task_name("café").unwrap_err().contains("'é'"));
+        assert!(validate_task_name(&"é".repeat(200)).unwrap_err().contains('…'));
+    }
+
+    #[test]
+    fn namespaces_allow_inner_dots_only() {
+        validate_namespace("billing.prod").unwrap();
+        assert!(validate_namespace(".a").is_err());
+        assert!(validate_namespace("a.").is_err());
+        assert!(validate_namespace("A").is_err());
+    }
+}
