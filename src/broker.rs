@@ -13,9 +13,6 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::error::{Error, Result};
 
-/// How long CLI commands and producers keep trying to reach the broker before giving up.
-pub const CONNECT_DEADLINE_DEFAULT: Duration = Duration::from_secs(15);
-
 /// `url` with its password replaced by `***`; the only form of a broker URL that may appear
 /// in a log line, an error or command output.
 pub fn redact(url: &str) -> String {
@@ -92,7 +89,7 @@ fn properties(name: &str) -> ConnectionProperties {
 fn classify(url: &str, err: lapin::Error) -> backoff::Error<Error> {
     let redacted = redact(url);
     if let lapin::ErrorKind::ProtocolError(amqp) = err.kind() {
-        let reason = amqp.get_message().to_string();
+        let reason = amqp.get_message().as_str().trim_end_matches('.').to_string();
         match amqp.kind() {
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
                 return backoff::Error::permanent(Error::Refused {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::broker::{self, CONNECT_DEADLINE_DEFAULT, connection_name, redact, url_parts};
+use crate::broker::{self, connection_name, redact, url_parts};
 use crate::config::{Overrides, Settings, parse_duration};
 use crate::error::{Error, Result};
 use crate::producer::{EnqueueOptions, Producer};
@@ -32,6 +32,9 @@ pub struct Cli {
     /// Management API URL [default: http://{amqp host}:15672].
     #[arg(long, global = true, env = "WARREN_MANAGEMENT_URL", hide_env_values = true)]
     pub management_url: Option<String>,
+    /// How long to keep trying to reach the broker, e.g. `15s`.
+    #[arg(long, global = true, env = "WARREN_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
     /// Log format on stderr; `RUST_LOG` sets the level.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -135,7 +138,7 @@ pub fn main() -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,warren=info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lapin=off,warren=info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -153,6 +156,7 @@ impl Cli {
             amqp_url: self.amqp_url.clone(),
             namespace: self.namespace.clone(),
             management_url: self.management_url.clone(),
+            connect_timeout: self.connect_timeout,
         };
         Settings::load(self.topology.as_deref(), &overrides)
     }
@@ -178,7 +182,7 @@ fn write_err(source: std::io::Error) -> Error {
 async fn topology_apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
     let started = Instant::now();
     let vhost = url_parts(&settings.amqp_url)?.vhost;
-    let conn = broker::connect(&settings.amqp_url, &connection_name("cli"), Some(CONNECT_DEADLINE_DEFAULT)).await?;
+    let conn = broker::connect(&settings.amqp_url, &connection_name("cli"), Some(settings.connect_timeout)).await?;
     let plan = Plan::new(settings);
     let result = topology::apply(&plan, &conn, &vhost).await;
     let _ = conn.close(200, "done".into()).await;

@@ -16,7 +16,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::Mutex;
 
-use crate::broker::{CONNECT_DEADLINE_DEFAULT, Pool};
+use crate::broker::Pool;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::task::Task;
@@ -125,7 +125,7 @@ impl Producer {
     /// # Errors
     /// [`Error::Config`] when the AMQP URL is unusable.
     pub fn with_role(settings: &Settings, role: &str) -> Result<Producer> {
-        let pool = Pool::new(&settings.amqp_url, role, 2, Some(CONNECT_DEADLINE_DEFAULT))?;
+        let pool = Pool::new(&settings.amqp_url, role, 2, Some(settings.connect_timeout))?;
         Ok(Producer {
             inner: Arc::new(Inner {
                 pool,
@@ -133,7 +133,7 @@ impl Producer {
                 names: Names::new(&settings.namespace),
                 ladder: Ladder::for_max_delay(settings.max_delay),
                 channel: Mutex::new(None),
-                retry_for: CONNECT_DEADLINE_DEFAULT,
+                retry_for: settings.connect_timeout,
                 window: CONFIRM_WINDOW_DEFAULT,
             }),
         })

@@ -1,1 +1,6 @@
+//! Integration tests: one binary, every test against the real broker in a vhost of its own.
 
+mod cli;
+mod producer;
+mod support;
+mod topology;

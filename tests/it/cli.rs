@@ -1,0 +1,151 @@
+//! The `warren` command: topology apply/export and its errors for bad input.
+
+use crate::support::{TestBroker, stderr, stdout, warren_bin};
+
+fn write_topology(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+/// A topology file in the system temp dir, removed on drop (test-only).
+mod tempfile_path {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    pub struct TempPath(pub PathBuf);
+    impl TempPath {
+        pub fn with(text: &str) -> TempPath {
+            let p = std::env::temp_dir().join(format!("warren-it-{}-{}.toml", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+            std::fs::write(&p, text).unwrap();
+            TempPath(p)
+        }
+        pub fn as_str(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn topology_apply_prints_what_it_declared_and_is_idempotent() {
+    let broker = TestBroker::new();
+    let file = write_topology("max_delay = \"1h\"\nqueue_type = \"classic\"\n[tasks.mail]\n");
+    let first = broker.cli(&["--topology", file.as_str(), "topology", "apply"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let out = stdout(&first);
+    assert!(out.contains("queue     t.mail  (0 messages)"), "{out}");
+    assert!(out.contains("exchange  t.delay.deliver"), "{out}");
+    assert!(out.contains("binding   t.tasks -[mail]-> t.mail"), "{out}");
+    // 1 h = 3600 s needs levels 0..=11
+    assert!(out.contains(": 15 exchanges, 14 queues,"), "{out}");
+    let second = broker.cli(&["--topology", file.as_str(), "topology", "apply"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(broker.queue_info("t.mail")["type"], "classic");
+}
+
+#[test]
+fn topology_export_is_importable_definitions_json() {
+    let broker = TestBroker::new();
+    let file = write_topology("max_delay = \"10s\"\n[tasks.mail]\n");
+    let out = broker.cli(&["--topology", file.as_str(), "topology", "export"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let defs: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    // Importing it into the vhost creates the same queues `apply` would.
+    broker
+        .mgmt
+        .post(&format!("definitions/{}", warren::management::enc(&broker.vhost)), &defs)
+        .expect("the broker accepts the definitions");
+    let q = broker.queue_info("t.delay.3");
+    assert_eq!(q["arguments"]["x-message-ttl"], 8000);
+    // and applying over the imported objects agrees with them
+    let apply = broker.cli(&["--topology", file.as_str(), "topology", "apply"]);
+    assert!(apply.status.success(), "{}", stderr(&apply));
+}
+
+/// Runs `warren topology apply` with a topology file and returns (exit code, stderr).
+fn apply_with(broker: &TestBroker, topology: &str) -> (i32, String) {
+    let file = write_topology(topology);
+    let out = broker.cli(&["--topology", file.as_str(), "topology", "apply"]);
+    (out.status.code().unwrap_or(-1), stderr(&out))
+}
+
+#[test]
+fn bad_topology_files_are_usage_errors_that_say_what_is_wrong() {
+    let broker = TestBroker::new();
+    let cases: &[(&str, &[&str])] = &[
+        ("namespace = \"a\"\n[defaults]\nmax_atempts = 3\n", &["max_atempts", "line 3"]),
+        ("[defaults]\ntime_limit = \"five minutes\"\n", &["invalid duration `five minutes`", "line 2", "90s"]),
+        ("[tasks.\"Send.Email\"]\n", &["task name `Send.Email`", "lowercase"]),
+        ("[tasks.a]\n[tasks.a]\n", &["line 2", "duplicate"]),
+        ("queue_type = \"stream\"\n", &["unknown variant `stream`", "quorum", "classic"]),
+        ("max_delay = \"9years\"\n", &["max_delay", "268435455s"]),
+    ];
+    for (toml, needles) in cases {
+        let (code, err) = apply_with(&broker, toml);
+        assert_eq!(code, 2, "{toml:?} -> {err}");
+        for n in *needles {
+            assert!(err.contains(n), "{toml:?}: missing {n:?} in: {err}");
+        }
+        assert!(err.lines().count() <= 8, "one short paragraph, got: {err}");
+    }
+}
+
+#[test]
+fn a_missing_topology_file_is_a_usage_error() {
+    let out = warren_bin().args(["--topology", "/nonexistent/w.toml", "topology", "export"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read topology file `/nonexistent/w.toml`"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unreachable_broker_fails_after_the_connect_timeout_with_a_how_to() {
+    let out = warren_bin()
+        .args(["--amqp-url", "amqp://guest:hunter2@127.0.0.1:1/%2f", "--connect-timeout", "1s", "topology", "apply"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"), "{err}");
+    assert!(err.contains("scripts/broker.sh"), "{err}");
+    assert!(!err.contains("hunter2"), "password leaked: {err}");
+}
+
+#[test]
+fn wrong_credentials_are_refused_at_once_without_echoing_the_password() {
+    let out = warren_bin()
+        .args(["--amqp-url", "amqp://guest:hunter2@127.0.0.1:5672/%2f", "topology", "apply"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ACCESS_REFUSED") && err.contains("user name and password"), "{err}");
+    assert!(!err.contains("hunter2"), "password leaked: {err}");
+}
+
+#[test]
+fn an_unknown_vhost_says_how_to_create_it() {
+    let out = warren_bin()
+        .args(["--amqp-url", "amqp://guest:guest@127.0.0.1:5672/no-such-vhost-here", "topology", "apply"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("vhost no-such-vhost-here not found") && err.contains("rabbitmqctl add_vhost"), "{err}");
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    for args in [
+        vec!["topology", "apply", "--connect-timeout", "soon"],
+        vec!["enqueue", "Bad.Name"],
+        vec!["enqueue", "ok", "--count", "0"],
+        vec!["frobnicate"],
+    ] {
+        let out = warren_bin().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).is_empty());
+    }
+}

@@ -1,0 +1,197 @@
+//! Test-only helpers: a fresh vhost per test, raw lapin access, the CLI binary.
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, message::Delivery};
+use warren::Settings;
+use warren::management::{Management, enc};
+
+/// AMQP host:port of the shared test broker.
+pub fn amqp_host() -> String {
+    std::env::var("WARREN_TEST_AMQP_HOST").unwrap_or_else(|_| "127.0.0.1:5672".into())
+}
+
+/// Management API of the shared test broker.
+pub fn management() -> Management {
+    let base = std::env::var("RABBITMQ_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into());
+    Management::new(&base, "guest", "guest")
+}
+
+static SWEEP: Once = Once::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A vhost of its own for one test, deleted on drop. Tests run in parallel on one broker.
+pub struct TestBroker {
+    pub vhost: String,
+    pub mgmt: Management,
+}
+
+impl TestBroker {
+    /// Creates `it-<pid>-<n>` and grants `guest` full rights on it. Fails (never skips) with
+    /// a how-to when the broker or its management API is missing.
+    pub fn new() -> TestBroker {
+        let mgmt = management();
+        if let Err(e) = mgmt.get("overview") {
+            panic!(
+                "the integration tests need RabbitMQ with the management plugin on 127.0.0.1 \
+                 (run scripts/broker.sh, or scripts/test.sh which calls it): {e}"
+            );
+        }
+        SWEEP.call_once(|| sweep(&mgmt));
+        let vhost = format!("it-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        mgmt.put(&format!("vhosts/{}", enc(&vhost)), &serde_json::json!({})).expect("create vhost");
+        mgmt.put(
+            &format!("permissions/{}/guest", enc(&vhost)),
+            &serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+        )
+        .expect("grant guest on vhost");
+        TestBroker { vhost, mgmt }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@{}/{}", amqp_host(), enc(&self.vhost))
+    }
+
+    /// Settings for this vhost from topology TOML (namespace `t` unless the TOML sets one).
+    pub fn settings(&self, toml: &str) -> Settings {
+        let mut s = Settings::from_toml(toml).expect("test topology parses");
+        s.amqp_url = self.amqp_url();
+        if !toml.contains("namespace") {
+            s.namespace = "t".into();
+        }
+        s.connect_timeout = Duration::from_secs(10);
+        s.validate().expect("test topology validates");
+        s
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.amqp_url(), ConnectionProperties::default().with_connection_name("warren test".into()))
+            .await
+            .expect("test connection")
+    }
+
+    /// Messages in `queue` right now (passive declare).
+    pub async fn count(&self, ch: &Channel, queue: &str) -> u32 {
+        ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await
+            .expect("queue exists")
+            .message_count()
+    }
+
+    /// The management API's view of one queue in this vhost.
+    pub fn queue_info(&self, name: &str) -> serde_json::Value {
+        self.mgmt.queue(&self.vhost, name).expect("management API").unwrap_or_else(|| panic!("no queue {name}"))
+    }
+
+    /// Runs the `warren` binary against this vhost.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args, &[], None)
+    }
+
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+        let mut cmd = warren_bin();
+        cmd.env("WARREN_AMQP_URL", self.amqp_url()).env("WARREN_NAMESPACE", "t").args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run(cmd, stdin)
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let _ = self.mgmt.delete(&format!("vhosts/{}", enc(&self.vhost)));
+    }
+}
+
+/// Deletes `it-<pid>-*` vhosts left by test processes that no longer run.
+fn sweep(mgmt: &Management) {
+    let Ok(vhosts) = mgmt.get("vhosts") else { return };
+    for v in vhosts.as_array().into_iter().flatten() {
+        let Some(name) = v["name"].as_str() else { continue };
+        let Some(pid) = name.strip_prefix("it-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = mgmt.delete(&format!("vhosts/{}", enc(name)));
+        }
+    }
+}
+
+/// The `warren` binary built for these tests, with a clean environment.
+pub fn warren_bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WARREN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn warren");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("warren runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Consumes `n` deliveries from `queue` (acking each), with the time each arrived since
+/// `since`; fails the test when they do not all arrive within `within`.
+pub async fn take(ch: &Channel, queue: &str, n: usize, since: Instant, within: Duration) -> Vec<(Duration, Delivery)> {
+    let tag = format!("take-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+    let mut consumer = ch
+        .basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < n {
+        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+        let delivery = match next {
+            Ok(Some(Ok(d))) => d,
+            Ok(other) => panic!("consumer on {queue} ended: {other:?}"),
+            Err(_) => panic!("only {} of {n} messages reached {queue} within {within:?}", got.len()),
+        };
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        got.push((since.elapsed(), delivery));
+    }
+    let _ = ch.basic_cancel(tag.as_str().into(), Default::default()).await;
+    got
+}
+
+/// Waits until `f` returns `Some`, polling every 100 ms, or fails after `within`.
+pub async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
