@@ -49,15 +49,23 @@ pub struct UrlParts {
 /// # Errors
 /// [`Error::Config`] when the URL cannot be parsed (the message does not repeat the URL).
 pub fn url_parts(url: &str) -> Result<UrlParts> {
-    let parsed = url::Url::parse(url)
-        .map_err(|e| Error::Config(format!("the AMQP URL `{}` is not a valid URL: {e}", redact(url))))?;
+    let parsed = url::Url::parse(url).map_err(|e| {
+        Error::Config(format!(
+            "the AMQP URL `{}` is not a valid URL: {e}",
+            redact(url)
+        ))
+    })?;
     if !matches!(parsed.scheme(), "amqp" | "amqps") {
         return Err(Error::Config(format!(
             "the AMQP URL `{}` must start with amqp:// or amqps://",
             redact(url)
         )));
     }
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
     let path = parsed.path();
     let vhost = match path.strip_prefix('/') {
         None | Some("") => "/".to_string(),
@@ -65,7 +73,11 @@ pub fn url_parts(url: &str) -> Result<UrlParts> {
     };
     Ok(UrlParts {
         host: parsed.host_str().unwrap_or("localhost").to_string(),
-        username: if parsed.username().is_empty() { "guest".into() } else { decode(parsed.username()) },
+        username: if parsed.username().is_empty() {
+            "guest".into()
+        } else {
+            decode(parsed.username())
+        },
         password: parsed.password().map_or_else(|| "guest".into(), decode),
         vhost,
     })
@@ -89,7 +101,11 @@ fn properties(name: &str) -> ConnectionProperties {
 fn classify(url: &str, err: lapin::Error) -> backoff::Error<Error> {
     let redacted = redact(url);
     if let lapin::ErrorKind::ProtocolError(amqp) = err.kind() {
-        let reason = amqp.get_message().as_str().trim_end_matches('.').to_string();
+        let reason = amqp
+            .get_message()
+            .as_str()
+            .trim_end_matches('.')
+            .to_string();
         match amqp.kind() {
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
                 return backoff::Error::permanent(Error::Refused {
@@ -111,7 +127,10 @@ fn classify(url: &str, err: lapin::Error) -> backoff::Error<Error> {
             _ => {}
         }
     }
-    backoff::Error::transient(Error::Connect { url: redacted, reason: err.to_string() })
+    backoff::Error::transient(Error::Connect {
+        url: redacted,
+        reason: err.to_string(),
+    })
 }
 
 /// Opens one named connection, retrying with exponential backoff until `deadline` has passed
@@ -148,7 +167,10 @@ pub struct Pool {
 impl std::fmt::Debug for Pool {
     // deadpool's own Debug would print the URL with its password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("url", &redact(&self.url)).field("status", &self.inner.status()).finish()
+        f.debug_struct("Pool")
+            .field("url", &redact(&self.url))
+            .field("status", &self.inner.status())
+            .finish()
     }
 }
 
@@ -167,7 +189,11 @@ impl Pool {
         let inner = cfg
             .create_pool(move || properties(&name), deadpool_lapin::Runtime::Tokio1)
             .map_err(|e| Error::Config(format!("cannot build the connection pool: {e}")))?;
-        Ok(Pool { inner, url: url.to_string(), deadline })
+        Ok(Pool {
+            inner,
+            url: url.to_string(),
+            deadline,
+        })
     }
 
     /// A connected connection, retrying with backoff until the pool's deadline.
@@ -210,7 +236,10 @@ mod tests {
 
     #[test]
     fn redaction_hides_the_password_and_keeps_the_rest() {
-        assert_eq!(redact("amqp://bob:s3cret@host:5672/%2f"), "amqp://bob:***@host:5672/%2f");
+        assert_eq!(
+            redact("amqp://bob:s3cret@host:5672/%2f"),
+            "amqp://bob:***@host:5672/%2f"
+        );
         assert_eq!(redact("amqp://host/vh"), "amqp://host/vh");
         assert!(!redact("amqp://bob:s3cret@[bad").contains("s3cret"));
     }
@@ -218,7 +247,10 @@ mod tests {
     #[test]
     fn url_parts_decode_the_vhost_and_default_credentials() {
         let p = url_parts("amqp://127.0.0.1:5672/%2f").unwrap();
-        assert_eq!((p.host.as_str(), p.username.as_str(), p.vhost.as_str()), ("127.0.0.1", "guest", "/"));
+        assert_eq!(
+            (p.host.as_str(), p.username.as_str(), p.vhost.as_str()),
+            ("127.0.0.1", "guest", "/")
+        );
         let p = url_parts("amqps://u:p%40ss@rabbit.example/it-1").unwrap();
         assert_eq!((p.password.as_str(), p.vhost.as_str()), ("p@ss", "it-1"));
         assert_eq!(url_parts("amqp://h").unwrap().vhost, "/");

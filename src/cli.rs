@@ -30,7 +30,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "WARREN_TOPOLOGY")]
     pub topology: Option<PathBuf>,
     /// Management API URL [default: http://{amqp host}:15672].
-    #[arg(long, global = true, env = "WARREN_MANAGEMENT_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_MANAGEMENT_URL",
+        hide_env_values = true
+    )]
     pub management_url: Option<String>,
     /// How long to keep trying to reach the broker, e.g. `15s`.
     #[arg(long, global = true, env = "WARREN_CONNECT_TIMEOUT", value_parser = parse_duration)]
@@ -138,8 +143,11 @@ pub fn main() -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lapin=off,warren=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,lapin=off,warren=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -170,19 +178,29 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
     let settings = cli.settings()?;
     match cli.command {
         Command::Topology(TopologyCommand::Apply) => topology_apply(&settings, out).await,
-        Command::Topology(TopologyCommand::Export { output }) => topology_export(&settings, output, out),
+        Command::Topology(TopologyCommand::Export { output }) => {
+            topology_export(&settings, output, out)
+        }
         Command::Enqueue(args) => enqueue(&settings, args, out).await,
     }
 }
 
 fn write_err(source: std::io::Error) -> Error {
-    Error::Io { context: "writing output".to_string(), source }
+    Error::Io {
+        context: "writing output".to_string(),
+        source,
+    }
 }
 
 async fn topology_apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
     let started = Instant::now();
     let vhost = url_parts(&settings.amqp_url)?.vhost;
-    let conn = broker::connect(&settings.amqp_url, &connection_name("cli"), Some(settings.connect_timeout)).await?;
+    let conn = broker::connect(
+        &settings.amqp_url,
+        &connection_name("cli"),
+        Some(settings.connect_timeout),
+    )
+    .await?;
     let plan = Plan::new(settings);
     let result = topology::apply(&plan, &conn, &vhost).await;
     let _ = conn.close(200, "done".into()).await;
@@ -208,13 +226,20 @@ async fn topology_apply(settings: &Settings, out: &mut dyn Write) -> Result<Exit
     )
     .map_err(write_err)?;
     if settings.tasks.is_empty() {
-        writeln!(out, "note: the topology declares no task types; add [tasks.NAME] tables to get work queues")
-            .map_err(write_err)?;
+        writeln!(
+            out,
+            "note: the topology declares no task types; add [tasks.NAME] tables to get work queues"
+        )
+        .map_err(write_err)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn topology_export(settings: &Settings, output: Option<PathBuf>, out: &mut dyn Write) -> Result<ExitCode> {
+fn topology_export(
+    settings: &Settings,
+    output: Option<PathBuf>,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
     let defs = Plan::new(settings).to_definitions();
     let text = serde_json::to_string_pretty(&defs).unwrap_or_default();
     match output {
@@ -250,7 +275,10 @@ async fn enqueue(settings: &Settings, args: EnqueueArgs, out: &mut dyn Write) ->
         (Some(p), _) => parse_payload(p, "--payload")?,
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::InvalidInput(format!("cannot read --payload-file {}: {e}", path.display()))
+                Error::InvalidInput(format!(
+                    "cannot read --payload-file {}: {e}",
+                    path.display()
+                ))
             })?;
             parse_payload(&text, &format!("--payload-file {}", path.display()))?
         }
@@ -259,14 +287,30 @@ async fn enqueue(settings: &Settings, args: EnqueueArgs, out: &mut dyn Write) ->
     let producer = Producer::with_role(settings, "cli")?;
     match args.count {
         None => {
-            let id = producer.enqueue_raw(&args.task, body, EnqueueOptions { id: args.id.clone(), ..options }).await?;
+            let id = producer
+                .enqueue_raw(
+                    &args.task,
+                    body,
+                    EnqueueOptions {
+                        id: args.id.clone(),
+                        ..options
+                    },
+                )
+                .await?;
             writeln!(out, "{id}").map_err(write_err)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(count) => {
             let items = (1..=count).map(|n| {
                 let id = args.id.as_ref().map(|id| format!("{id}-{n}"));
-                (args.task.clone(), Ok(body.clone()), EnqueueOptions { id, ..options.clone() })
+                (
+                    args.task.clone(),
+                    Ok(body.clone()),
+                    EnqueueOptions {
+                        id,
+                        ..options.clone()
+                    },
+                )
             });
             let outcome = enqueue_in_chunks(&producer, &args.task, items, count, out).await?;
             Ok(outcome)
@@ -313,9 +357,17 @@ async fn enqueue_in_chunks(
     eprintln!(
         "enqueued {ok} of {total} `{task}` tasks in {secs:.2} s ({:.0} tasks/s){}",
         ok as f64 / secs.max(1e-9),
-        if failed > 0 { format!("; {failed} NOT enqueued") } else { String::new() }
+        if failed > 0 {
+            format!("; {failed} NOT enqueued")
+        } else {
+            String::new()
+        }
     );
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `warren enqueue TASK -`: one JSON payload per line. A bad line is reported with its number
@@ -336,7 +388,10 @@ async fn enqueue_lines(
         let mut items = Vec::new();
         for (i, line) in lines.by_ref().take(CHUNK) {
             let n = i + 1;
-            let line = line.map_err(|source| Error::Io { context: format!("reading stdin line {n}"), source })?;
+            let line = line.map_err(|source| Error::Io {
+                context: format!("reading stdin line {n}"),
+                source,
+            })?;
             if line.trim().is_empty() {
                 continue;
             }
@@ -344,7 +399,14 @@ async fn enqueue_lines(
                 Ok(body) => {
                     numbers.push(n);
                     let id = args.id.as_ref().map(|id| format!("{id}-{n}"));
-                    items.push((args.task.clone(), Ok(body), EnqueueOptions { id, ..options.clone() }));
+                    items.push((
+                        args.task.clone(),
+                        Ok(body),
+                        EnqueueOptions {
+                            id,
+                            ..options.clone()
+                        },
+                    ));
                 }
                 Err(e) => {
                     bad += 1;
@@ -352,7 +414,10 @@ async fn enqueue_lines(
                 }
             }
         }
-        for (n, result) in numbers.into_iter().zip(producer.enqueue_many_raw(items).await) {
+        for (n, result) in numbers
+            .into_iter()
+            .zip(producer.enqueue_many_raw(items).await)
+        {
             match result {
                 Ok(id) => {
                     ok += 1;
@@ -369,9 +434,17 @@ async fn enqueue_lines(
         "enqueued {ok} `{}` tasks from stdin in {:.2} s{}",
         args.task,
         started.elapsed().as_secs_f64(),
-        if bad > 0 { format!("; {bad} line(s) NOT enqueued") } else { String::new() }
+        if bad > 0 {
+            format!("; {bad} line(s) NOT enqueued")
+        } else {
+            String::new()
+        }
     );
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A progress bar on a terminal, a line every 10 % otherwise.
@@ -392,7 +465,11 @@ impl Progress {
             }
             bar
         });
-        Progress { bar, total, last_decile: std::cell::Cell::new(0) }
+        Progress {
+            bar,
+            total,
+            last_decile: std::cell::Cell::new(0),
+        }
     }
 
     fn set(&self, done: u64) {
@@ -428,16 +505,39 @@ mod tests {
 
     #[test]
     fn global_flags_parse_before_and_after_the_subcommand() {
-        let cli = Cli::try_parse_from(["warren", "--namespace", "a", "topology", "apply", "--amqp-url", "amqp://h/"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "warren",
+            "--namespace",
+            "a",
+            "topology",
+            "apply",
+            "--amqp-url",
+            "amqp://h/",
+        ])
+        .unwrap();
         assert_eq!(cli.namespace.as_deref(), Some("a"));
         assert_eq!(cli.amqp_url.as_deref(), Some("amqp://h/"));
-        assert!(matches!(cli.command, Command::Topology(TopologyCommand::Apply)));
+        assert!(matches!(
+            cli.command,
+            Command::Topology(TopologyCommand::Apply)
+        ));
     }
 
     #[test]
     fn enqueue_parses_durations_and_refuses_bad_ones() {
-        let cli = Cli::try_parse_from(["warren", "enqueue", "t", "--delay", "90s", "--expires-in", "10m"]).unwrap();
-        let Command::Enqueue(a) = cli.command else { panic!() };
+        let cli = Cli::try_parse_from([
+            "warren",
+            "enqueue",
+            "t",
+            "--delay",
+            "90s",
+            "--expires-in",
+            "10m",
+        ])
+        .unwrap();
+        let Command::Enqueue(a) = cli.command else {
+            panic!()
+        };
         assert_eq!(a.delay, Some(Duration::from_secs(90)));
         assert_eq!(a.expires_in, Some(Duration::from_secs(600)));
         let err = Cli::try_parse_from(["warren", "enqueue", "t", "--delay", "soon"]).unwrap_err();

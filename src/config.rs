@@ -324,7 +324,10 @@ impl Settings {
         }
         let w = &self.worker;
         if w.concurrency == 0 || w.concurrency > 10_000 {
-            problems.push(format!("[worker] `concurrency` must be 1..=10000, got {}", w.concurrency));
+            problems.push(format!(
+                "[worker] `concurrency` must be 1..=10000, got {}",
+                w.concurrency
+            ));
         }
         if w.prefetch == 0 {
             problems.push("[worker] `prefetch` must be 1..=65535, got 0".to_string());
@@ -339,7 +342,10 @@ impl Settings {
 
 fn check_policy(table: &str, p: &TaskPolicy, problems: &mut Vec<String>) {
     if p.max_attempts == 0 || p.max_attempts > 1000 {
-        problems.push(format!("{table} `max_attempts` must be 1..=1000, got {}", p.max_attempts));
+        problems.push(format!(
+            "{table} `max_attempts` must be 1..=1000, got {}",
+            p.max_attempts
+        ));
     }
     if p.delivery_limit == 0 {
         problems.push(format!("{table} `delivery_limit` must be at least 1"));
@@ -355,20 +361,30 @@ fn check_policy(table: &str, p: &TaskPolicy, problems: &mut Vec<String>) {
         ));
     }
     if p.expires.is_some_and(|e| e.is_zero()) {
-        problems.push(format!("{table} `expires` must be longer than 0s (omit it for no expiry)"));
+        problems.push(format!(
+            "{table} `expires` must be longer than 0s (omit it for no expiry)"
+        ));
     }
     let b = &p.backoff;
     if b.initial.is_zero() {
         problems.push(format!("{table} `backoff.initial` must be longer than 0s"));
     }
     if !(b.multiplier.is_finite() && b.multiplier >= 1.0) {
-        problems.push(format!("{table} `backoff.multiplier` must be >= 1.0, got {}", b.multiplier));
+        problems.push(format!(
+            "{table} `backoff.multiplier` must be >= 1.0, got {}",
+            b.multiplier
+        ));
     }
     if !(0.0..=1.0).contains(&b.jitter) {
-        problems.push(format!("{table} `backoff.jitter` must be within 0.0..=1.0, got {}", b.jitter));
+        problems.push(format!(
+            "{table} `backoff.jitter` must be within 0.0..=1.0, got {}",
+            b.jitter
+        ));
     }
     if b.max < b.initial {
-        problems.push(format!("{table} `backoff.max` must be >= `backoff.initial`"));
+        problems.push(format!(
+            "{table} `backoff.max` must be >= `backoff.initial`"
+        ));
     }
 }
 
@@ -476,7 +492,10 @@ impl TaskFile {
             delivery_limit: self.delivery_limit,
         }
         .over(defaults);
-        TaskSettings { policy, exec: self.exec }
+        TaskSettings {
+            policy,
+            exec: self.exec,
+        }
     }
 }
 
@@ -519,9 +538,13 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     })
 }
 
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
+fn opt_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
-    parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -573,7 +596,8 @@ mod tests {
 
     #[test]
     fn overrides_win_over_the_file() {
-        let mut s = Settings::from_toml("namespace = \"file\"\namqp_url = \"amqp://a/%2f\"").unwrap();
+        let mut s =
+            Settings::from_toml("namespace = \"file\"\namqp_url = \"amqp://a/%2f\"").unwrap();
         s.apply(&Overrides {
             namespace: Some("flag".into()),
             amqp_url: None,
@@ -587,7 +611,8 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_named_with_its_line() {
-        let err = Settings::from_toml("namespace = \"a\"\n\n[defaults]\nmax_atempts = 3\n").unwrap_err();
+        let err =
+            Settings::from_toml("namespace = \"a\"\n\n[defaults]\nmax_atempts = 3\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("max_atempts"), "{msg}");
         assert!(msg.contains("line 4"), "{msg}");
@@ -595,28 +620,43 @@ mod tests {
 
     #[test]
     fn a_bad_duration_is_quoted_with_an_example() {
-        let err = Settings::from_toml("max_delay = \"3 fortnights\"").unwrap_err().to_string();
+        let err = Settings::from_toml("max_delay = \"3 fortnights\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("3 fortnights") && err.contains("90s"), "{err}");
         assert!(err.contains("line 1"), "{err}");
     }
 
     #[test]
     fn a_queue_type_other_than_quorum_or_classic_is_refused() {
-        let err = Settings::from_toml("queue_type = \"stream\"").unwrap_err().to_string();
-        assert!(err.contains("stream") && err.contains("quorum") && err.contains("classic"), "{err}");
+        let err = Settings::from_toml("queue_type = \"stream\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("stream") && err.contains("quorum") && err.contains("classic"),
+            "{err}"
+        );
     }
 
     #[test]
     fn max_delay_above_the_ladder_limit_is_refused() {
         let s = Settings::from_toml("max_delay = \"10years\"").unwrap();
         let err = s.validate().unwrap_err().to_string();
-        assert!(err.contains("max_delay") && err.contains("268435455s"), "{err}");
+        assert!(
+            err.contains("max_delay") && err.contains("268435455s"),
+            "{err}"
+        );
     }
 
     #[test]
     fn sub_second_max_delay_is_refused() {
         let s = Settings::from_toml("max_delay = \"1500ms\"").unwrap();
-        assert!(s.validate().unwrap_err().to_string().contains("whole number of seconds"));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("whole number of seconds")
+        );
     }
 
     #[test]
@@ -630,8 +670,13 @@ mod tests {
 
     #[test]
     fn a_duplicate_task_table_is_refused_by_the_parser() {
-        let err = Settings::from_toml("[tasks.a]\n[tasks.a]\n").unwrap_err().to_string();
-        assert!(err.contains("duplicate") || err.contains("redefin"), "{err}");
+        let err = Settings::from_toml("[tasks.a]\n[tasks.a]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("duplicate") || err.contains("redefin"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -641,15 +686,22 @@ mod tests {
         )
         .unwrap();
         let err = s.validate().unwrap_err().to_string();
-        for needle in ["[tasks.a] `max_attempts`", "consumer_timeout", "`backoff.jitter`", "`backoff.multiplier`"] {
+        for needle in [
+            "[tasks.a] `max_attempts`",
+            "consumer_timeout",
+            "`backoff.jitter`",
+            "`backoff.multiplier`",
+        ] {
             assert!(err.contains(needle), "missing {needle}: {err}");
         }
     }
 
     #[test]
     fn an_amqp_url_with_another_scheme_is_refused_without_its_password() {
-        let mut s = Settings::default();
-        s.amqp_url = "http://user:secret@host/".into();
+        let s = Settings {
+            amqp_url: "http://user:secret@host/".into(),
+            ..Default::default()
+        };
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("amqp://") && !err.contains("secret"), "{err}");
     }

@@ -121,18 +121,37 @@ impl Clone for Error {
         match self {
             Error::Config(s) => Error::Config(s.clone()),
             Error::InvalidInput(s) => Error::InvalidInput(s.clone()),
-            Error::Connect { url, reason } => Error::Connect { url: url.clone(), reason: reason.clone() },
-            Error::Refused { url, reason, hint } => Error::Refused { url: url.clone(), reason: reason.clone(), hint },
-            Error::Declare { entity, name, source } => {
-                Error::Declare { entity, name: name.clone(), source: source.clone() }
-            }
+            Error::Connect { url, reason } => Error::Connect {
+                url: url.clone(),
+                reason: reason.clone(),
+            },
+            Error::Refused { url, reason, hint } => Error::Refused {
+                url: url.clone(),
+                reason: reason.clone(),
+                hint,
+            },
+            Error::Declare {
+                entity,
+                name,
+                source,
+            } => Error::Declare {
+                entity,
+                name: name.clone(),
+                source: source.clone(),
+            },
             Error::TopologyConflict(c) => Error::TopologyConflict(c.clone()),
-            Error::Unroutable { task, namespace } => {
-                Error::Unroutable { task: task.clone(), namespace: namespace.clone() }
-            }
-            Error::MissingExchange { exchange } => Error::MissingExchange { exchange: exchange.clone() },
+            Error::Unroutable { task, namespace } => Error::Unroutable {
+                task: task.clone(),
+                namespace: namespace.clone(),
+            },
+            Error::MissingExchange { exchange } => Error::MissingExchange {
+                exchange: exchange.clone(),
+            },
             Error::Refusal { task } => Error::Refusal { task: task.clone() },
-            Error::Amqp { operation, source } => Error::Amqp { operation: operation.clone(), source: source.clone() },
+            Error::Amqp { operation, source } => Error::Amqp {
+                operation: operation.clone(),
+                source: source.clone(),
+            },
             Error::Management(s) => Error::Management(s.clone()),
             Error::Io { context, source } => Error::Io {
                 context: context.clone(),
@@ -147,7 +166,9 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::Refusal { .. } => true,
-            Error::Declare { source, .. } | Error::Amqp { source, .. } => is_transient_lapin(source),
+            Error::Declare { source, .. } | Error::Amqp { source, .. } => {
+                is_transient_lapin(source)
+            }
             Error::Config(_)
             | Error::InvalidInput(_)
             | Error::Refused { .. }

@@ -21,7 +21,12 @@
 //! - [`management`]: the RabbitMQ management HTTP API.
 //! - [`cli`]: the `warren` command.
 
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub, clippy::unwrap_in_result)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::unwrap_in_result
+)]
 
 pub mod broker;
 pub mod cli;

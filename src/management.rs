@@ -31,7 +31,10 @@ pub struct Management {
 
 impl std::fmt::Debug for Management {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Management").field("base", &self.base).field("user", &self.user).finish()
+        f.debug_struct("Management")
+            .field("base", &self.base)
+            .field("user", &self.user)
+            .finish()
     }
 }
 
@@ -45,17 +48,38 @@ impl Management {
         let (base, user, password) = match &settings.management_url {
             Some(m) => {
                 let mut parsed = url::Url::parse(m).map_err(|e| {
-                    Error::Config(format!("the management URL `{}` is not a valid URL: {e}", redact(m)))
+                    Error::Config(format!(
+                        "the management URL `{}` is not a valid URL: {e}",
+                        redact(m)
+                    ))
                 })?;
-                let user = if parsed.username().is_empty() { amqp.username.clone() } else { parsed.username().to_string() };
-                let password = parsed.password().map_or_else(|| amqp.password.clone(), str::to_string);
+                let user = if parsed.username().is_empty() {
+                    amqp.username.clone()
+                } else {
+                    parsed.username().to_string()
+                };
+                let password = parsed
+                    .password()
+                    .map_or_else(|| amqp.password.clone(), str::to_string);
                 let _ = parsed.set_username("");
                 let _ = parsed.set_password(None);
-                (parsed.to_string().trim_end_matches('/').to_string(), user, password)
+                (
+                    parsed.to_string().trim_end_matches('/').to_string(),
+                    user,
+                    password,
+                )
             }
             None => {
-                let host = if amqp.host.contains(':') { format!("[{}]", amqp.host) } else { amqp.host.clone() };
-                (format!("http://{host}:{MANAGEMENT_PORT_DEFAULT}"), amqp.username, amqp.password)
+                let host = if amqp.host.contains(':') {
+                    format!("[{}]", amqp.host)
+                } else {
+                    amqp.host.clone()
+                };
+                (
+                    format!("http://{host}:{MANAGEMENT_PORT_DEFAULT}"),
+                    amqp.username,
+                    amqp.password,
+                )
             }
         };
         Ok(Management::new(&base, &user, &password))
@@ -95,7 +119,11 @@ impl Management {
             )),
             ureq::Error::Status(code, resp) => {
                 let body = resp.into_string().unwrap_or_default();
-                Error::Management(format!("{method} {}/api/{path} answered {code}: {}", self.base, body.trim()))
+                Error::Management(format!(
+                    "{method} {}/api/{path} answered {code}: {}",
+                    self.base,
+                    body.trim()
+                ))
             }
             ureq::Error::Transport(t) => Error::Management(format!(
                 "the RabbitMQ management API at {} is unreachable ({t}). Enable it with \
@@ -111,8 +139,16 @@ impl Management {
     /// # Errors
     /// [`Error::Management`] naming the URL and status.
     pub fn get(&self, path: &str) -> Result<Value> {
-        let resp = self.request("GET", path).call().map_err(|e| self.fail("GET", path, e))?;
-        resp.into_json().map_err(|e| Error::Management(format!("GET {}/api/{path}: unreadable JSON: {e}", self.base)))
+        let resp = self
+            .request("GET", path)
+            .call()
+            .map_err(|e| self.fail("GET", path, e))?;
+        resp.into_json().map_err(|e| {
+            Error::Management(format!(
+                "GET {}/api/{path}: unreadable JSON: {e}",
+                self.base
+            ))
+        })
     }
 
     /// `GET /api/{path}`, with 404 as `None`.
@@ -121,10 +157,12 @@ impl Management {
     /// As [`Management::get`], except for 404.
     pub fn get_opt(&self, path: &str) -> Result<Option<Value>> {
         match self.request("GET", path).call() {
-            Ok(resp) => resp
-                .into_json()
-                .map(Some)
-                .map_err(|e| Error::Management(format!("GET {}/api/{path}: unreadable JSON: {e}", self.base))),
+            Ok(resp) => resp.into_json().map(Some).map_err(|e| {
+                Error::Management(format!(
+                    "GET {}/api/{path}: unreadable JSON: {e}",
+                    self.base
+                ))
+            }),
             Err(ureq::Error::Status(404, _)) => Ok(None),
             Err(e) => Err(self.fail("GET", path, e)),
         }
@@ -135,7 +173,9 @@ impl Management {
     /// # Errors
     /// [`Error::Management`].
     pub fn put(&self, path: &str, body: &Value) -> Result<()> {
-        self.request("PUT", path).send_json(body).map_err(|e| self.fail("PUT", path, e))?;
+        self.request("PUT", path)
+            .send_json(body)
+            .map_err(|e| self.fail("PUT", path, e))?;
         Ok(())
     }
 
@@ -144,7 +184,9 @@ impl Management {
     /// # Errors
     /// [`Error::Management`].
     pub fn post(&self, path: &str, body: &Value) -> Result<()> {
-        self.request("POST", path).send_json(body).map_err(|e| self.fail("POST", path, e))?;
+        self.request("POST", path)
+            .send_json(body)
+            .map_err(|e| self.fail("POST", path, e))?;
         Ok(())
     }
 
@@ -172,7 +214,11 @@ impl Management {
     /// # Errors
     /// [`Error::Management`].
     pub fn connections(&self) -> Result<Vec<Value>> {
-        Ok(self.get("connections")?.as_array().cloned().unwrap_or_default())
+        Ok(self
+            .get("connections")?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Force-closes the connections whose user-provided name is `name`; returns how many.
@@ -182,7 +228,9 @@ impl Management {
     pub fn close_connections_named(&self, name: &str) -> Result<usize> {
         let mut closed = 0;
         for c in self.connections()? {
-            let provided = c["client_properties"]["connection_name"].as_str().unwrap_or_default();
+            let provided = c["client_properties"]["connection_name"]
+                .as_str()
+                .unwrap_or_default();
             if provided == name
                 && let Some(id) = c["name"].as_str()
             {
@@ -213,13 +261,21 @@ mod tests {
 
     #[test]
     fn the_default_endpoint_is_the_amqp_host_on_15672_with_its_credentials() {
-        let mut s = Settings::default();
-        s.amqp_url = "amqp://bob:pw@rabbit.local:5672/v".into();
+        let mut s = Settings {
+            amqp_url: "amqp://bob:pw@rabbit.local:5672/v".into(),
+            ..Default::default()
+        };
         let m = Management::from_settings(&s).unwrap();
-        assert_eq!((m.base(), m.user.as_str(), m.password.as_str()), ("http://rabbit.local:15672", "bob", "pw"));
+        assert_eq!(
+            (m.base(), m.user.as_str(), m.password.as_str()),
+            ("http://rabbit.local:15672", "bob", "pw")
+        );
         s.management_url = Some("http://admin:x@mgmt:8080/".into());
         let m = Management::from_settings(&s).unwrap();
-        assert_eq!((m.base(), m.user.as_str(), m.password.as_str()), ("http://mgmt:8080", "admin", "x"));
+        assert_eq!(
+            (m.base(), m.user.as_str(), m.password.as_str()),
+            ("http://mgmt:8080", "admin", "x")
+        );
     }
 
     #[test]

@@ -157,8 +157,9 @@ impl Producer {
     /// # Errors
     /// See [`Producer::enqueue_raw`].
     pub async fn enqueue_with<T: Task>(&self, task: &T, options: EnqueueOptions) -> Result<String> {
-        let body = serde_json::to_vec(task)
-            .map_err(|e| Error::InvalidInput(format!("cannot serialize a `{}` task: {e}", T::NAME)))?;
+        let body = serde_json::to_vec(task).map_err(|e| {
+            Error::InvalidInput(format!("cannot serialize a `{}` task: {e}", T::NAME))
+        })?;
         self.enqueue_raw(T::NAME, body, options).await
     }
 
@@ -170,7 +171,12 @@ impl Producer {
     /// [`Error::MissingExchange`] when the topology is not applied; [`Error::Refusal`] when the
     /// broker nacks; [`Error::Connect`] / [`Error::Amqp`] when the broker stayed unreachable
     /// for the retry period.
-    pub async fn enqueue_raw(&self, task: &str, body: Vec<u8>, options: EnqueueOptions) -> Result<String> {
+    pub async fn enqueue_raw(
+        &self,
+        task: &str,
+        body: Vec<u8>,
+        options: EnqueueOptions,
+    ) -> Result<String> {
         let out = self.prepare(task, body, options)?;
         let id = out.id.clone();
         let mut results = self.publish_all(vec![out]).await;
@@ -179,10 +185,14 @@ impl Producer {
 
     /// Enqueues many tasks of one type, pipelining publishes and confirms; one result per
     /// task, in input order. A task is reported `Ok` only when the broker confirmed it.
-    pub async fn enqueue_many<T: Task>(&self, tasks: impl IntoIterator<Item = T>) -> Vec<Result<String>> {
+    pub async fn enqueue_many<T: Task>(
+        &self,
+        tasks: impl IntoIterator<Item = T>,
+    ) -> Vec<Result<String>> {
         let items = tasks.into_iter().map(|t| {
-            let body = serde_json::to_vec(&t)
-                .map_err(|e| Error::InvalidInput(format!("cannot serialize a `{}` task: {e}", T::NAME)));
+            let body = serde_json::to_vec(&t).map_err(|e| {
+                Error::InvalidInput(format!("cannot serialize a `{}` task: {e}", T::NAME))
+            });
             (T::NAME.to_string(), body, EnqueueOptions::default())
         });
         self.enqueue_many_raw(items).await
@@ -211,7 +221,10 @@ impl Producer {
                 results[slot] = Some(Err(e));
             }
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::InvalidInput("internal: no result".into())))).collect()
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::InvalidInput("internal: no result".into()))))
+            .collect()
     }
 
     /// Validates and encodes one task; nothing is sent.
@@ -252,7 +265,9 @@ impl Producer {
         if let Some(id) = &options.id
             && (id.is_empty() || id.len() > 255)
         {
-            return Err(Error::InvalidInput("a task id must be 1 to 255 bytes long".into()));
+            return Err(Error::InvalidInput(
+                "a task id must be 1 to 255 bytes long".into(),
+            ));
         }
         let mut env = Envelope::new(options.id.unwrap_or_else(new_task_id), task);
         env.expires_at_ms = expires_at.map(unix_ms);
@@ -261,12 +276,18 @@ impl Producer {
         let names = &self.inner.names;
         let (exchange, routing_key, expiration) = if delay == 0 {
             // The broker expires (and dead-letters) an undelayed task even with no worker.
-            let ttl = env.expires_at_ms.map(|at| at.saturating_sub(unix_ms(now)).max(1));
+            let ttl = env
+                .expires_at_ms
+                .map(|at| at.saturating_sub(unix_ms(now)).max(1));
             (names.tasks_exchange(), task.to_string(), ttl)
         } else {
             // In the ladder a per-message TTL would fire before the level's own; the worker
             // checks `warren-expires-at` instead.
-            (names.delay_level(self.inner.ladder.top()), self.inner.ladder.routing_key(delay, task), None)
+            (
+                names.delay_level(self.inner.ladder.top()),
+                self.inner.ladder.routing_key(delay, task),
+                None,
+            )
         };
         Ok(Outgoing {
             task: task.to_string(),
@@ -288,13 +309,16 @@ impl Producer {
         }
         *slot = None;
         let conn = self.inner.pool.get().await?;
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(|source| Error::Amqp { operation: "opening a channel".into(), source })?;
+        let ch = conn.create_channel().await.map_err(|source| Error::Amqp {
+            operation: "opening a channel".into(),
+            source,
+        })?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|source| Error::Amqp { operation: "enabling publisher confirms".into(), source })?;
+            .map_err(|source| Error::Amqp {
+                operation: "enabling publisher confirms".into(),
+                source,
+            })?;
         *slot = Some((conn, ch.clone()));
         Ok(ch)
     }
@@ -332,7 +356,9 @@ impl Producer {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::InvalidInput("internal: unpublished task".into()))))
+            .map(|r| {
+                r.unwrap_or_else(|| Err(Error::InvalidInput("internal: unpublished task".into())))
+            })
             .collect()
     }
 
@@ -363,7 +389,10 @@ impl Producer {
                 .basic_publish(
                     m.exchange.as_str().into(),
                     m.routing_key.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &m.body,
                     m.properties.clone(),
                 )
@@ -412,10 +441,12 @@ impl Producer {
                 task: m.task.clone(),
                 namespace: self.inner.names.namespace().to_string(),
             }),
-            Ok(Confirmation::Nack(_)) => Err(Error::Refusal { task: m.task.clone() }),
-            Ok(Confirmation::NotRequested) => {
-                Err(Error::InvalidInput("internal: the channel is not in confirm mode".into()))
-            }
+            Ok(Confirmation::Nack(_)) => Err(Error::Refusal {
+                task: m.task.clone(),
+            }),
+            Ok(Confirmation::NotRequested) => Err(Error::InvalidInput(
+                "internal: the channel is not in confirm mode".into(),
+            )),
             Err(source) => return Some(self.publish_error(&m.task, &m.exchange, source)),
         });
         None
@@ -425,8 +456,13 @@ impl Producer {
         if let lapin::ErrorKind::ProtocolError(amqp) = source.kind()
             && matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
         {
-            return Error::MissingExchange { exchange: exchange.to_string() };
+            return Error::MissingExchange {
+                exchange: exchange.to_string(),
+            };
         }
-        Error::Amqp { operation: format!("publishing a `{task}` task"), source }
+        Error::Amqp {
+            operation: format!("publishing a `{task}` task"),
+            source,
+        }
     }
 }

@@ -70,12 +70,18 @@ impl Envelope {
     /// Headers of this envelope (ours only; never the broker's `x-` headers).
     pub fn headers(&self) -> FieldTable {
         let mut h = FieldTable::default();
-        h.insert(header::ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(self.attempt)));
+        h.insert(
+            header::ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(self.attempt)),
+        );
         if let Some(at) = self.expires_at_ms {
             h.insert(header::EXPIRES_AT.into(), AMQPValue::LongLongInt(at as i64));
         }
         if let Some(tp) = &self.traceparent {
-            h.insert(header::TRACEPARENT.into(), AMQPValue::LongString(tp.as_str().into()));
+            h.insert(
+                header::TRACEPARENT.into(),
+                AMQPValue::LongString(tp.as_str().into()),
+            );
         }
         h
     }
@@ -88,7 +94,11 @@ impl Envelope {
     }
 
     /// As [`Envelope::properties`], with `headers` in place of [`Envelope::headers`].
-    pub fn properties_with(&self, headers: FieldTable, expiration_ms: Option<u64>) -> BasicProperties {
+    pub fn properties_with(
+        &self,
+        headers: FieldTable,
+        expiration_ms: Option<u64>,
+    ) -> BasicProperties {
         let mut p = BasicProperties::default()
             .with_content_type(CONTENT_TYPE.into())
             .with_delivery_mode(2)
@@ -108,7 +118,8 @@ impl Envelope {
 
 /// Milliseconds since the unix epoch (0 before it).
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A new task id: UUID v7, so ids sort by creation time.
@@ -127,16 +138,28 @@ mod tests {
         e.correlation_id = Some("c-9".into());
         e.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         let p = e.properties(Some(5000));
-        assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
         assert_eq!(*p.delivery_mode(), Some(2));
         assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("id-1"));
         assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("send_email"));
         assert_eq!(p.expiration().as_ref().map(|s| s.as_str()), Some("5000"));
         assert_eq!(p.correlation_id().as_ref().map(|s| s.as_str()), Some("c-9"));
         let h = p.headers().as_ref().unwrap().inner();
-        assert!(matches!(h.get(header::ATTEMPT), Some(AMQPValue::LongLongInt(1))));
-        assert!(matches!(h.get(header::EXPIRES_AT), Some(AMQPValue::LongLongInt(1_700_000_000_000))));
-        assert!(matches!(h.get(header::TRACEPARENT), Some(AMQPValue::LongString(_))));
+        assert!(matches!(
+            h.get(header::ATTEMPT),
+            Some(AMQPValue::LongLongInt(1))
+        ));
+        assert!(matches!(
+            h.get(header::EXPIRES_AT),
+            Some(AMQPValue::LongLongInt(1_700_000_000_000))
+        ));
+        assert!(matches!(
+            h.get(header::TRACEPARENT),
+            Some(AMQPValue::LongString(_))
+        ));
         assert_eq!(h.len(), 3);
     }
 

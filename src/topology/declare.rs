@@ -6,7 +6,9 @@
 //! object, the argument and both values, reopen a channel and go on, so one run reports every
 //! conflict at once.
 
-use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
@@ -53,68 +55,138 @@ pub async fn apply(plan: &Plan, conn: &Connection, vhost: &str) -> Result<ApplyR
             ExchangeKind::Direct => lapin::ExchangeKind::Direct,
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,
         };
-        let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        match channel.exchange_declare(ex.name.as_str().into(), kind, opts, FieldTable::default()).await {
+        let opts = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        match channel
+            .exchange_declare(ex.name.as_str().into(), kind, opts, FieldTable::default())
+            .await
+        {
             Ok(()) => report.exchanges.push(ex.name.clone()),
             Err(source) => {
-                let conflict = conflict_of(&source, "exchange", &ex.name, vhost)
-                    .ok_or_else(|| Error::Declare { entity: "exchange", name: ex.name.clone(), source })?;
+                let conflict =
+                    conflict_of(&source, "exchange", &ex.name, vhost).ok_or_else(|| {
+                        Error::Declare {
+                            entity: "exchange",
+                            name: ex.name.clone(),
+                            source,
+                        }
+                    })?;
                 conflicts.push(conflict);
                 channel = open(conn).await?;
             }
         }
     }
     for q in &plan.queues {
-        let opts = QueueDeclareOptions { durable: true, ..Default::default() };
-        match channel.queue_declare(q.name.as_str().into(), opts, field_table(&q.args)).await {
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        match channel
+            .queue_declare(q.name.as_str().into(), opts, field_table(&q.args))
+            .await
+        {
             Ok(state) => report.queues.push((q.name.clone(), state.message_count())),
             Err(source) => {
-                let conflict = conflict_of(&source, "queue", &q.name, vhost)
-                    .ok_or_else(|| Error::Declare { entity: "queue", name: q.name.clone(), source })?;
+                let conflict = conflict_of(&source, "queue", &q.name, vhost).ok_or_else(|| {
+                    Error::Declare {
+                        entity: "queue",
+                        name: q.name.clone(),
+                        source,
+                    }
+                })?;
                 conflicts.push(conflict);
                 channel = open(conn).await?;
             }
         }
     }
     for b in &plan.bindings {
-        let (src, dst, key) = (b.source.as_str(), b.destination.as_str(), b.routing_key.as_str());
+        let (src, dst, key) = (
+            b.source.as_str(),
+            b.destination.as_str(),
+            b.routing_key.as_str(),
+        );
         let result = match b.kind {
             Destination::Queue => {
                 channel
-                    .queue_bind(dst.into(), src.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+                    .queue_bind(
+                        dst.into(),
+                        src.into(),
+                        key.into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
                     .await
             }
             Destination::Exchange => {
                 channel
-                    .exchange_bind(dst.into(), src.into(), key.into(), ExchangeBindOptions::default(), FieldTable::default())
+                    .exchange_bind(
+                        dst.into(),
+                        src.into(),
+                        key.into(),
+                        ExchangeBindOptions::default(),
+                        FieldTable::default(),
+                    )
                     .await
             }
         };
-        result.map_err(|source| Error::Declare { entity: "binding", name: format!("{src} -[{key}]-> {dst}"), source })?;
+        result.map_err(|source| Error::Declare {
+            entity: "binding",
+            name: format!("{src} -[{key}]-> {dst}"),
+            source,
+        })?;
         report.bindings.push(format!("{src} -[{key}]-> {dst}"));
     }
     let _ = channel.close(200, "topology applied".into()).await;
-    if conflicts.is_empty() { Ok(report) } else { Err(Error::TopologyConflict(conflicts)) }
+    if conflicts.is_empty() {
+        Ok(report)
+    } else {
+        Err(Error::TopologyConflict(conflicts))
+    }
 }
 
 async fn open(conn: &Connection) -> Result<Channel> {
-    conn.create_channel()
-        .await
-        .map_err(|source| Error::Amqp { operation: "opening a channel".into(), source })
+    conn.create_channel().await.map_err(|source| Error::Amqp {
+        operation: "opening a channel".into(),
+        source,
+    })
 }
 
 /// A `PRECONDITION_FAILED` about an argument becomes a [`Conflict`]; anything else is `None`.
-fn conflict_of(err: &lapin::Error, entity: &'static str, name: &str, vhost: &str) -> Option<Conflict> {
-    let lapin::ErrorKind::ProtocolError(amqp) = err.kind() else { return None };
-    if !matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) {
+fn conflict_of(
+    err: &lapin::Error,
+    entity: &'static str,
+    name: &str,
+    vhost: &str,
+) -> Option<Conflict> {
+    let lapin::ErrorKind::ProtocolError(amqp) = err.kind() else {
+        return None;
+    };
+    if !matches!(
+        amqp.kind(),
+        AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+    ) {
         return None;
     }
     // The code says "conflict"; only the broker's text says which argument and values, so
     // read them from it, and keep the whole text when its shape is unfamiliar.
     let text = amqp.get_message().as_str();
-    let (argument, existing, wanted) = parse_inequivalent(text)
-        .unwrap_or_else(|| ("(see broker message)".into(), text.to_string(), "the planned value".into()));
-    Some(Conflict { entity, name: name.to_string(), vhost: vhost.to_string(), argument, existing, wanted })
+    let (argument, existing, wanted) = parse_inequivalent(text).unwrap_or_else(|| {
+        (
+            "(see broker message)".into(),
+            text.to_string(),
+            "the planned value".into(),
+        )
+    });
+    Some(Conflict {
+        entity,
+        name: name.to_string(),
+        vhost: vhost.to_string(),
+        argument,
+        existing,
+        wanted,
+    })
 }
 
 /// Reads `inequivalent arg 'A' for queue 'Q' in vhost 'V': received X but current is Y`,
@@ -148,22 +220,40 @@ mod tests {
         );
         let text = "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': \
                     received the value '2000' of type 'long' but current is the value '5000' of type 'long'";
-        assert_eq!(parse_inequivalent(text), Some(("x-message-ttl".into(), "5000".into(), "2000".into())));
+        assert_eq!(
+            parse_inequivalent(text),
+            Some(("x-message-ttl".into(), "5000".into(), "2000".into()))
+        );
         let text = "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'e' in vhost '/': \
                     received 'topic' but current is 'direct'";
-        assert_eq!(parse_inequivalent(text), Some(("type".into(), "direct".into(), "topic".into())));
+        assert_eq!(
+            parse_inequivalent(text),
+            Some(("type".into(), "direct".into(), "topic".into()))
+        );
     }
 
     #[test]
     fn an_unfamiliar_message_is_not_parsed() {
-        assert_eq!(parse_inequivalent("PRECONDITION_FAILED - something else"), None);
+        assert_eq!(
+            parse_inequivalent("PRECONDITION_FAILED - something else"),
+            None
+        );
     }
 
     #[test]
     fn arguments_go_out_as_integers_and_long_strings() {
-        let t = field_table(&[("x-message-ttl", ArgValue::Int(1000)), ("x-queue-type", ArgValue::Str("quorum".into()))]);
+        let t = field_table(&[
+            ("x-message-ttl", ArgValue::Int(1000)),
+            ("x-queue-type", ArgValue::Str("quorum".into())),
+        ]);
         let inner = t.inner();
-        assert!(matches!(inner.get("x-message-ttl"), Some(AMQPValue::LongLongInt(1000))));
-        assert!(matches!(inner.get("x-queue-type"), Some(AMQPValue::LongString(_))));
+        assert!(matches!(
+            inner.get("x-message-ttl"),
+            Some(AMQPValue::LongLongInt(1000))
+        ));
+        assert!(matches!(
+            inner.get("x-queue-type"),
+            Some(AMQPValue::LongString(_))
+        ));
     }
 }

@@ -18,7 +18,9 @@ impl Ladder {
     /// The smallest ladder that holds `max_delay` (rounded up to whole seconds, at least 1 s).
     pub fn for_max_delay(max_delay: Duration) -> Ladder {
         let secs = round_up_secs(max_delay).max(1);
-        Ladder { top: 63 - secs.leading_zeros() }
+        Ladder {
+            top: 63 - secs.leading_zeros(),
+        }
     }
 
     /// Highest level `L`; the ladder has `L + 1` levels.
@@ -51,7 +53,11 @@ impl Ladder {
         debug_assert!(delay_secs <= self.capacity_secs());
         let mut key = String::with_capacity(2 * (self.top as usize + 1) + task.len());
         for level in self.levels() {
-            key.push(if delay_secs >> level & 1 == 1 { '1' } else { '0' });
+            key.push(if delay_secs >> level & 1 == 1 {
+                '1'
+            } else {
+                '0'
+            });
             key.push('.');
         }
         key.push_str(task);
@@ -110,7 +116,10 @@ mod tests {
         let month = Ladder::for_max_delay(Duration::from_secs(30 * 86400));
         assert_eq!(month.top(), 21);
         assert!(month.capacity_secs() >= 30 * 86400);
-        assert_eq!(Ladder::for_max_delay(Duration::from_secs((1 << 28) - 1)).top(), 27);
+        assert_eq!(
+            Ladder::for_max_delay(Duration::from_secs((1 << 28) - 1)).top(),
+            27
+        );
     }
 
     #[test]
@@ -148,7 +157,10 @@ mod tests {
     fn the_time_spent_equals_the_delay() {
         let l = Ladder::for_max_delay(Duration::from_secs(30 * 86400));
         for d in [0u64, 1, 2, 3, 5, 90, 3600, 86_399, 30 * 86400] {
-            let total: u64 = walk(&l, &l.routing_key(d, "job")).iter().map(|&n| 1u64 << n).sum();
+            let total: u64 = walk(&l, &l.routing_key(d, "job"))
+                .iter()
+                .map(|&n| 1u64 << n)
+                .sum();
             assert_eq!(total, d);
         }
     }

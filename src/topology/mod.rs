@@ -131,10 +131,20 @@ impl Plan {
         let names = Names::new(&settings.namespace);
         let ladder = Ladder::for_max_delay(settings.max_delay);
         let qt = settings.queue_type;
-        let mut plan = Plan { exchanges: Vec::new(), queues: Vec::new(), bindings: Vec::new() };
+        let mut plan = Plan {
+            exchanges: Vec::new(),
+            queues: Vec::new(),
+            bindings: Vec::new(),
+        };
 
-        let direct = |name: String| ExchangeDecl { name, kind: ExchangeKind::Direct };
-        let topic = |name: String| ExchangeDecl { name, kind: ExchangeKind::Topic };
+        let direct = |name: String| ExchangeDecl {
+            name,
+            kind: ExchangeKind::Direct,
+        };
+        let topic = |name: String| ExchangeDecl {
+            name,
+            kind: ExchangeKind::Topic,
+        };
         plan.exchanges.push(direct(names.tasks_exchange()));
         plan.exchanges.push(direct(names.dead_exchange()));
         plan.exchanges.push(topic(names.deliver_exchange()));
@@ -146,12 +156,22 @@ impl Plan {
         // routing key) into the exchange below. One fixed TTL per queue keeps each level FIFO
         // in expiry order; see `ladder`.
         for level in ladder.levels() {
-            let below = if level == 0 { names.deliver_exchange() } else { names.delay_level(level - 1) };
+            let below = if level == 0 {
+                names.deliver_exchange()
+            } else {
+                names.delay_level(level - 1)
+            };
             let mut args = queue_type_args(qt);
-            args.push(("x-message-ttl", ArgValue::Int(Ladder::level_ttl_ms(level) as i64)));
+            args.push((
+                "x-message-ttl",
+                ArgValue::Int(Ladder::level_ttl_ms(level) as i64),
+            ));
             args.push(("x-dead-letter-exchange", ArgValue::Str(below.clone())));
             args.extend(at_least_once_dead_lettering(qt));
-            plan.queues.push(QueueDecl { name: names.delay_level(level), args });
+            plan.queues.push(QueueDecl {
+                name: names.delay_level(level),
+                args,
+            });
             plan.bindings.push(BindingDecl {
                 source: names.delay_level(level),
                 destination: names.delay_level(level),
@@ -170,16 +190,28 @@ impl Plan {
             let policy = settings.policy(task);
             let work = names.work_queue(task);
             let mut args = queue_type_args(qt);
-            args.push(("x-dead-letter-exchange", ArgValue::Str(names.dead_exchange())));
+            args.push((
+                "x-dead-letter-exchange",
+                ArgValue::Str(names.dead_exchange()),
+            ));
             // A task that came down the ladder carries the long key; dead-letter it under
             // its plain name so it lands in its own dead queue.
             args.push(("x-dead-letter-routing-key", ArgValue::Str(task.to_string())));
             if qt == QueueType::Quorum {
-                args.push(("x-delivery-limit", ArgValue::Int(i64::from(policy.delivery_limit))));
+                args.push((
+                    "x-delivery-limit",
+                    ArgValue::Int(i64::from(policy.delivery_limit)),
+                ));
             }
             args.extend(at_least_once_dead_lettering(qt));
-            plan.queues.push(QueueDecl { name: work.clone(), args });
-            plan.queues.push(QueueDecl { name: names.dead_queue(task), args: queue_type_args(qt) });
+            plan.queues.push(QueueDecl {
+                name: work.clone(),
+                args,
+            });
+            plan.queues.push(QueueDecl {
+                name: names.dead_queue(task),
+                args: queue_type_args(qt),
+            });
             plan.bindings.push(BindingDecl {
                 source: names.tasks_exchange(),
                 destination: work.clone(),
@@ -258,7 +290,10 @@ fn queue_type_args(qt: QueueType) -> Vec<(&'static str, ArgValue)> {
 fn at_least_once_dead_lettering(qt: QueueType) -> Vec<(&'static str, ArgValue)> {
     match qt {
         QueueType::Quorum => vec![
-            ("x-dead-letter-strategy", ArgValue::Str("at-least-once".into())),
+            (
+                "x-dead-letter-strategy",
+                ArgValue::Str("at-least-once".into()),
+            ),
             ("x-overflow", ArgValue::Str("reject-publish".into())),
         ],
         QueueType::Classic => Vec::new(),
@@ -271,7 +306,8 @@ mod tests {
     use std::time::Duration;
 
     fn settings(qt: QueueType, max_delay_secs: u64) -> Settings {
-        let mut s = Settings::from_toml("[tasks.send_email]\ndelivery_limit = 4\n[tasks.resize]\n").unwrap();
+        let mut s = Settings::from_toml("[tasks.send_email]\ndelivery_limit = 4\n[tasks.resize]\n")
+            .unwrap();
         s.namespace = "ns".into();
         s.queue_type = qt;
         s.max_delay = Duration::from_secs(max_delay_secs);
@@ -279,18 +315,39 @@ mod tests {
     }
 
     fn queue<'a>(plan: &'a Plan, name: &str) -> &'a QueueDecl {
-        plan.queues.iter().find(|q| q.name == name).unwrap_or_else(|| panic!("no queue {name}"))
+        plan.queues
+            .iter()
+            .find(|q| q.name == name)
+            .unwrap_or_else(|| panic!("no queue {name}"))
     }
 
     #[test]
     fn every_named_object_is_planned_once() {
         let plan = Plan::new(&settings(QueueType::Quorum, 7)); // L = 2
         let ex: Vec<&str> = plan.exchanges.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(ex, ["ns.tasks", "ns.dead", "ns.delay.deliver", "ns.delay.2", "ns.delay.1", "ns.delay.0"]);
+        assert_eq!(
+            ex,
+            [
+                "ns.tasks",
+                "ns.dead",
+                "ns.delay.deliver",
+                "ns.delay.2",
+                "ns.delay.1",
+                "ns.delay.0"
+            ]
+        );
         let qs: Vec<&str> = plan.queues.iter().map(|q| q.name.as_str()).collect();
         assert_eq!(
             qs,
-            ["ns.delay.2", "ns.delay.1", "ns.delay.0", "ns.resize", "ns.resize.dead", "ns.send_email", "ns.send_email.dead"]
+            [
+                "ns.delay.2",
+                "ns.delay.1",
+                "ns.delay.0",
+                "ns.resize",
+                "ns.resize.dead",
+                "ns.send_email",
+                "ns.send_email.dead"
+            ]
         );
         assert_eq!(plan.bindings.len(), 3 * 2 + 2 * 3);
     }
@@ -300,19 +357,37 @@ mod tests {
         let plan = Plan::new(&settings(QueueType::Quorum, 60));
         let q = queue(&plan, "ns.send_email");
         assert_eq!(q.arg("x-queue-type"), Some(&ArgValue::Str("quorum".into())));
-        assert_eq!(q.arg("x-dead-letter-exchange"), Some(&ArgValue::Str("ns.dead".into())));
-        assert_eq!(q.arg("x-dead-letter-routing-key"), Some(&ArgValue::Str("send_email".into())));
+        assert_eq!(
+            q.arg("x-dead-letter-exchange"),
+            Some(&ArgValue::Str("ns.dead".into()))
+        );
+        assert_eq!(
+            q.arg("x-dead-letter-routing-key"),
+            Some(&ArgValue::Str("send_email".into()))
+        );
         assert_eq!(q.arg("x-delivery-limit"), Some(&ArgValue::Int(4)));
-        assert_eq!(q.arg("x-dead-letter-strategy"), Some(&ArgValue::Str("at-least-once".into())));
-        assert_eq!(q.arg("x-overflow"), Some(&ArgValue::Str("reject-publish".into())));
-        assert_eq!(queue(&plan, "ns.resize").arg("x-delivery-limit"), Some(&ArgValue::Int(10)));
+        assert_eq!(
+            q.arg("x-dead-letter-strategy"),
+            Some(&ArgValue::Str("at-least-once".into()))
+        );
+        assert_eq!(
+            q.arg("x-overflow"),
+            Some(&ArgValue::Str("reject-publish".into()))
+        );
+        assert_eq!(
+            queue(&plan, "ns.resize").arg("x-delivery-limit"),
+            Some(&ArgValue::Int(10))
+        );
     }
 
     #[test]
     fn classic_queues_carry_no_quorum_only_arguments() {
         let plan = Plan::new(&settings(QueueType::Classic, 60));
         for q in &plan.queues {
-            assert_eq!(q.arg("x-queue-type"), Some(&ArgValue::Str("classic".into())));
+            assert_eq!(
+                q.arg("x-queue-type"),
+                Some(&ArgValue::Str("classic".into()))
+            );
             for quorum_only in ["x-delivery-limit", "x-dead-letter-strategy", "x-overflow"] {
                 assert_eq!(q.arg(quorum_only), None, "{} has {quorum_only}", q.name);
             }
@@ -322,11 +397,19 @@ mod tests {
     #[test]
     fn delay_levels_hold_for_two_to_the_n_seconds_and_fall_to_the_level_below() {
         let plan = Plan::new(&settings(QueueType::Quorum, 7));
-        let expect = [("ns.delay.2", 4000, "ns.delay.1"), ("ns.delay.1", 2000, "ns.delay.0"), ("ns.delay.0", 1000, "ns.delay.deliver")];
+        let expect = [
+            ("ns.delay.2", 4000, "ns.delay.1"),
+            ("ns.delay.1", 2000, "ns.delay.0"),
+            ("ns.delay.0", 1000, "ns.delay.deliver"),
+        ];
         for (name, ttl, dlx) in expect {
             let q = queue(&plan, name);
             assert_eq!(q.arg("x-message-ttl"), Some(&ArgValue::Int(ttl)), "{name}");
-            assert_eq!(q.arg("x-dead-letter-exchange"), Some(&ArgValue::Str(dlx.into())), "{name}");
+            assert_eq!(
+                q.arg("x-dead-letter-exchange"),
+                Some(&ArgValue::Str(dlx.into())),
+                "{name}"
+            );
             // no routing-key override: the bits must survive dead-lettering
             assert_eq!(q.arg("x-dead-letter-routing-key"), None, "{name}");
         }
@@ -336,30 +419,74 @@ mod tests {
     fn the_ladder_bindings_split_on_each_bit() {
         let plan = Plan::new(&settings(QueueType::Classic, 7));
         let b = |src: &str, dst: &str| {
-            plan.bindings.iter().find(|b| b.source == src && b.destination == dst).map(|b| (b.kind, b.routing_key.clone()))
+            plan.bindings
+                .iter()
+                .find(|b| b.source == src && b.destination == dst)
+                .map(|b| (b.kind, b.routing_key.clone()))
         };
-        assert_eq!(b("ns.delay.2", "ns.delay.2"), Some((Destination::Queue, "1.#".into())));
-        assert_eq!(b("ns.delay.2", "ns.delay.1"), Some((Destination::Exchange, "0.#".into())));
-        assert_eq!(b("ns.delay.1", "ns.delay.1"), Some((Destination::Queue, "*.1.#".into())));
-        assert_eq!(b("ns.delay.0", "ns.delay.deliver"), Some((Destination::Exchange, "*.*.0.#".into())));
-        assert_eq!(b("ns.delay.deliver", "ns.resize"), Some((Destination::Queue, "#.resize".into())));
-        assert_eq!(b("ns.tasks", "ns.resize"), Some((Destination::Queue, "resize".into())));
-        assert_eq!(b("ns.dead", "ns.resize.dead"), Some((Destination::Queue, "resize".into())));
+        assert_eq!(
+            b("ns.delay.2", "ns.delay.2"),
+            Some((Destination::Queue, "1.#".into()))
+        );
+        assert_eq!(
+            b("ns.delay.2", "ns.delay.1"),
+            Some((Destination::Exchange, "0.#".into()))
+        );
+        assert_eq!(
+            b("ns.delay.1", "ns.delay.1"),
+            Some((Destination::Queue, "*.1.#".into()))
+        );
+        assert_eq!(
+            b("ns.delay.0", "ns.delay.deliver"),
+            Some((Destination::Exchange, "*.*.0.#".into()))
+        );
+        assert_eq!(
+            b("ns.delay.deliver", "ns.resize"),
+            Some((Destination::Queue, "#.resize".into()))
+        );
+        assert_eq!(
+            b("ns.tasks", "ns.resize"),
+            Some((Destination::Queue, "resize".into()))
+        );
+        assert_eq!(
+            b("ns.dead", "ns.resize.dead"),
+            Some((Destination::Queue, "resize".into()))
+        );
     }
 
     #[test]
     fn the_default_month_long_ladder_has_22_levels() {
         let plan = Plan::new(&settings(QueueType::Quorum, 30 * 86400));
-        assert_eq!(plan.queues.iter().filter(|q| q.name.starts_with("ns.delay.")).count(), 22);
+        assert_eq!(
+            plan.queues
+                .iter()
+                .filter(|q| q.name.starts_with("ns.delay."))
+                .count(),
+            22
+        );
     }
 
     #[test]
     fn definitions_keep_integer_arguments_as_numbers() {
         let defs = Plan::new(&settings(QueueType::Quorum, 7)).to_definitions();
-        let q = defs["queues"].as_array().unwrap().iter().find(|q| q["name"] == "ns.delay.1").unwrap();
+        let q = defs["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == "ns.delay.1")
+            .unwrap();
         assert_eq!(q["arguments"]["x-message-ttl"], json!(2000));
         assert_eq!(q["arguments"]["x-queue-type"], json!("quorum"));
-        assert_eq!(defs["exchanges"][0], json!({"name":"ns.tasks","type":"direct","durable":true,"auto_delete":false,"internal":false,"arguments":{}}));
-        assert!(defs["bindings"].as_array().unwrap().iter().any(|b| b["destination_type"] == "exchange"));
+        assert_eq!(
+            defs["exchanges"][0],
+            json!({"name":"ns.tasks","type":"direct","durable":true,"auto_delete":false,"internal":false,"arguments":{}})
+        );
+        assert!(
+            defs["bindings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["destination_type"] == "exchange")
+        );
     }
 }

@@ -129,12 +129,20 @@ mod tests {
     #[test]
     fn invalid_task_names_say_why() {
         assert!(validate_task_name("").unwrap_err().contains("1 to 64"));
-        assert!(validate_task_name(&"x".repeat(65)).unwrap_err().contains("it is 65"));
+        assert!(
+            validate_task_name(&"x".repeat(65))
+                .unwrap_err()
+                .contains("it is 65")
+        );
         assert!(validate_task_name("a.b").unwrap_err().contains("'.'"));
         assert!(validate_task_name("a b").unwrap_err().contains("' '"));
         assert!(validate_task_name("Email").unwrap_err().contains("'E'"));
         assert!(validate_task_name("café").unwrap_err().contains("'é'"));
-        assert!(validate_task_name(&"é".repeat(200)).unwrap_err().contains('…'));
+        assert!(
+            validate_task_name(&"é".repeat(200))
+                .unwrap_err()
+                .contains('…')
+        );
     }
 
     #[test]

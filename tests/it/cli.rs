@@ -14,7 +14,11 @@ mod tempfile_path {
     pub struct TempPath(pub PathBuf);
     impl TempPath {
         pub fn with(text: &str) -> TempPath {
-            let p = std::env::temp_dir().join(format!("warren-it-{}-{}.toml", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+            let p = std::env::temp_dir().join(format!(
+                "warren-it-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
             std::fs::write(&p, text).unwrap();
             TempPath(p)
         }
@@ -56,7 +60,10 @@ fn topology_export_is_importable_definitions_json() {
     // Importing it into the vhost creates the same queues `apply` would.
     broker
         .mgmt
-        .post(&format!("definitions/{}", warren::management::enc(&broker.vhost)), &defs)
+        .post(
+            &format!("definitions/{}", warren::management::enc(&broker.vhost)),
+            &defs,
+        )
         .expect("the broker accepts the definitions");
     let q = broker.queue_info("t.delay.3");
     assert_eq!(q["arguments"]["x-message-ttl"], 8000);
@@ -76,11 +83,23 @@ fn apply_with(broker: &TestBroker, topology: &str) -> (i32, String) {
 fn bad_topology_files_are_usage_errors_that_say_what_is_wrong() {
     let broker = TestBroker::new();
     let cases: &[(&str, &[&str])] = &[
-        ("namespace = \"a\"\n[defaults]\nmax_atempts = 3\n", &["max_atempts", "line 3"]),
-        ("[defaults]\ntime_limit = \"five minutes\"\n", &["invalid duration `five minutes`", "line 2", "90s"]),
-        ("[tasks.\"Send.Email\"]\n", &["task name `Send.Email`", "lowercase"]),
+        (
+            "namespace = \"a\"\n[defaults]\nmax_atempts = 3\n",
+            &["max_atempts", "line 3"],
+        ),
+        (
+            "[defaults]\ntime_limit = \"five minutes\"\n",
+            &["invalid duration `five minutes`", "line 2", "90s"],
+        ),
+        (
+            "[tasks.\"Send.Email\"]\n",
+            &["task name `Send.Email`", "lowercase"],
+        ),
         ("[tasks.a]\n[tasks.a]\n", &["line 2", "duplicate"]),
-        ("queue_type = \"stream\"\n", &["unknown variant `stream`", "quorum", "classic"]),
+        (
+            "queue_type = \"stream\"\n",
+            &["unknown variant `stream`", "quorum", "classic"],
+        ),
         ("max_delay = \"9years\"\n", &["max_delay", "268435455s"]),
     ];
     for (toml, needles) in cases {
@@ -95,20 +114,37 @@ fn bad_topology_files_are_usage_errors_that_say_what_is_wrong() {
 
 #[test]
 fn a_missing_topology_file_is_a_usage_error() {
-    let out = warren_bin().args(["--topology", "/nonexistent/w.toml", "topology", "export"]).output().unwrap();
+    let out = warren_bin()
+        .args(["--topology", "/nonexistent/w.toml", "topology", "export"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read topology file `/nonexistent/w.toml`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read topology file `/nonexistent/w.toml`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn an_unreachable_broker_fails_after_the_connect_timeout_with_a_how_to() {
     let out = warren_bin()
-        .args(["--amqp-url", "amqp://guest:hunter2@127.0.0.1:1/%2f", "--connect-timeout", "1s", "topology", "apply"])
+        .args([
+            "--amqp-url",
+            "amqp://guest:hunter2@127.0.0.1:1/%2f",
+            "--connect-timeout",
+            "1s",
+            "topology",
+            "apply",
+        ])
         .output()
         .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"), "{err}");
+    assert!(
+        err.contains("cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"),
+        "{err}"
+    );
     assert!(err.contains("scripts/broker.sh"), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }
@@ -116,24 +152,40 @@ fn an_unreachable_broker_fails_after_the_connect_timeout_with_a_how_to() {
 #[test]
 fn wrong_credentials_are_refused_at_once_without_echoing_the_password() {
     let out = warren_bin()
-        .args(["--amqp-url", "amqp://guest:hunter2@127.0.0.1:5672/%2f", "topology", "apply"])
+        .args([
+            "--amqp-url",
+            "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+            "topology",
+            "apply",
+        ])
         .output()
         .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("ACCESS_REFUSED") && err.contains("user name and password"), "{err}");
+    assert!(
+        err.contains("ACCESS_REFUSED") && err.contains("user name and password"),
+        "{err}"
+    );
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }
 
 #[test]
 fn an_unknown_vhost_says_how_to_create_it() {
     let out = warren_bin()
-        .args(["--amqp-url", "amqp://guest:guest@127.0.0.1:5672/no-such-vhost-here", "topology", "apply"])
+        .args([
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:5672/no-such-vhost-here",
+            "topology",
+            "apply",
+        ])
         .output()
         .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("vhost no-such-vhost-here not found") && err.contains("rabbitmqctl add_vhost"), "{err}");
+    assert!(
+        err.contains("vhost no-such-vhost-here not found") && err.contains("rabbitmqctl add_vhost"),
+        "{err}"
+    );
 }
 
 #[test]

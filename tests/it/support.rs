@@ -21,7 +21,8 @@ pub fn amqp_host() -> String {
 
 /// Management API of the shared test broker.
 pub fn management() -> Management {
-    let base = std::env::var("RABBITMQ_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into());
+    let base =
+        std::env::var("RABBITMQ_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into());
     Management::new(&base, "guest", "guest")
 }
 
@@ -46,8 +47,13 @@ impl TestBroker {
             );
         }
         SWEEP.call_once(|| sweep(&mgmt));
-        let vhost = format!("it-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        mgmt.put(&format!("vhosts/{}", enc(&vhost)), &serde_json::json!({})).expect("create vhost");
+        let vhost = format!(
+            "it-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        mgmt.put(&format!("vhosts/{}", enc(&vhost)), &serde_json::json!({}))
+            .expect("create vhost");
         mgmt.put(
             &format!("permissions/{}/guest", enc(&vhost)),
             &serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
@@ -73,22 +79,35 @@ impl TestBroker {
     }
 
     pub async fn connect(&self) -> Connection {
-        Connection::connect(&self.amqp_url(), ConnectionProperties::default().with_connection_name("warren test".into()))
-            .await
-            .expect("test connection")
+        Connection::connect(
+            &self.amqp_url(),
+            ConnectionProperties::default().with_connection_name("warren test".into()),
+        )
+        .await
+        .expect("test connection")
     }
 
     /// Messages in `queue` right now (passive declare).
     pub async fn count(&self, ch: &Channel, queue: &str) -> u32 {
-        ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-            .await
-            .expect("queue exists")
-            .message_count()
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists")
+        .message_count()
     }
 
     /// The management API's view of one queue in this vhost.
     pub fn queue_info(&self, name: &str) -> serde_json::Value {
-        self.mgmt.queue(&self.vhost, name).expect("management API").unwrap_or_else(|| panic!("no queue {name}"))
+        self.mgmt
+            .queue(&self.vhost, name)
+            .expect("management API")
+            .unwrap_or_else(|| panic!("no queue {name}"))
     }
 
     /// Runs the `warren` binary against this vhost.
@@ -98,7 +117,9 @@ impl TestBroker {
 
     pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
         let mut cmd = warren_bin();
-        cmd.env("WARREN_AMQP_URL", self.amqp_url()).env("WARREN_NAMESPACE", "t").args(args);
+        cmd.env("WARREN_AMQP_URL", self.amqp_url())
+            .env("WARREN_NAMESPACE", "t")
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -114,10 +135,17 @@ impl Drop for TestBroker {
 
 /// Deletes `it-<pid>-*` vhosts left by test processes that no longer run.
 fn sweep(mgmt: &Management) {
-    let Ok(vhosts) = mgmt.get("vhosts") else { return };
+    let Ok(vhosts) = mgmt.get("vhosts") else {
+        return;
+    };
     for v in vhosts.as_array().into_iter().flatten() {
-        let Some(name) = v["name"].as_str() else { continue };
-        let Some(pid) = name.strip_prefix("it-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
+        let Some(name) = v["name"].as_str() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("it-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
         };
@@ -143,7 +171,11 @@ pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
     use std::io::Write;
     use std::process::Stdio;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().expect("spawn warren");
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin");
@@ -162,10 +194,21 @@ pub fn stderr(o: &Output) -> String {
 
 /// Consumes `n` deliveries from `queue` (acking each), with the time each arrived since
 /// `since`; fails the test when they do not all arrive within `within`.
-pub async fn take(ch: &Channel, queue: &str, n: usize, since: Instant, within: Duration) -> Vec<(Duration, Delivery)> {
+pub async fn take(
+    ch: &Channel,
+    queue: &str,
+    n: usize,
+    since: Instant,
+    within: Duration,
+) -> Vec<(Duration, Delivery)> {
     let tag = format!("take-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
     let mut consumer = ch
-        .basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("consume");
     let mut got = Vec::new();
@@ -175,12 +218,17 @@ pub async fn take(ch: &Channel, queue: &str, n: usize, since: Instant, within: D
         let delivery = match next {
             Ok(Some(Ok(d))) => d,
             Ok(other) => panic!("consumer on {queue} ended: {other:?}"),
-            Err(_) => panic!("only {} of {n} messages reached {queue} within {within:?}", got.len()),
+            Err(_) => panic!(
+                "only {} of {n} messages reached {queue} within {within:?}",
+                got.len()
+            ),
         };
         delivery.ack(BasicAckOptions::default()).await.expect("ack");
         got.push((since.elapsed(), delivery));
     }
-    let _ = ch.basic_cancel(tag.as_str().into(), Default::default()).await;
+    let _ = ch
+        .basic_cancel(tag.as_str().into(), Default::default())
+        .await;
     got
 }
 
@@ -191,7 +239,10 @@ pub async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> 
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -21,14 +21,29 @@ async fn applying_twice_declares_the_same_objects_without_error() {
     let conn = broker.connect().await;
 
     // When it is applied twice
-    let first = topology::apply(&plan, &conn, &broker.vhost).await.expect("first apply");
-    let second = topology::apply(&plan, &conn, &broker.vhost).await.expect("second apply");
+    let first = topology::apply(&plan, &conn, &broker.vhost)
+        .await
+        .expect("first apply");
+    let second = topology::apply(&plan, &conn, &broker.vhost)
+        .await
+        .expect("second apply");
 
     // Then both runs declared the same objects, and the broker has exactly those queues
     assert_eq!(first, second);
     assert_eq!(first.queues.len(), plan.queues.len());
-    let listed = broker.mgmt.get(&format!("queues/{}", warren::management::enc(&broker.vhost))).unwrap();
-    let mut names: Vec<String> = listed.as_array().unwrap().iter().map(|q| q["name"].as_str().unwrap().to_string()).collect();
+    let listed = broker
+        .mgmt
+        .get(&format!(
+            "queues/{}",
+            warren::management::enc(&broker.vhost)
+        ))
+        .unwrap();
+    let mut names: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap().to_string())
+        .collect();
     names.sort();
     let mut planned: Vec<String> = plan.queues.iter().map(|q| q.name.clone()).collect();
     planned.sort();
@@ -52,8 +67,18 @@ async fn declared_queues_carry_the_planned_arguments_with_their_types() {
         for (key, want) in &q.args {
             let got = &args[*key];
             match want {
-                ArgValue::Int(i) => assert_eq!(got.as_i64(), Some(*i), "{}.{key} must be an integer", q.name),
-                ArgValue::Str(s) => assert_eq!(got.as_str(), Some(s.as_str()), "{}.{key} must be a string", q.name),
+                ArgValue::Int(i) => assert_eq!(
+                    got.as_i64(),
+                    Some(*i),
+                    "{}.{key} must be an integer",
+                    q.name
+                ),
+                ArgValue::Str(s) => assert_eq!(
+                    got.as_str(),
+                    Some(s.as_str()),
+                    "{}.{key} must be a string",
+                    q.name
+                ),
             }
         }
     }
@@ -69,17 +94,24 @@ async fn ladder_arrivals(queue_type: QueueType, delays: &[u64]) -> Vec<(u64, Dur
     let mut settings = broker.settings(TOPOLOGY);
     settings.queue_type = queue_type;
     let conn = broker.connect().await;
-    topology::apply(&Plan::new(&settings), &conn, &broker.vhost).await.unwrap();
+    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
+        .await
+        .unwrap();
     let ladder = Ladder::for_max_delay(settings.max_delay);
     let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let started = Instant::now();
     for d in delays {
         let confirm = ch
             .basic_publish(
                 format!("t.delay.{}", ladder.top()).as_str().into(),
                 ladder.routing_key(*d, "job").as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 d.to_string().as_bytes(),
                 BasicProperties::default().with_delivery_mode(2),
             )
@@ -87,19 +119,37 @@ async fn ladder_arrivals(queue_type: QueueType, delays: &[u64]) -> Vec<(u64, Dur
             .unwrap()
             .await
             .unwrap();
-        assert!(confirm.is_ack() && confirm.take_message().is_none(), "routable into the ladder");
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "routable into the ladder"
+        );
     }
     let max = delays.iter().max().copied().unwrap_or(0);
-    let got = take(&ch, "t.job", delays.len(), started, Duration::from_secs(max + 5)).await;
-    got.into_iter().map(|(t, d)| (String::from_utf8_lossy(&d.data).parse().unwrap(), t)).collect()
+    let got = take(
+        &ch,
+        "t.job",
+        delays.len(),
+        started,
+        Duration::from_secs(max + 5),
+    )
+    .await;
+    got.into_iter()
+        .map(|(t, d)| (String::from_utf8_lossy(&d.data).parse().unwrap(), t))
+        .collect()
 }
 
 // Tolerance: RabbitMQ expires a classic queue's head on a timer and a quorum queue's on its
 // Raft tick; we allow the delay minus 50 ms to the delay plus 1.5 s.
 fn assert_on_time(delay: u64, at: Duration) {
     let want = Duration::from_secs(delay);
-    assert!(at + Duration::from_millis(50) >= want, "{delay}s delay arrived early, at {at:?}");
-    assert!(at <= want + Duration::from_millis(1500), "{delay}s delay arrived late, at {at:?}");
+    assert!(
+        at + Duration::from_millis(50) >= want,
+        "{delay}s delay arrived early, at {at:?}"
+    );
+    assert!(
+        at <= want + Duration::from_millis(1500),
+        "{delay}s delay arrived late, at {at:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,25 +182,47 @@ async fn a_queue_declared_with_other_arguments_gives_an_explained_conflict() {
     let settings = broker.settings(TOPOLOGY);
     let conn = broker.connect().await;
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare("t.job".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        "t.job".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
 
     // When the quorum topology is applied
-    let err = topology::apply(&Plan::new(&settings), &conn, &broker.vhost).await.unwrap_err();
+    let err = topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
+        .await
+        .unwrap_err();
 
     // Then the error names the queue, the argument, both values and how to migrate
-    let Error::TopologyConflict(conflicts) = &err else { panic!("expected a conflict, got {err}") };
+    let Error::TopologyConflict(conflicts) = &err else {
+        panic!("expected a conflict, got {err}")
+    };
     assert_eq!(conflicts.len(), 1, "{err}");
     let c = &conflicts[0];
-    assert_eq!((c.entity, c.name.as_str(), c.vhost.as_str()), ("queue", "t.job", broker.vhost.as_str()));
+    assert_eq!(
+        (c.entity, c.name.as_str(), c.vhost.as_str()),
+        ("queue", "t.job", broker.vhost.as_str())
+    );
     // RabbitMQ names the first differing argument it checks; the existing queue has none.
     let plan = Plan::new(&settings);
     let planned = plan.queues.iter().find(|q| q.name == "t.job").unwrap();
-    let want = planned.arg(&c.argument).unwrap_or_else(|| panic!("{} is not a planned argument", c.argument));
-    assert_eq!((c.existing.as_str(), c.wanted.clone()), ("none", want.to_string()));
+    let want = planned
+        .arg(&c.argument)
+        .unwrap_or_else(|| panic!("{} is not a planned argument", c.argument));
+    assert_eq!(
+        (c.existing.as_str(), c.wanted.clone()),
+        ("none", want.to_string())
+    );
     let text = err.to_string();
-    assert!(text.contains("delete it") && text.contains("warren topology apply"), "{text}");
+    assert!(
+        text.contains("delete it") && text.contains("warren topology apply"),
+        "{text}"
+    );
     // and everything else was still declared
     assert_eq!(broker.queue_info("t.other")["type"], "quorum");
 }
