@@ -18,6 +18,8 @@
 //! - [`task`]: the [`Task`] trait and [`TaskError`].
 //! - [`broker`]: named connections, bounded retries, the pool.
 //! - [`producer`]: confirmed enqueue, delays, expiry, bulk.
+//! - [`retry`]: retry decisions from the attempt number (pure).
+//! - [`worker`]: consumers, handlers, acks after confirmed outcomes, reconnects, shutdown.
 //! - [`management`]: the RabbitMQ management HTTP API.
 //! - [`cli`]: the `warren` command.
 
@@ -34,11 +36,14 @@ pub mod config;
 pub mod error;
 pub mod management;
 pub mod producer;
+pub mod retry;
 pub mod task;
 pub mod topology;
 pub mod wire;
+pub mod worker;
 
 pub use config::{QueueType, Settings};
 pub use error::{Error, Result};
 pub use producer::{EnqueueOptions, Producer};
 pub use task::{Task, TaskError};
+pub use worker::{TaskContext, Worker};

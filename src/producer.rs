@@ -80,15 +80,15 @@ impl EnqueueOptions {
     }
 }
 
-/// A message ready to publish.
+/// A message ready to publish: the worker builds these for retries and dead letters.
 #[derive(Debug, Clone)]
-struct Outgoing {
-    task: String,
-    id: String,
-    exchange: String,
-    routing_key: String,
-    body: Vec<u8>,
-    properties: BasicProperties,
+pub(crate) struct Outgoing {
+    pub(crate) task: String,
+    pub(crate) id: String,
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
 }
 
 /// Publishes tasks with confirms. Cheap to clone; share it across tokio tasks.
@@ -225,6 +225,25 @@ impl Producer {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(Error::InvalidInput("internal: no result".into()))))
             .collect()
+    }
+
+    /// Publishes one prepared message with a confirm, retrying a lost connection like
+    /// [`Producer::enqueue_raw`].
+    pub(crate) async fn publish(&self, message: Outgoing) -> Result<()> {
+        self.publish_all(vec![message])
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Names of this producer's namespace.
+    pub(crate) fn names(&self) -> &Names {
+        &self.inner.names
+    }
+
+    /// The delay ladder of this producer's namespace.
+    pub(crate) fn ladder(&self) -> Ladder {
+        self.inner.ladder
     }
 
     /// Validates and encodes one task; nothing is sent.

@@ -1,36 +1,9 @@
 //! The `warren` command: topology apply/export and its errors for bad input.
 
-use crate::support::{TestBroker, stderr, stdout, warren_bin};
+use crate::support::{TempFile, TestBroker, stderr, stdout, warren_bin};
 
-fn write_topology(text: &str) -> tempfile_path::TempPath {
-    tempfile_path::TempPath::with(text)
-}
-
-/// A topology file in the system temp dir, removed on drop (test-only).
-mod tempfile_path {
-    use std::path::PathBuf;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    pub struct TempPath(pub PathBuf);
-    impl TempPath {
-        pub fn with(text: &str) -> TempPath {
-            let p = std::env::temp_dir().join(format!(
-                "warren-it-{}-{}.toml",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            std::fs::write(&p, text).unwrap();
-            TempPath(p)
-        }
-        pub fn as_str(&self) -> &str {
-            self.0.to_str().unwrap()
-        }
-    }
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+fn write_topology(text: &str) -> TempFile {
+    TempFile::with(text)
 }
 
 #[test]

@@ -4,3 +4,4 @@ mod cli;
 mod producer;
 mod support;
 mod topology;
+mod worker;

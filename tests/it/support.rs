@@ -246,3 +246,41 @@ pub async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+static FILES: AtomicU32 = AtomicU32::new(0);
+
+/// A file in the system temp dir, removed on drop.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn with(text: &str) -> TempFile {
+        let f = TempFile::path("toml");
+        std::fs::write(&f.0, text).unwrap();
+        f
+    }
+
+    /// A fresh path (nothing written yet) with extension `ext`.
+    pub fn path(ext: &str) -> TempFile {
+        let n = FILES.fetch_add(1, Ordering::SeqCst);
+        TempFile(std::env::temp_dir().join(format!("warren-it-{}-{n}.{ext}", std::process::id())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    /// Lines of the file (empty when it does not exist yet).
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

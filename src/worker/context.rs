@@ -1,0 +1,35 @@
+//! What a handler learns about the task it runs.
+
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+/// Facts about one run of a task, handed to its handler.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// Task name.
+    pub task: String,
+    /// Task id, stable across retries and redeliveries: use it to make the handler idempotent.
+    pub id: String,
+    /// This run's number, 1 on the first run; counts crashed deliveries too where the queue
+    /// reports them (quorum queues).
+    pub attempt: u32,
+    /// Runs allowed before the task is dead-lettered.
+    pub max_attempts: u32,
+    /// When the task was first enqueued.
+    pub enqueued_at: SystemTime,
+    /// The caller's correlation id, if any.
+    pub correlation_id: Option<String>,
+    /// The producer's W3C `traceparent`, if any.
+    pub traceparent: Option<String>,
+    /// Cancelled when the worker stops at once (second signal, or the grace period ran out);
+    /// long handlers should check it and stop early.
+    pub cancel: CancellationToken,
+}
+
+impl TaskContext {
+    /// True when this is the last attempt before the task is dead-lettered.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}

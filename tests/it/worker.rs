@@ -1,0 +1,775 @@
+//! The worker on a real broker: outcomes, retries, dead letters, bad input, prefetch, crashes,
+//! shutdown, reconnects, and `warren worker` with exec handlers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use warren::topology::{self, Plan};
+use warren::{EnqueueOptions, Producer, Settings, Task, TaskContext, TaskError, Worker};
+
+use crate::support::{TempFile, TestBroker, take, warren_bin};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Job {
+    n: u32,
+}
+
+impl Task for Job {
+    const NAME: &'static str = "job";
+}
+
+/// Fast retries for tests: 1 s, then 2 s, no jitter.
+const TOPOLOGY: &str = r#"
+max_delay = "1h"
+queue_type = "quorum"
+[defaults]
+max_attempts = 3
+time_limit = "2s"
+[defaults.backoff]
+initial = "1s"
+multiplier = 2.0
+max = "10s"
+jitter = 0.0
+[tasks.job]
+"#;
+
+async fn applied(broker: &TestBroker, toml: &str) -> (Settings, lapin::Connection, lapin::Channel) {
+    let settings = broker.settings(toml);
+    let conn = broker.connect().await;
+    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
+        .await
+        .expect("apply");
+    let ch = conn.create_channel().await.unwrap();
+    (settings, conn, ch)
+}
+
+/// Runs `worker` in the background; cancel the token and await the handle to stop it.
+fn spawn(
+    worker: Worker,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<warren::Result<()>>,
+) {
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(token.clone()));
+    (token, handle)
+}
+
+async fn stop(token: CancellationToken, handle: tokio::task::JoinHandle<warren::Result<()>>) {
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("worker stops")
+        .unwrap()
+        .expect("worker ok");
+}
+
+/// Waits until `n` returns at least `want`, or fails after `within`.
+async fn wait_count(within: Duration, what: &str, want: usize, n: impl Fn() -> usize) {
+    let deadline = Instant::now() + within;
+    while n() < want {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {} of {want}",
+            n()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn header_str(d: &lapin::message::Delivery, key: &str) -> String {
+    match d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(key))
+    {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("header {key}: {other:?}"),
+    }
+}
+
+fn header_int(d: &lapin::message::Delivery, key: &str) -> i64 {
+    match d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(key))
+    {
+        Some(AMQPValue::LongLongInt(i)) => *i,
+        other => panic!("header {key}: {other:?}"),
+    }
+}
+
+async fn queue_is_empty(broker: &TestBroker, ch: &lapin::Channel, queue: &str) -> bool {
+    broker.count(ch, queue).await == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_task_is_acked_and_the_queue_is_empty() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let (token, handle) = spawn(Worker::new(&settings).handle(
+        move |job: Job, ctx: TaskContext| {
+            let seen = s2.clone();
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push((job.n, ctx.attempt, ctx.id.clone()));
+                Ok(())
+            }
+        },
+    ));
+    let id = Producer::new(&settings)
+        .unwrap()
+        .enqueue(&Job { n: 7 })
+        .await
+        .unwrap();
+    wait_count(Duration::from_secs(10), "the task to run", 1, || {
+        seen.lock().unwrap().len()
+    })
+    .await;
+    stop(token, handle).await;
+    assert_eq!(*seen.lock().unwrap(), vec![(7, 1, id)]);
+    let info = broker.queue_info("t.job");
+    // the management API lags; the AMQP count is exact
+    assert!(queue_is_empty(&broker, &ch, "t.job").await, "{info}");
+    assert!(queue_is_empty(&broker, &ch, "t.job.dead").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_failing_twice_then_succeeding_runs_three_times_with_policy_gaps() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let r2 = runs.clone();
+    let (token, handle) = spawn(Worker::new(&settings).handle(
+        move |_job: Job, ctx: TaskContext| {
+            let runs = r2.clone();
+            async move {
+                runs.lock().unwrap().push((ctx.attempt, Instant::now()));
+                if ctx.attempt < 3 {
+                    Err(TaskError::retry("not yet"))
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    ));
+    Producer::new(&settings)
+        .unwrap()
+        .enqueue(&Job { n: 1 })
+        .await
+        .unwrap();
+    wait_count(Duration::from_secs(15), "three runs", 3, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(token, handle).await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    // Policy: 1 s then 2 s (no jitter). Tolerance: the ladder fires on time to -50 ms, and
+    // publish, expiry and redelivery add up to 1.5 s.
+    for (i, want) in [(1, 1.0), (2, 2.0)] {
+        let gap = runs[i].1.duration_since(runs[i - 1].1).as_secs_f64();
+        assert!(
+            gap >= want - 0.05 && gap <= want + 1.5,
+            "gap {i}: {gap:.2}s, want {want}s"
+        );
+    }
+    assert!(queue_is_empty(&broker, &ch, "t.job").await);
+    assert!(queue_is_empty(&broker, &ch, "t.job.dead").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_failing_task_is_dead_after_exactly_max_attempts_and_a_permanent_one_after_one() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let runs: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let r2 = runs.clone();
+    let (token, handle) = spawn(Worker::new(&settings).handle(
+        move |job: Job, _ctx: TaskContext| {
+            let runs = r2.clone();
+            async move {
+                *runs.lock().unwrap().entry(job.n).or_default() += 1;
+                if job.n == 1 {
+                    Err(TaskError::retry("disk full"))
+                } else {
+                    Err(TaskError::permanent("bad address"))
+                }
+            }
+        },
+    ));
+    let producer = Producer::new(&settings).unwrap();
+    let started = Instant::now();
+    let retried = producer.enqueue(&Job { n: 1 }).await.unwrap();
+    let permanent = producer.enqueue(&Job { n: 2 }).await.unwrap();
+    let dead = take(&ch, "t.job.dead", 2, started, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(token, handle).await;
+    assert_eq!(*runs.lock().unwrap(), HashMap::from([(1, 3), (2, 1)]));
+    let by_id: HashMap<String, &lapin::message::Delivery> = dead
+        .iter()
+        .map(|(_, d)| (d.properties.message_id().as_ref().unwrap().to_string(), d))
+        .collect();
+    let d = by_id[&retried];
+    assert_eq!(header_str(d, "warren-reason"), "failed");
+    assert_eq!(header_str(d, "warren-error"), "attempt 3/3: disk full");
+    assert_eq!(header_int(d, "warren-attempt"), 3);
+    assert!(header_str(d, "warren-worker").starts_with("warren worker "));
+    assert!(header_int(d, "warren-dead-at") > 0);
+    assert_eq!(
+        serde_json::from_slice::<Job>(&d.data).unwrap(),
+        Job { n: 1 }
+    );
+    let d = by_id[&permanent];
+    assert_eq!(header_str(d, "warren-reason"), "permanent");
+    assert_eq!(header_str(d, "warren-error"), "bad address");
+    assert_eq!(header_int(d, "warren-attempt"), 1);
+    assert!(queue_is_empty(&broker, &ch, "t.job").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_goes_dead_with_its_reason_and_the_worker_goes_on() {
+    // Given a worker and a raw AMQP publisher
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let r2 = ran.clone();
+    let (token, handle) = spawn(Worker::new(&settings).handle(
+        move |job: Job, _ctx: TaskContext| {
+            let ran = r2.clone();
+            async move {
+                ran.lock().unwrap().push(job.n);
+                Ok(())
+            }
+        },
+    ));
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let publish = |body: &'static [u8], props: BasicProperties| {
+        let ch = ch.clone();
+        async move {
+            let c = ch
+                .basic_publish(
+                    "t.tasks".into(),
+                    "job".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(c.is_ack());
+        }
+    };
+    let typed = |t: &str| {
+        BasicProperties::default()
+            .with_type(t.into())
+            .with_delivery_mode(2)
+    };
+    let with_header = |k: &str, v: AMQPValue| {
+        let mut h = FieldTable::default();
+        h.insert(k.into(), v);
+        typed("job")
+            .with_message_id(format!("bad-{k}").as_str().into())
+            .with_headers(h)
+    };
+    let started = Instant::now();
+    // When bad and good messages alternate
+    publish(b"{\"n\": 1}", typed("job")).await; // a foreign publisher: only type + JSON
+    publish(
+        b"not json",
+        typed("job").with_message_id("undecodable".into()),
+    )
+    .await;
+    publish(b"{\"n\": 2}", typed("job")).await;
+    publish(
+        b"{\"m\": \"wrong shape\"}",
+        typed("job").with_message_id("wrong-shape".into()),
+    )
+    .await;
+    publish(
+        b"{\"n\": 3}",
+        typed("other").with_message_id("unknown".into()),
+    )
+    .await;
+    publish(
+        b"{\"n\": 4}",
+        with_header("warren-attempt", AMQPValue::LongString("2".into())),
+    )
+    .await;
+    publish(
+        b"{\"n\": 5}",
+        with_header("warren-expires-at", AMQPValue::LongLongInt(1)),
+    )
+    .await;
+    publish(b"", typed("job").with_message_id("empty".into())).await;
+    publish(b"{\"n\": 6}", BasicProperties::default()).await; // no type at all: the queue's task
+
+    // Then each bad one is dead with its reason, and every good one ran
+    let dead = take(&ch, "t.job.dead", 6, started, Duration::from_secs(10)).await;
+    wait_count(Duration::from_secs(5), "good tasks", 3, || {
+        ran.lock().unwrap().len()
+    })
+    .await;
+    stop(token, handle).await;
+    let reasons: HashMap<String, String> = dead
+        .iter()
+        .map(|(_, d)| {
+            (
+                d.properties.message_id().as_ref().unwrap().to_string(),
+                header_str(d, "warren-reason"),
+            )
+        })
+        .collect();
+    let expect = [
+        ("undecodable", "undecodable"),
+        ("wrong-shape", "undecodable"),
+        ("unknown", "unknown_task"),
+        ("bad-warren-attempt", "invalid_header"),
+        ("bad-warren-expires-at", "expired"),
+        ("empty", "undecodable"),
+    ];
+    for (id, reason) in expect {
+        assert_eq!(
+            reasons.get(id).map(String::as_str),
+            Some(reason),
+            "{id}: {reasons:?}"
+        );
+    }
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort();
+    assert_eq!(ran, vec![1, 2, 6]);
+    let undecodable = dead
+        .iter()
+        .find(|(_, d)| d.properties.message_id().as_ref().unwrap().as_str() == "undecodable")
+        .unwrap();
+    assert!(header_str(&undecodable.1, "warren-error").contains("not a valid `job` task"));
+    assert!(queue_is_empty(&broker, &ch, "t.job").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_and_a_panic_are_retried_then_dead() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(
+        &broker,
+        &TOPOLOGY.replace("time_limit = \"2s\"", "time_limit = \"300ms\""),
+    )
+    .await;
+    let runs: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let r2 = runs.clone();
+    let (token, handle) = spawn(Worker::new(&settings).handle(
+        move |job: Job, _ctx: TaskContext| {
+            let runs = r2.clone();
+            async move {
+                *runs.lock().unwrap().entry(job.n).or_default() += 1;
+                if job.n == 1 {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                } else {
+                    panic!("handler bug");
+                }
+                Ok(())
+            }
+        },
+    ));
+    let producer = Producer::new(&settings).unwrap();
+    let started = Instant::now();
+    producer.enqueue(&Job { n: 1 }).await.unwrap();
+    producer.enqueue(&Job { n: 2 }).await.unwrap();
+    let dead = take(&ch, "t.job.dead", 2, started, Duration::from_secs(15)).await;
+    stop(token, handle).await;
+    assert_eq!(*runs.lock().unwrap(), HashMap::from([(1, 3), (2, 3)]));
+    let errors: HashSet<String> = dead
+        .iter()
+        .map(|(_, d)| header_str(d, "warren-error"))
+        .collect();
+    assert!(
+        errors.contains("attempt 3/3: time limit of 300ms exceeded"),
+        "{errors:?}"
+    );
+    assert!(
+        errors.contains("attempt 3/3: handler panicked: handler bug"),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_five_never_has_more_than_five_unacked_deliveries() {
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = applied(&broker, TOPOLOGY).await;
+    let producer = Producer::new(&settings).unwrap();
+    for r in producer.enqueue_many((0..40).map(|n| Job { n })).await {
+        r.unwrap();
+    }
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let (r2, p2, d2) = (running.clone(), peak.clone(), done.clone());
+    // Concurrency 50 would allow more; prefetch must be what bounds it.
+    let worker = Worker::new(&settings).concurrency(50).prefetch(5).handle(
+        move |_job: Job, _ctx: TaskContext| {
+            let (running, peak, done) = (r2.clone(), p2.clone(), d2.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        },
+    );
+    let (token, handle) = spawn(worker);
+    // The broker reports the consumer's prefetch too (once its stats are in).
+    let mgmt_prefetch =
+        crate::support::eventually(Duration::from_secs(20), "consumer stats", || {
+            broker.queue_info("t.job")["consumer_details"]
+                .as_array()
+                .and_then(|c| c.first())
+                .map(|c| c["prefetch_count"].clone())
+        })
+        .await;
+    wait_count(Duration::from_secs(30), "all tasks", 40, || {
+        done.load(Ordering::SeqCst)
+    })
+    .await;
+    stop(token, handle).await;
+    assert_eq!(mgmt_prefetch, 5);
+    assert_eq!(peak.load(Ordering::SeqCst), 5, "held at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forcibly_closed_worker_connection_reconnects_and_loses_nothing() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let role = format!("worker-kill-{}", broker.vhost);
+    let seen: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    // Tasks from 100 on wait until the connection was closed, so the close lands mid-run.
+    let closed_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, f2) = (seen.clone(), closed_flag.clone());
+    let worker = Worker::new(&settings)
+        .role(&role)
+        .concurrency(4)
+        .prefetch(4)
+        .handle(move |job: Job, _ctx: TaskContext| {
+            let (seen, flag) = (s2.clone(), f2.clone());
+            async move {
+                while job.n >= 100 && !flag.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                seen.lock().unwrap().insert(job.n);
+                Ok(())
+            }
+        });
+    let (token, handle) = spawn(worker);
+    let producer = Producer::new(&settings).unwrap();
+    for r in producer.enqueue_many((0..600).map(|n| Job { n })).await {
+        r.unwrap();
+    }
+    let name = warren::broker::connection_name(&role);
+    let mgmt = broker.mgmt.clone();
+    let closed =
+        crate::support::eventually(Duration::from_secs(20), "the worker connection", || {
+            mgmt.close_connections_named(&name).ok().filter(|n| *n > 0)
+        })
+        .await;
+    let at_close = seen.lock().unwrap().len();
+    closed_flag.store(true, Ordering::SeqCst);
+    assert_eq!(closed, 1);
+    wait_count(
+        Duration::from_secs(60),
+        "every task after the reconnect",
+        600,
+        || seen.lock().unwrap().len(),
+    )
+    .await;
+    stop(token, handle).await;
+    assert!(
+        at_close < 600,
+        "the connection was closed mid-run ({at_close} done before)"
+    );
+    assert!(queue_is_empty(&broker, &ch, "t.job").await);
+    assert!(queue_is_empty(&broker, &ch, "t.job.dead").await);
+}
+
+// ---- worker processes (`warren worker` with exec handlers) ------------------------------
+
+/// A topology whose `job` handler is a shell snippet.
+fn exec_topology(script: &str, extra: &str) -> TempFile {
+    let script = script.replace('\\', "\\\\").replace('"', "\\\"");
+    TempFile::with(&format!(
+        "{}\n{extra}\nexec = [\"sh\", \"-c\", \"{script}\"]\n",
+        TOPOLOGY.trim_end()
+    ))
+}
+
+fn worker_process(broker: &TestBroker, topology: &TempFile, args: &[&str]) -> std::process::Child {
+    let mut cmd = warren_bin();
+    cmd.env("WARREN_AMQP_URL", broker.amqp_url())
+        .env("WARREN_NAMESPACE", "t")
+        .env("WARREN_TOPOLOGY", topology.as_str())
+        .env("RUST_LOG", "warn,lapin=off,warren=info")
+        .arg("worker")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd.spawn().expect("start warren worker")
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+async fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker did not exit within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_share_a_thousand_tasks_and_every_id_runs() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let log = TempFile::path("log");
+    let topo = exec_topology(
+        &format!("echo \"$WARREN_TASK_ID $PPID\" >> {}", log.as_str()),
+        "",
+    );
+    let mut a = worker_process(&broker, &topo, &["--concurrency", "4", "--prefetch", "8"]);
+    let mut b = worker_process(&broker, &topo, &["--concurrency", "4", "--prefetch", "8"]);
+    let ids: HashSet<String> = Producer::new(&settings)
+        .unwrap()
+        .enqueue_many((0..1000).map(|n| Job { n }))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    wait_count(Duration::from_secs(120), "1000 runs", 1000, || {
+        log.lines().len()
+    })
+    .await;
+    signal(&a, "-TERM");
+    signal(&b, "-TERM");
+    assert!(wait_exit(&mut a, Duration::from_secs(20)).await.success());
+    assert!(wait_exit(&mut b, Duration::from_secs(20)).await.success());
+    let lines = log.lines();
+    let ran: HashSet<String> = lines
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(ran, ids, "every id ran");
+    let per_pid: HashMap<&str, usize> = lines.iter().fold(HashMap::new(), |mut m, l| {
+        *m.entry(l.split(' ').nth(1).unwrap()).or_default() += 1;
+        m
+    });
+    assert_eq!(per_pid.len(), 2, "both workers ran some: {per_pid:?}");
+    assert!(queue_is_empty(&broker, &ch, "t.job").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_held_by_a_killed_worker_are_run_by_another() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let dir = TempFile::path("d");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let started = TempFile(dir.0.join("started"));
+    // Each run notes its start, works for 1.5 s, then records its id in a file per worker pid.
+    let script = format!(
+        "echo $WARREN_TASK_ID >> {d}/started; sleep 1.5; echo $WARREN_TASK_ID >> {d}/done.$PPID",
+        d = dir.as_str()
+    );
+    let topo = exec_topology(&script, "");
+    let mut victim = worker_process(&broker, &topo, &["--concurrency", "5", "--prefetch", "5"]);
+    let ids: HashSet<String> = Producer::new(&settings)
+        .unwrap()
+        .enqueue_many((0..10).map(|n| Job { n }))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    wait_count(
+        Duration::from_secs(20),
+        "the victim to start tasks",
+        5,
+        || started.lines().len(),
+    )
+    .await;
+    signal(&victim, "-KILL");
+    let _ = wait_exit(&mut victim, Duration::from_secs(5)).await;
+    let mut rescuer = worker_process(&broker, &topo, &["--concurrency", "5", "--prefetch", "5"]);
+    let rescued = TempFile(dir.0.join(format!("done.{}", rescuer.id())));
+    wait_count(
+        Duration::from_secs(30),
+        "the rescuer to run every task",
+        10,
+        || rescued.lines().len(),
+    )
+    .await;
+    signal(&rescuer, "-TERM");
+    assert!(
+        wait_exit(&mut rescuer, Duration::from_secs(20))
+            .await
+            .success()
+    );
+    let ran: HashSet<String> = rescued.lines().into_iter().collect();
+    assert_eq!(
+        ran, ids,
+        "the second worker ran every task, including those the first held"
+    );
+    assert!(queue_is_empty(&broker, &ch, "t.job").await);
+    let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_running_tasks_finish_and_exits_zero_within_the_grace_period() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let started = TempFile::path("started");
+    let done = TempFile::path("done");
+    let script = format!(
+        "echo $WARREN_TASK_ID >> {}; sleep 1.5; echo $WARREN_TASK_ID >> {}",
+        started.as_str(),
+        done.as_str()
+    );
+    let topo = exec_topology(&script, "");
+    let mut w = worker_process(
+        &broker,
+        &topo,
+        &["--concurrency", "3", "--prefetch", "3", "--grace", "10s"],
+    );
+    Producer::new(&settings)
+        .unwrap()
+        .enqueue_many((0..3).map(|n| Job { n }))
+        .await
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    wait_count(Duration::from_secs(20), "three running tasks", 3, || {
+        started.lines().len()
+    })
+    .await;
+    let sent = Instant::now();
+    signal(&w, "-TERM");
+    let status = wait_exit(&mut w, Duration::from_secs(12)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "exited within the grace period"
+    );
+    let mut finished = done.lines();
+    finished.sort();
+    let mut began = started.lines();
+    began.sort();
+    assert_eq!(finished, began, "every running task completed, none twice");
+    assert!(
+        queue_is_empty(&broker, &ch, "t.job").await,
+        "acked: nothing returns to the queue"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(w.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("stopping gracefully") && stderr.contains("worker stopped"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_handlers_follow_the_exit_code_contract() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let env_log = TempFile::path("env");
+    // The payload's "n" is the exit code; the environment is recorded.
+    let script = format!(
+        "payload=$(cat); echo \"$WARREN_TASK $WARREN_TASK_ID $WARREN_ATTEMPT $WARREN_MAX_ATTEMPTS $WARREN_CORRELATION_ID $payload\" >> {}; \
+         code=$(echo \"$payload\" | tr -dc 0-9); echo \"failing with $code\" >&2; exit $code",
+        env_log.as_str()
+    );
+    let topo = exec_topology(&script, "");
+    let mut w = worker_process(&broker, &topo, &[]);
+    let producer = Producer::new(&settings).unwrap();
+    let started = Instant::now();
+    let ok = producer
+        .enqueue_with(
+            &Job { n: 0 },
+            EnqueueOptions::default().correlation_id("corr-1"),
+        )
+        .await
+        .unwrap();
+    let permanent = producer.enqueue(&Job { n: 65 }).await.unwrap();
+    let retryable = producer.enqueue(&Job { n: 3 }).await.unwrap();
+    let dead = take(&ch, "t.job.dead", 2, started, Duration::from_secs(20)).await;
+    signal(&w, "-TERM");
+    assert!(wait_exit(&mut w, Duration::from_secs(20)).await.success());
+    let lines = env_log.lines();
+    let runs = |id: &str| {
+        lines
+            .iter()
+            .filter(|l| l.split(' ').nth(1) == Some(id))
+            .count()
+    };
+    assert_eq!((runs(&ok), runs(&permanent), runs(&retryable)), (1, 1, 3));
+    let ok_line = lines.iter().find(|l| l.contains(&ok)).unwrap();
+    assert_eq!(ok_line, &format!("job {ok} 1 3 corr-1 {{\"n\":0}}"));
+    let by_id: HashMap<String, &lapin::message::Delivery> = dead
+        .iter()
+        .map(|(_, d)| (d.properties.message_id().as_ref().unwrap().to_string(), d))
+        .collect();
+    assert_eq!(header_str(by_id[&permanent], "warren-reason"), "permanent");
+    assert_eq!(
+        header_str(by_id[&permanent], "warren-error"),
+        "exit code 65: failing with 65"
+    );
+    assert_eq!(header_str(by_id[&retryable], "warren-reason"), "failed");
+    assert_eq!(
+        header_str(by_id[&retryable], "warren-error"),
+        "attempt 3/3: exit code 3: failing with 3"
+    );
+}
+
+#[test]
+fn warren_worker_without_exec_handlers_says_how_to_add_one() {
+    let topo = TempFile::with("[tasks.job]\n");
+    let out = warren_bin()
+        .args(["--topology", topo.as_str(), "worker"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exec = ["),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = warren_bin()
+        .args(["--topology", topo.as_str(), "worker", "--tasks", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
