@@ -275,9 +275,12 @@ pub(crate) async fn process(
         task.kind = %env.task,
         task.id = %env.id,
         attempt = env.attempt,
-        traceparent = env.traceparent.as_deref().unwrap_or(""),
+        traceparent = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
+    if let Some(tp) = &env.traceparent {
+        span.record("traceparent", tp.as_str());
+    }
     async {
         if let Some(at) = env.expires_at_ms
             && unix_ms(SystemTime::now()) > at
