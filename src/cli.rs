@@ -68,6 +68,79 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// Run the `exec` handlers of the topology file until SIGTERM/SIGINT.
     Worker(WorkerArgs),
+    /// One row per task type: ready, running, consumers, delayed, dead, rates.
+    Status(StatusArgs),
+    /// Inspect, replay or purge dead tasks.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Run the whole thing once: topology, workers, a planned mix of tasks, a summary.
+    Demo(DemoArgs),
+}
+
+/// `warren demo ...`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Tasks to enqueue.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(20..=1_000_000))]
+    pub tasks: u64,
+    /// In-process workers.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    /// Keep the demo's queues afterwards, to browse them in the management UI.
+    #[arg(long)]
+    pub keep: bool,
+    /// Give up waiting for outcomes after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `warren status ...`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (figures the broker has not reported yet are null).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every interval, e.g. `2s` (in place on a terminal).
+    #[arg(long, value_parser = parse_duration)]
+    pub watch: Option<Duration>,
+}
+
+/// `warren dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show dead tasks (id, reason, error, attempts, dead-at, payload) without removing any.
+    List {
+        /// Task name.
+        task: String,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON lines, one dead task per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead tasks back to their work queue (attempts reset), confirmed before removal.
+    Replay {
+        /// Task name.
+        task: String,
+        /// Replay the task with this id (repeatable).
+        #[arg(long = "id", required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Replay every dead task of this type.
+        #[arg(long)]
+        all: bool,
+        /// Show what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete every dead task of this type.
+    Purge {
+        /// Task name.
+        task: String,
+        /// Confirm: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `warren worker ...`
@@ -85,6 +158,9 @@ pub struct WorkerArgs {
     /// Time running tasks get to finish on SIGTERM, e.g. `30s` [default: `[worker] grace`].
     #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
+    /// Serve Prometheus metrics on this address, e.g. `127.0.0.1:9464`.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `warren topology ...`
@@ -142,7 +218,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    init_tracing(cli.log_format);
+    // The demo's retries and dead letters are planned: keep its output to the summary.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "error,lapin=off",
+        _ => "warn,lapin=off,warren=info",
+    };
+    init_tracing(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -161,10 +242,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,lapin=off,warren=info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -203,6 +284,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         }
         Command::Enqueue(args) => enqueue(&settings, args, out).await,
         Command::Worker(args) => worker(&settings, args).await,
+        Command::Status(args) => status(&settings, args, out).await,
+        Command::Dlq(cmd) => dlq(&settings, cmd, out).await,
+        Command::Demo(args) => demo(&settings, args, out).await,
     }
 }
 
@@ -273,6 +357,168 @@ fn topology_export(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn status(settings: &Settings, args: StatusArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    let mgmt = crate::management::Management::from_settings(settings)?;
+    let in_place = args.watch.is_some() && std::io::stdout().is_terminal() && !args.json;
+    loop {
+        let (s, m) = (settings.clone(), mgmt.clone());
+        let status = tokio::task::spawn_blocking(move || crate::status::fetch(&s, &m))
+            .await
+            .map_err(|e| Error::Management(format!("status query failed: {e}")))??;
+        let text = if args.json {
+            serde_json::to_string(&status).unwrap_or_default() + "\n"
+        } else {
+            crate::status::table(&status)
+        };
+        if in_place {
+            // Home the cursor and clear the screen, then draw.
+            write!(out, "\x1b[H\x1b[2J").map_err(write_err)?;
+        }
+        write!(out, "{text}").map_err(write_err)?;
+        out.flush().map_err(write_err)?;
+        match args.watch {
+            None => return Ok(ExitCode::SUCCESS),
+            Some(every) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+async fn demo(settings: &Settings, args: DemoArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    let opts = crate::demo::DemoOptions {
+        tasks: args.tasks,
+        workers: usize::from(args.workers),
+        keep: args.keep,
+        timeout: args.timeout,
+    };
+    let bar = Progress::new(opts.tasks);
+    let summary = crate::demo::run(settings, &opts, |done, _| bar.set(done)).await?;
+    bar.finish();
+    let mgmt = crate::management::Management::from_settings(settings)?;
+    let vhost = url_parts(&settings.amqp_url)?.vhost;
+    let text = crate::demo::report(
+        &summary,
+        mgmt.base(),
+        &vhost,
+        opts.keep,
+        settings.queue_type,
+    );
+    write!(out, "{text}").map_err(write_err)?;
+    Ok(if summary.all_as_planned() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn dlq(settings: &Settings, cmd: DlqCommand, out: &mut dyn Write) -> Result<ExitCode> {
+    use crate::dlq::{Selection, list, purge, replay};
+    let task = match &cmd {
+        DlqCommand::List { task, .. }
+        | DlqCommand::Replay { task, .. }
+        | DlqCommand::Purge { task, .. } => task.clone(),
+    };
+    crate::topology::names::validate_task_name(&task).map_err(Error::InvalidInput)?;
+    if let DlqCommand::Purge { yes: false, .. } = cmd {
+        return Err(Error::InvalidInput(format!(
+            "purging `{}` deletes every dead `{task}` task for good; add --yes to confirm",
+            crate::topology::names::Names::new(&settings.namespace).dead_queue(&task)
+        )));
+    }
+    let conn = broker::connect(
+        &settings.amqp_url,
+        &connection_name("cli"),
+        Some(settings.connect_timeout),
+    )
+    .await?;
+    let names = crate::topology::names::Names::new(&settings.namespace);
+    let result = match cmd {
+        DlqCommand::List { limit, json, .. } => {
+            let (shown, total) = list(&conn, &names, &task, limit).await?;
+            for d in &shown {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(d).unwrap_or_default())
+                        .map_err(write_err)?;
+                } else {
+                    let dead_at = d
+                        .dead_at_ms
+                        .map(|ms| {
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+                            )
+                            .to_string()
+                        })
+                        .unwrap_or_else(|| "?".into());
+                    let payload: String = d.payload.chars().take(120).collect();
+                    writeln!(
+                        out,
+                        "{}  reason={}  attempts={}  dead_at={dead_at}\n    error: {}\n    payload: {payload}{}",
+                        d.id.as_deref().unwrap_or("(no id)"),
+                        d.reason.as_deref().unwrap_or("?"),
+                        d.attempts.map_or_else(|| "?".into(), |a| a.to_string()),
+                        d.error.as_deref().unwrap_or("-"),
+                        if d.payload.chars().count() > 120 { "…" } else { "" }
+                    )
+                    .map_err(write_err)?;
+                }
+            }
+            if !json {
+                writeln!(
+                    out,
+                    "{} of {total} dead `{task}` tasks shown; none removed",
+                    shown.len()
+                )
+                .map_err(write_err)?;
+            }
+            ExitCode::SUCCESS
+        }
+        DlqCommand::Replay {
+            ids, all, dry_run, ..
+        } => {
+            let selection = if all {
+                Selection::All
+            } else {
+                Selection::Ids(ids.into_iter().collect())
+            };
+            let producer = Producer::with_role(settings, "cli")?;
+            let report = replay(&conn, &producer, &task, &selection, dry_run).await?;
+            let verb = if dry_run { "would replay" } else { "replayed" };
+            for id in &report.replayed {
+                writeln!(out, "{verb} {id}").map_err(write_err)?;
+            }
+            for id in &report.not_found {
+                writeln!(out, "not found {id}").map_err(write_err)?;
+            }
+            for id in &report.failed {
+                writeln!(out, "FAILED {id} (still dead)").map_err(write_err)?;
+            }
+            writeln!(
+                out,
+                "{verb} {} dead `{task}` task(s) to `{}`",
+                report.replayed.len(),
+                names.work_queue(&task)
+            )
+            .map_err(write_err)?;
+            if report.not_found.is_empty() && report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        DlqCommand::Purge { .. } => {
+            let n = purge(&conn, &names, &task).await?;
+            writeln!(
+                out,
+                "purged {n} dead `{task}` task(s) from `{}`",
+                names.dead_queue(&task)
+            )
+            .map_err(write_err)?;
+            ExitCode::SUCCESS
+        }
+    };
+    let _ = conn.close(200, "done".into()).await;
+    Ok(result)
+}
+
 /// Cancels the returned token on the first SIGTERM or SIGINT; exits the process at once on
 /// the second (the broker requeues whatever is unacked).
 fn shutdown_on_signals() -> Result<CancellationToken> {
@@ -333,6 +579,9 @@ async fn worker(settings: &Settings, args: WorkerArgs) -> Result<ExitCode> {
     }
     if let Some(g) = args.grace {
         worker = worker.grace(g);
+    }
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr).await?;
     }
     let shutdown = shutdown_on_signals()?;
     worker.run(shutdown).await?;

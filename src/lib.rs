@@ -20,6 +20,7 @@
 //! - [`producer`]: confirmed enqueue, delays, expiry, bulk.
 //! - [`retry`]: retry decisions from the attempt number (pure).
 //! - [`worker`]: consumers, handlers, acks after confirmed outcomes, reconnects, shutdown.
+//! - [`status`], [`dlq`]: what operators read and repair.
 //! - [`management`]: the RabbitMQ management HTTP API.
 //! - [`cli`]: the `warren` command.
 
@@ -33,10 +34,14 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod dlq;
 pub mod error;
 pub mod management;
+pub mod metrics;
 pub mod producer;
 pub mod retry;
+pub mod status;
 pub mod task;
 pub mod topology;
 pub mod wire;

@@ -116,6 +116,22 @@ impl Envelope {
     }
 }
 
+/// A delivery's headers without the broker's `x-` ones (republishing a message with its
+/// `x-death` can make RabbitMQ's cycle detection drop it) and without Warren's own, which
+/// the republisher sets anew. Foreign headers are kept.
+pub(crate) fn carried_headers(props: &BasicProperties) -> FieldTable {
+    let mut out = FieldTable::default();
+    if let Some(h) = props.headers() {
+        for (k, v) in h.inner() {
+            let k = k.as_str();
+            if !k.starts_with("x-") && !k.starts_with("warren-") && k != header::TRACEPARENT {
+                out.insert(k.into(), v.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Milliseconds since the unix epoch (0 before it).
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

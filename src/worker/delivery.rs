@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use tracing::Instrument;
 
 use super::context::TaskContext;
@@ -148,24 +148,8 @@ pub(crate) fn read_envelope(
     })
 }
 
-/// The delivery's headers without the broker's `x-` ones (republishing a message with its
-/// `x-death` can make RabbitMQ's cycle detection drop it) and without Warren's, which the
-/// caller sets anew.
-fn carried_headers(props: &BasicProperties) -> FieldTable {
-    let mut out = FieldTable::default();
-    if let Some(h) = props.headers() {
-        for (k, v) in h.inner() {
-            let k = k.as_str();
-            if !k.starts_with("x-") && !k.starts_with("warren-") && k != header::TRACEPARENT {
-                out.insert(ShortString::from(k), v.clone());
-            }
-        }
-    }
-    out
-}
-
 fn merged(env: &Envelope, props: &BasicProperties) -> FieldTable {
-    let mut h = carried_headers(props);
+    let mut h = crate::wire::carried_headers(props);
     for (k, v) in env.headers().inner() {
         h.insert(k.clone(), v.clone());
     }
@@ -317,6 +301,7 @@ pub(crate) async fn process(
             RunOutcome::Success => {
                 tracing::Span::current().record("outcome", "success");
                 ack(&delivery, &env).await;
+                shared.metrics.outcome("success");
             }
             RunOutcome::Permanent(error) => {
                 tracing::Span::current().record("outcome", "dead");
@@ -364,21 +349,25 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, env: &Envelope, why: 
         &why,
         &shared.worker_name,
     );
-    settle_after_publish(shared, delivery, env, msg, "dead").await;
+    if settle_after_publish(shared, delivery, env, msg, "dead").await {
+        shared.metrics.dead(why.reason);
+    }
 }
 
 /// Publishes the outcome with a confirm, then acks; if publishing fails, requeues instead.
+/// True when the outcome was published.
 async fn settle_after_publish(
     shared: &Shared,
     delivery: &Delivery,
     env: &Envelope,
     msg: Outgoing,
     what: &'static str,
-) {
+) -> bool {
     match shared.producer.publish(msg).await {
         Ok(()) => {
             shared.metrics.outcome(what);
             ack(delivery, env).await;
+            true
         }
         Err(err) => {
             tracing::error!(task.kind = %env.task, task.id = %env.id, error = %err,
@@ -391,6 +380,7 @@ async fn settle_after_publish(
                     multiple: false,
                 })
                 .await;
+            false
         }
     }
 }

@@ -85,8 +85,15 @@ mod telemetry {
             metrics::histogram!("warren_task_duration_seconds", "task" => self.task.clone())
                 .record(took.as_secs_f64());
         }
+        /// `outcome`: success, retry or dead.
         pub(crate) fn outcome(&self, outcome: &'static str) {
             metrics::counter!("warren_tasks_total", "task" => self.task.clone(), "outcome" => outcome).increment(1);
+            if outcome == "retry" {
+                metrics::counter!("warren_retries_total", "task" => self.task.clone()).increment(1);
+            }
+        }
+        pub(crate) fn dead(&self, reason: &'static str) {
+            metrics::counter!("warren_dead_lettered_total", "task" => self.task.clone(), "reason" => reason).increment(1);
         }
     }
 }

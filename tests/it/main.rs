@@ -1,6 +1,7 @@
 //! Integration tests: one binary, every test against the real broker in a vhost of its own.
 
 mod cli;
+mod ops;
 mod producer;
 mod support;
 mod topology;

@@ -1,0 +1,453 @@
+//! `warren demo`: the main job on one command, against a real broker.
+//!
+//! Declares a namespace of its own, starts a pool of in-process workers, enqueues a planned
+//! mix (most succeed, some fail once then succeed, some always fail, some are delayed, some
+//! expire in the delay ladder), watches every task reach its end, and reports the outcomes
+//! against the plan with throughput and latency. Deletes its queues afterwards unless kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{QueueType, Settings};
+use crate::error::{Error, Result};
+use crate::producer::{EnqueueOptions, Producer};
+use crate::task::{Task, TaskError};
+use crate::topology::{self, Plan, names::Names};
+use crate::wire::unix_ms;
+use crate::worker::{TaskContext, Worker};
+
+/// What each demo task is planned to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Succeeds at once.
+    Ok,
+    /// Fails once, succeeds on the retry.
+    Flaky,
+    /// Always fails: dead after `max_attempts`.
+    Doomed,
+    /// Delayed 2 s, then succeeds.
+    Delayed,
+    /// Delayed 2 s with a 1 s expiry: dead as `expired`, never run.
+    Expiring,
+}
+
+impl Kind {
+    /// The planned end state.
+    pub fn expected(self) -> &'static str {
+        match self {
+            Kind::Ok | Kind::Delayed => "succeeded first time",
+            Kind::Flaky => "succeeded after a retry",
+            Kind::Doomed => "dead: failed",
+            Kind::Expiring => "dead: expired",
+        }
+    }
+
+    fn for_seq(seq: u64) -> Kind {
+        match seq % 20 {
+            0 | 1 => Kind::Flaky,
+            2 => Kind::Doomed,
+            3 | 4 => Kind::Delayed,
+            5 => Kind::Expiring,
+            _ => Kind::Ok,
+        }
+    }
+}
+
+/// The demo's task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoTask {
+    /// Sequence number.
+    pub seq: u64,
+    /// What it is planned to do.
+    pub kind: Kind,
+    /// Unix ms when it was enqueued (for latency).
+    pub sent_ms: u64,
+}
+
+impl Task for DemoTask {
+    const NAME: &'static str = "demo";
+}
+
+/// Options of `warren demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Tasks to enqueue. Defaults to 400.
+    pub tasks: u64,
+    /// In-process workers. Defaults to 3.
+    pub workers: usize,
+    /// Keep the demo's queues for browsing in the management UI.
+    pub keep: bool,
+    /// Give up waiting after this long. Defaults to 60 s.
+    pub timeout: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            tasks: 400,
+            workers: 3,
+            keep: false,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What happened, against what was planned.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Namespace the demo ran in.
+    pub namespace: String,
+    /// Planned count per end state.
+    pub expected: BTreeMap<String, u64>,
+    /// Observed count per end state.
+    pub actual: BTreeMap<String, u64>,
+    /// Tasks whose end state differs from their plan (or never came).
+    pub mismatched: u64,
+    /// Handler runs (retries and at-least-once duplicates included).
+    pub runs: u64,
+    /// Confirmed enqueues per second.
+    pub enqueue_rate: f64,
+    /// Tasks settled per second, first enqueue to last outcome.
+    pub throughput: f64,
+    /// Enqueue-to-start latency of undelayed first attempts, ms: p50, p90, p99.
+    pub latency_ms: [f64; 3],
+    /// Seconds from the first enqueue to the last outcome.
+    pub elapsed_s: f64,
+}
+
+impl Summary {
+    /// True when every task reached its planned end state.
+    pub fn all_as_planned(&self) -> bool {
+        self.mismatched == 0 && self.expected == self.actual
+    }
+}
+
+#[derive(Default)]
+struct Observed {
+    /// seq -> end state
+    ends: HashMap<u64, &'static str>,
+    runs: u64,
+    latencies: Vec<f64>,
+}
+
+/// Settings of the demo's own namespace: fast retries, a short ladder.
+pub fn demo_settings(base: &Settings) -> Result<Settings> {
+    let mut s = Settings::from_toml(
+        r#"
+        max_delay = "1h"
+        [tasks.demo]
+        max_attempts = 3
+        time_limit = "10s"
+        [tasks.demo.backoff]
+        initial = "1s"
+        multiplier = 2.0
+        max = "10s"
+        jitter = 0.0
+        "#,
+    )?;
+    s.amqp_url = base.amqp_url.clone();
+    s.management_url = base.management_url.clone();
+    s.connect_timeout = base.connect_timeout;
+    s.queue_type = base.queue_type;
+    s.namespace = format!("{}.demo-{}", base.namespace, std::process::id());
+    s.validate()?;
+    Ok(s)
+}
+
+/// Runs the demo, calling `progress(settled, total)` about twice a second.
+///
+/// # Errors
+/// Broker errors while setting up; a demo that ran but missed its plan is an `Ok` summary
+/// with mismatches.
+pub async fn run(
+    base: &Settings,
+    opts: &DemoOptions,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Summary> {
+    let settings = demo_settings(base)?;
+    let names = Names::new(&settings.namespace);
+    let vhost = crate::broker::url_parts(&settings.amqp_url)?.vhost;
+    let conn = crate::broker::connect(
+        &settings.amqp_url,
+        &crate::broker::connection_name("demo"),
+        Some(settings.connect_timeout),
+    )
+    .await?;
+    let plan = Plan::new(&settings);
+    topology::apply(&plan, &conn, &vhost).await?;
+    let result = drive(&settings, opts, &conn, &names, &mut progress).await;
+    if !opts.keep {
+        cleanup(&conn, &plan).await;
+    }
+    let _ = conn.close(200, "demo done".into()).await;
+    result
+}
+
+async fn drive(
+    settings: &Settings,
+    opts: &DemoOptions,
+    conn: &lapin::Connection,
+    names: &Names,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<Summary> {
+    let observed: Arc<Mutex<Observed>> = Arc::default();
+    let stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for i in 0..opts.workers.max(1) {
+        let seen = observed.clone();
+        let worker = Worker::new(settings)
+            .role(&format!("demo-worker-{i}"))
+            .concurrency(8)
+            .prefetch(16)
+            .handle(move |t: DemoTask, ctx: TaskContext| {
+                let seen = seen.clone();
+                async move {
+                    let now = unix_ms(SystemTime::now());
+                    let mut o = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    o.runs += 1;
+                    if ctx.attempt == 1 && matches!(t.kind, Kind::Ok | Kind::Flaky | Kind::Doomed) {
+                        o.latencies.push(now.saturating_sub(t.sent_ms) as f64);
+                    }
+                    match t.kind {
+                        Kind::Flaky if ctx.attempt == 1 => {
+                            Err(TaskError::retry("flaky: first attempt fails"))
+                        }
+                        Kind::Doomed => Err(TaskError::retry("doomed: always fails")),
+                        Kind::Flaky => {
+                            o.ends.insert(t.seq, "succeeded after a retry");
+                            Ok(())
+                        }
+                        _ => {
+                            let end = if ctx.attempt == 1 {
+                                "succeeded first time"
+                            } else {
+                                "succeeded after a retry"
+                            };
+                            o.ends.entry(t.seq).or_insert(end);
+                            Ok(())
+                        }
+                    }
+                }
+            });
+        workers.push(tokio::spawn(worker.run(stop.clone())));
+    }
+
+    // The dead queue tells which tasks died and why.
+    let dead_ch = conn.create_channel().await.map_err(|source| Error::Amqp {
+        operation: "opening a channel".into(),
+        source,
+    })?;
+    let mut dead = dead_ch
+        .basic_consume(
+            names.dead_queue("demo").as_str().into(),
+            "warren demo dead-watch".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| Error::Amqp {
+            operation: "watching the dead queue".into(),
+            source,
+        })?;
+    let seen = observed.clone();
+    let dead_watch = tokio::spawn(async move {
+        while let Some(Ok(d)) = dead.next().await {
+            let reason = match d
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("warren-reason"))
+            {
+                Some(AMQPValue::LongString(s)) => {
+                    String::from_utf8_lossy(s.as_bytes()).into_owned()
+                }
+                _ => "unknown".into(),
+            };
+            if let Ok(t) = serde_json::from_slice::<DemoTask>(&d.data) {
+                let end = match reason.as_str() {
+                    "failed" => "dead: failed",
+                    "expired" => "dead: expired",
+                    _ => "dead: other",
+                };
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .ends
+                    .insert(t.seq, end);
+            }
+            let _ = d.ack(BasicAckOptions::default()).await;
+        }
+    });
+
+    let producer = Producer::with_role(settings, "demo-producer")?;
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut plan: HashMap<u64, Kind> = HashMap::new();
+    let started = Instant::now();
+    let now_ms = unix_ms(SystemTime::now());
+    let tasks: Vec<(String, Result<Vec<u8>>, EnqueueOptions)> = (0..opts.tasks)
+        .map(|seq| {
+            let kind = Kind::for_seq(seq);
+            plan.insert(seq, kind);
+            *expected.entry(kind.expected().to_string()).or_default() += 1;
+            let options = match kind {
+                Kind::Delayed => EnqueueOptions::default().delay(Duration::from_secs(2)),
+                Kind::Expiring => EnqueueOptions::default()
+                    .delay(Duration::from_secs(2))
+                    .expires_in(Duration::from_secs(1)),
+                _ => EnqueueOptions::default(),
+            };
+            let body = serde_json::to_vec(&DemoTask {
+                seq,
+                kind,
+                sent_ms: now_ms,
+            })
+            .map_err(|e| Error::InvalidInput(e.to_string()));
+            ("demo".to_string(), body, options)
+        })
+        .collect();
+    let enqueued = producer.enqueue_many_raw(tasks).await;
+    let enqueue_secs = started.elapsed().as_secs_f64();
+    if let Some(Err(e)) = enqueued.iter().find(|r| r.is_err()) {
+        stop.cancel();
+        return Err(e.clone());
+    }
+
+    let deadline = Instant::now() + opts.timeout;
+    loop {
+        let settled = observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ends
+            .len() as u64;
+        progress(settled, opts.tasks);
+        if settled >= opts.tasks || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    dead_watch.abort();
+    let _ = dead_ch.close(200, "demo done".into()).await;
+
+    let o = observed.lock().unwrap_or_else(|p| p.into_inner());
+    let mut actual: BTreeMap<String, u64> = BTreeMap::new();
+    let mut mismatched = 0;
+    for (seq, kind) in &plan {
+        match o.ends.get(seq) {
+            Some(end) => {
+                *actual.entry((*end).to_string()).or_default() += 1;
+                if *end != kind.expected() {
+                    mismatched += 1;
+                }
+            }
+            None => {
+                *actual.entry("never finished".to_string()).or_default() += 1;
+                mismatched += 1;
+            }
+        }
+    }
+    let mut lat = o.latencies.clone();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            f64::NAN
+        } else {
+            lat[((lat.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    Ok(Summary {
+        namespace: settings.namespace.clone(),
+        expected,
+        actual,
+        mismatched,
+        runs: o.runs,
+        enqueue_rate: opts.tasks as f64 / enqueue_secs.max(1e-9),
+        throughput: o.ends.len() as f64 / elapsed.max(1e-9),
+        latency_ms: [pct(0.5), pct(0.9), pct(0.99)],
+        elapsed_s: elapsed,
+    })
+}
+
+async fn cleanup(conn: &lapin::Connection, plan: &Plan) {
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
+    for q in &plan.queues {
+        let _ = ch
+            .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in &plan.exchanges {
+        let _ = ch
+            .exchange_delete(e.name.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = ch.close(200, "cleaned up".into()).await;
+}
+
+/// The summary as text, with where to look in the management UI.
+pub fn report(
+    s: &Summary,
+    management: &str,
+    vhost: &str,
+    kept: bool,
+    queue_type: QueueType,
+) -> String {
+    let mut out = format!(
+        "\nWarren demo in namespace `{}` ({} queues)\n\n",
+        s.namespace,
+        queue_type.as_str()
+    );
+    out.push_str(&format!(
+        "  {:<26} {:>8} {:>8}\n",
+        "outcome", "planned", "actual"
+    ));
+    let mut keys: Vec<&String> = s.expected.keys().chain(s.actual.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let e = s.expected.get(k).copied().unwrap_or(0);
+        let a = s.actual.get(k).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "  {k:<26} {e:>8} {a:>8}{}\n",
+            if e == a { "" } else { "   <-- differs" }
+        ));
+    }
+    out.push_str(&format!(
+        "\n  handler runs {} (retries included)\n  enqueue {:.0} tasks/s (confirmed)   processed {:.1} tasks/s over {:.1} s (includes the 2 s delays and 1 s + 2 s retry waits)\n  enqueue-to-start latency, undelayed first attempts: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms\n",
+        s.runs, s.enqueue_rate, s.throughput, s.elapsed_s, s.latency_ms[0], s.latency_ms[1], s.latency_ms[2]
+    ));
+    let vh = crate::management::enc(vhost);
+    if kept {
+        out.push_str(&format!(
+            "\n  In the management UI ({management}/#/queues/{vh}): `{ns}.demo` is the work queue, \
+             `{ns}.demo.dead` holds the failed and expired tasks (try `warren --namespace {ns} dlq list demo`), \
+             `{ns}.delay.N` are the delay ladder.\n",
+            ns = s.namespace
+        ));
+    } else {
+        out.push_str(&format!(
+            "\n  The demo's queues were removed; run `warren demo --keep` to browse them in the management UI \
+             ({management}/#/queues/{vh}) — connections show as `warren demo-worker-N host:pid`.\n"
+        ));
+    }
+    out.push_str(if s.all_as_planned() {
+        "\n  every task reached its planned outcome\n"
+    } else {
+        "\n  SOME TASKS DID NOT REACH THEIR PLANNED OUTCOME\n"
+    });
+    out
+}

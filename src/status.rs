@@ -1,0 +1,269 @@
+//! `warren status`: one row per task type, read from the management HTTP API.
+//!
+//! The API samples statistics every few seconds, so a figure it has not reported yet is
+//! `None` ("unknown"), never 0. Building rows from the API's JSON is pure and unit-tested.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::error::Result;
+use crate::management::{Management, enc};
+use crate::topology::names::Names;
+
+/// One task type's figures. `None` = the broker has not reported it (yet).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Row {
+    /// Task name.
+    pub task: String,
+    /// Ready in the work queue.
+    pub ready: Option<u64>,
+    /// Delivered to a worker and not yet acked (running or prefetched).
+    pub running: Option<u64>,
+    /// Consumers on the work queue.
+    pub consumers: Option<u64>,
+    /// Waiting in the delay ladder; the ladder is shared by the namespace, so this is the
+    /// namespace's total, repeated per row.
+    pub delayed_in_namespace: Option<u64>,
+    /// In the dead queue.
+    pub dead: Option<u64>,
+    /// Publishes into the work queue per second.
+    pub publish_rate: Option<f64>,
+    /// Acks from the work queue per second.
+    pub ack_rate: Option<f64>,
+}
+
+/// The whole status: rows and where they came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    /// Namespace.
+    pub namespace: String,
+    /// Virtual host.
+    pub vhost: String,
+    /// One row per task type (declared in the topology file or found on the broker).
+    pub tasks: Vec<Row>,
+}
+
+fn uint(v: &Value, path: &[&str]) -> Option<u64> {
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_u64)
+}
+
+fn float(v: &Value, path: &[&str]) -> Option<f64> {
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_f64)
+}
+
+/// Rows from the API's queue list (`GET /api/queues/{vhost}` items) for namespace `ns`:
+/// the declared `tasks` plus any work queue found on the broker.
+pub fn rows(ns: &str, declared: &[String], queues: &[Value]) -> Vec<Row> {
+    let names = Names::new(ns);
+    let by_name: BTreeMap<&str, &Value> = queues
+        .iter()
+        .filter_map(|q| q["name"].as_str().map(|n| (n, q)))
+        .collect();
+    let prefix = format!("{ns}.");
+    let mut tasks: Vec<String> = declared.to_vec();
+    for name in by_name.keys() {
+        if let Some(task) = name.strip_prefix(&prefix)
+            && !task.contains('.')
+            && !tasks.iter().any(|t| t == task)
+        {
+            tasks.push(task.to_string());
+        }
+    }
+    tasks.sort();
+    let ladder: Vec<&&Value> = by_name
+        .iter()
+        .filter(|(n, _)| {
+            n.strip_prefix(&format!("{ns}.delay."))
+                .is_some_and(|l| l.parse::<u32>().is_ok())
+        })
+        .map(|(_, q)| q)
+        .collect();
+    let delayed = if ladder.is_empty() {
+        None
+    } else {
+        ladder
+            .iter()
+            .map(|q| uint(q, &["messages"]))
+            .sum::<Option<u64>>()
+    };
+    tasks
+        .into_iter()
+        .map(|task| {
+            let work = by_name.get(names.work_queue(&task).as_str()).copied();
+            let dead = by_name.get(names.dead_queue(&task).as_str()).copied();
+            Row {
+                ready: work.and_then(|q| uint(q, &["messages_ready"])),
+                running: work.and_then(|q| uint(q, &["messages_unacknowledged"])),
+                consumers: work.and_then(|q| uint(q, &["consumers"])),
+                delayed_in_namespace: delayed,
+                dead: dead.and_then(|q| uint(q, &["messages"])),
+                publish_rate: work
+                    .and_then(|q| float(q, &["message_stats", "publish_details", "rate"])),
+                ack_rate: work.and_then(|q| float(q, &["message_stats", "ack_details", "rate"])),
+                task,
+            }
+        })
+        .collect()
+}
+
+/// Reads the status of `settings`' namespace.
+///
+/// # Errors
+/// [`crate::Error::Management`] when the API is unreachable or refuses us.
+pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
+    let vhost = crate::broker::url_parts(&settings.amqp_url)?.vhost;
+    let ns = &settings.namespace;
+    let regex = format!("^{}\\.", ns.replace('.', "\\."));
+    let columns = "name,messages,messages_ready,messages_unacknowledged,consumers,\
+                   message_stats.publish_details.rate,message_stats.ack_details.rate";
+    let mut queues = Vec::new();
+    let mut page = 1;
+    loop {
+        let path = format!(
+            "queues/{}?page={page}&page_size=500&use_regex=true&name={}&columns={columns}",
+            enc(&vhost),
+            enc(&regex)
+        );
+        let body = mgmt.get(&path)?;
+        queues.extend(body["items"].as_array().cloned().unwrap_or_default());
+        if page >= body["page_count"].as_u64().unwrap_or(1) {
+            break;
+        }
+        page += 1;
+    }
+    let declared: Vec<String> = settings.tasks.keys().cloned().collect();
+    Ok(Status {
+        namespace: ns.clone(),
+        vhost,
+        tasks: rows(ns, &declared, &queues),
+    })
+}
+
+fn cell<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "?".to_string(), |v| v.to_string())
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or_else(|| "?".to_string(), |r| format!("{r:.1}/s"))
+}
+
+/// The status as an aligned table; `?` marks figures the broker has not reported yet.
+pub fn table(status: &Status) -> String {
+    let header = [
+        "TASK",
+        "READY",
+        "RUNNING",
+        "CONSUMERS",
+        "DELAYED(ns)",
+        "DEAD",
+        "PUBLISH",
+        "ACK",
+    ];
+    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_string)];
+    for r in &status.tasks {
+        rows.push([
+            r.task.clone(),
+            cell(r.ready),
+            cell(r.running),
+            cell(r.consumers),
+            cell(r.delayed_in_namespace),
+            cell(r.dead),
+            rate(r.publish_rate),
+            rate(r.ack_rate),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "namespace `{}` in vhost `{}`\n",
+        status.namespace, status.vhost
+    );
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if status.tasks.is_empty() {
+        out.push_str(
+            "(no task types: declare some under [tasks] and run `warren topology apply`)\n",
+        );
+    }
+    if status
+        .tasks
+        .iter()
+        .any(|r| r.ready.is_none() || r.publish_rate.is_none())
+    {
+        out.push_str("? = not reported by the broker yet (statistics arrive every 5 s)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rows_join_work_dead_and_ladder_queues_and_keep_unknowns_unknown() {
+        let queues = vec![
+            json!({"name": "ns.mail", "messages": 5, "messages_ready": 3, "messages_unacknowledged": 2, "consumers": 1,
+                   "message_stats": {"publish_details": {"rate": 2.5}, "ack_details": {"rate": 1.0}}}),
+            json!({"name": "ns.mail.dead", "messages": 4}),
+            json!({"name": "ns.delay.0", "messages": 1}),
+            json!({"name": "ns.delay.1", "messages": 2}),
+            json!({"name": "ns.fresh"}), // just declared: no figures yet
+            json!({"name": "other.mail", "messages": 99}),
+        ];
+        let rows = rows("ns", &["resize".to_string()], &queues);
+        let names: Vec<&str> = rows.iter().map(|r| r.task.as_str()).collect();
+        assert_eq!(names, ["fresh", "mail", "resize"]);
+        let mail = &rows[1];
+        assert_eq!(
+            (mail.ready, mail.running, mail.consumers, mail.dead),
+            (Some(3), Some(2), Some(1), Some(4))
+        );
+        assert_eq!((mail.publish_rate, mail.ack_rate), (Some(2.5), Some(1.0)));
+        assert_eq!(mail.delayed_in_namespace, Some(3));
+        let fresh = &rows[0];
+        assert_eq!(
+            (fresh.ready, fresh.dead, fresh.publish_rate),
+            (None, None, None)
+        );
+        assert_eq!(rows[2].ready, None, "declared but not on the broker");
+    }
+
+    #[test]
+    fn the_table_marks_unknown_figures() {
+        let status = Status {
+            namespace: "ns".into(),
+            vhost: "/".into(),
+            tasks: vec![Row {
+                task: "mail".into(),
+                ready: Some(3),
+                ..Row::default()
+            }],
+        };
+        let t = table(&status);
+        assert!(t.contains("TASK") && t.contains("mail"), "{t}");
+        assert!(t.lines().nth(2).unwrap().contains('?'), "{t}");
+        assert!(t.contains("not reported by the broker yet"));
+    }
+}
