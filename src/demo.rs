@@ -292,34 +292,44 @@ async fn drive(
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     let mut plan: HashMap<u64, Kind> = HashMap::new();
     let started = Instant::now();
-    let now_ms = unix_ms(SystemTime::now());
-    let tasks: Vec<(String, Result<Vec<u8>>, EnqueueOptions)> = (0..opts.tasks)
-        .map(|seq| {
-            let kind = Kind::for_seq(seq);
-            plan.insert(seq, kind);
-            *expected.entry(kind.expected().to_string()).or_default() += 1;
-            let options = match kind {
-                Kind::Delayed => EnqueueOptions::default().delay(Duration::from_secs(2)),
-                Kind::Expiring => EnqueueOptions::default()
-                    .delay(Duration::from_secs(2))
-                    .expires_in(Duration::from_secs(1)),
-                _ => EnqueueOptions::default(),
-            };
-            let body = serde_json::to_vec(&DemoTask {
-                seq,
-                kind,
-                sent_ms: now_ms,
+    // Batches of 25, each stamped when it is sent, so the latency measures the wait in the
+    // queue rather than the time to publish the whole run.
+    let seqs: Vec<u64> = (0..opts.tasks).collect();
+    for batch in seqs.chunks(25) {
+        let now_ms = unix_ms(SystemTime::now());
+        let tasks: Vec<(String, Result<Vec<u8>>, EnqueueOptions)> = batch
+            .iter()
+            .map(|&seq| {
+                let kind = Kind::for_seq(seq);
+                plan.insert(seq, kind);
+                *expected.entry(kind.expected().to_string()).or_default() += 1;
+                let options = match kind {
+                    Kind::Delayed => EnqueueOptions::default().delay(Duration::from_secs(2)),
+                    Kind::Expiring => EnqueueOptions::default()
+                        .delay(Duration::from_secs(2))
+                        .expires_in(Duration::from_secs(1)),
+                    _ => EnqueueOptions::default(),
+                };
+                let body = serde_json::to_vec(&DemoTask {
+                    seq,
+                    kind,
+                    sent_ms: now_ms,
+                })
+                .map_err(|e| Error::InvalidInput(e.to_string()));
+                ("demo".to_string(), body, options)
             })
-            .map_err(|e| Error::InvalidInput(e.to_string()));
-            ("demo".to_string(), body, options)
-        })
-        .collect();
-    let enqueued = producer.enqueue_many_raw(tasks).await;
-    let enqueue_secs = started.elapsed().as_secs_f64();
-    if let Some(Err(e)) = enqueued.iter().find(|r| r.is_err()) {
-        stop.cancel();
-        return Err(e.clone());
+            .collect();
+        if let Some(Err(e)) = producer
+            .enqueue_many_raw(tasks)
+            .await
+            .into_iter()
+            .find(|r| r.is_err())
+        {
+            stop.cancel();
+            return Err(e);
+        }
     }
+    let enqueue_secs = started.elapsed().as_secs_f64();
 
     let deadline = Instant::now() + opts.timeout;
     loop {

@@ -44,6 +44,7 @@ pub mod retry;
 pub mod status;
 pub mod task;
 pub mod topology;
+pub mod trace;
 pub mod wire;
 pub mod worker;
 

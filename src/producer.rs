@@ -43,7 +43,8 @@ pub struct EnqueueOptions {
     pub id: Option<String>,
     /// Caller's correlation id, carried through retries.
     pub correlation_id: Option<String>,
-    /// W3C `traceparent` to propagate to the handler's span.
+    /// W3C `traceparent` to propagate to the handler's span. Defaults to the running task's
+    /// context when enqueued from inside a handler.
     pub traceparent: Option<String>,
 }
 
@@ -291,7 +292,8 @@ impl Producer {
         let mut env = Envelope::new(options.id.unwrap_or_else(new_task_id), task);
         env.expires_at_ms = expires_at.map(unix_ms);
         env.correlation_id = options.correlation_id;
-        env.traceparent = options.traceparent;
+        // Inside a handler, a new task joins the running task's trace.
+        env.traceparent = options.traceparent.or_else(crate::trace::current);
         let names = &self.inner.names;
         let (exchange, routing_key, expiration) = if delay == 0 {
             // The broker expires (and dead-letters) an undelayed task even with no worker.

@@ -20,8 +20,9 @@ pub struct TaskContext {
     pub enqueued_at: SystemTime,
     /// The caller's correlation id, if any.
     pub correlation_id: Option<String>,
-    /// The producer's W3C `traceparent`, if any.
-    pub traceparent: Option<String>,
+    /// This run's W3C `traceparent`: a child of the producer's context, or a new trace when
+    /// the task arrived without one. Tasks enqueued from the handler join this trace.
+    pub traceparent: String,
     /// Cancelled when the worker stops at once (second signal, or the grace period ran out);
     /// long handlers should check it and stop early.
     pub cancel: CancellationToken,

@@ -21,6 +21,7 @@ use super::{Registered, Shared};
 use crate::producer::Outgoing;
 use crate::retry::{Decision, decide};
 use crate::task::TaskError;
+use crate::trace::TraceParent;
 use crate::wire::{Envelope, header, new_task_id, unix_ms};
 
 /// Longest `warren-error` text kept on a dead task (the tail of longer errors is kept).
@@ -259,12 +260,20 @@ pub(crate) async fn process(
         task.kind = %env.task,
         task.id = %env.id,
         attempt = env.attempt,
-        traceparent = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    if let Some(tp) = &env.traceparent {
-        span.record("traceparent", tp.as_str());
+    // This run is a child of the producer's context (or the root of a new trace).
+    let parent = env.traceparent.as_deref().and_then(TraceParent::parse);
+    let run_trace = parent
+        .as_ref()
+        .map_or_else(TraceParent::root, TraceParent::child);
+    span.record("trace_id", run_trace.trace_id.as_str());
+    if let Some(p) = &parent {
+        span.record("parent_span_id", p.span_id.as_str());
     }
+    let run_trace = run_trace.to_string();
     async {
         if let Some(at) = env.expires_at_ms
             && unix_ms(SystemTime::now()) > at
@@ -279,7 +288,7 @@ pub(crate) async fn process(
             max_attempts: registered.policy.max_attempts,
             enqueued_at: UNIX_EPOCH + Duration::from_secs(env.enqueued_at),
             correlation_id: env.correlation_id.clone(),
-            traceparent: env.traceparent.clone(),
+            traceparent: run_trace.clone(),
             cancel: shared.hard_stop.child_token(),
         };
         let future = match (registered.handler)(&delivery.data, ctx) {
@@ -289,7 +298,8 @@ pub(crate) async fn process(
         shared.metrics.started();
         let started = std::time::Instant::now();
         let limit = registered.policy.time_limit;
-        let outcome = match tokio::time::timeout(limit, std::panic::AssertUnwindSafe(future).catch_unwind()).await {
+        let run = crate::trace::scope(run_trace, std::panic::AssertUnwindSafe(future).catch_unwind());
+        let outcome = match tokio::time::timeout(limit, run).await {
             Ok(Ok(Ok(()))) => RunOutcome::Success,
             Ok(Ok(Err(TaskError::Retryable(e)))) => RunOutcome::Retryable(error_chain(&*e)),
             Ok(Ok(Err(TaskError::Permanent(e)))) => RunOutcome::Permanent(error_chain(&*e)),

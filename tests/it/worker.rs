@@ -773,3 +773,48 @@ fn warren_worker_without_exec_handlers_says_how_to_add_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_flows_from_the_producer_through_tasks_enqueued_by_handlers() {
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = applied(&broker, TOPOLOGY).await;
+    let producer = Producer::new(&settings).unwrap();
+    let seen: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();
+    let (s2, p2) = (seen.clone(), producer.clone());
+    let (token, handle) = spawn(Worker::new(&settings).handle(
+        move |job: Job, ctx: TaskContext| {
+            let (seen, producer) = (s2.clone(), p2.clone());
+            async move {
+                seen.lock().unwrap().push((job.n, ctx.traceparent.clone()));
+                if job.n == 1 {
+                    // enqueued from inside the handler: joins this run's trace
+                    producer
+                        .enqueue(&Job { n: 2 })
+                        .await
+                        .map_err(|e| TaskError::retry(e.to_string()))?;
+                }
+                Ok(())
+            }
+        },
+    ));
+    let root = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    producer
+        .enqueue_with(&Job { n: 1 }, EnqueueOptions::default().traceparent(root))
+        .await
+        .unwrap();
+    wait_count(Duration::from_secs(10), "both tasks", 2, || {
+        seen.lock().unwrap().len()
+    })
+    .await;
+    stop(token, handle).await;
+    let seen = seen.lock().unwrap().clone();
+    let parse = |s: &str| warren::trace::TraceParent::parse(s).expect("valid traceparent");
+    let (first, second) = (parse(&seen[0].1), parse(&seen[1].1));
+    assert_eq!(first.trace_id, "0af7651916cd43dd8448eb211c80319c");
+    assert_ne!(first.span_id, "b7ad6b7169203331", "the run is a child span");
+    assert_eq!(
+        second.trace_id, first.trace_id,
+        "the follow-up task is in the same trace"
+    );
+    assert_ne!(second.span_id, first.span_id);
+}
