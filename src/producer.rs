@@ -5,7 +5,7 @@
 //! reusing the same task id, so a retry after an ambiguous failure can at worst duplicate a
 //! task (the consumer sees the same id twice), never drop it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -90,6 +90,24 @@ pub(crate) struct Outgoing {
     pub(crate) routing_key: String,
     pub(crate) body: Vec<u8>,
     pub(crate) properties: BasicProperties,
+}
+
+/// State of one `publish_all`: items not yet read, messages published but unsettled, messages
+/// to publish again, and the results so far.
+struct PublishRun<I> {
+    items: std::iter::Enumerate<I>,
+    held: HashMap<usize, Outgoing>,
+    again: VecDeque<usize>,
+    results: Vec<Option<Result<String>>>,
+}
+
+impl<I> PublishRun<I> {
+    fn set(&mut self, i: usize, result: Result<String>) {
+        if self.results.len() <= i {
+            self.results.resize_with(i + 1, || None);
+        }
+        self.results[i] = Some(result);
+    }
 }
 
 /// Publishes tasks with confirms. Cheap to clone; share it across tokio tasks.
@@ -179,9 +197,10 @@ impl Producer {
         options: EnqueueOptions,
     ) -> Result<String> {
         let out = self.prepare(task, body, options)?;
-        let id = out.id.clone();
-        let mut results = self.publish_all(vec![out]).await;
-        results.pop().unwrap_or(Ok(())).map(|()| id)
+        let mut results = self.publish_all(std::iter::once(Ok(out))).await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(Error::InvalidInput("internal: no result".into())))
     }
 
     /// Enqueues many tasks of one type, pipelining publishes and confirms; one result per
@@ -204,37 +223,22 @@ impl Producer {
         &self,
         items: impl IntoIterator<Item = (String, Result<Vec<u8>>, EnqueueOptions)>,
     ) -> Vec<Result<String>> {
-        let mut results: Vec<Option<Result<String>>> = Vec::new();
-        let mut ready = Vec::new();
-        let mut slots = Vec::new();
-        for (task, body, options) in items {
-            match body.and_then(|b| self.prepare(&task, b, options)) {
-                Ok(out) => {
-                    slots.push(results.len());
-                    results.push(Some(Ok(out.id.clone())));
-                    ready.push(out);
-                }
-                Err(e) => results.push(Some(Err(e))),
-            }
-        }
-        for (slot, outcome) in slots.into_iter().zip(self.publish_all(ready).await) {
-            if let Err(e) = outcome {
-                results[slot] = Some(Err(e));
-            }
-        }
-        results
+        // Prepared lazily, as the confirm window makes room: memory stays bounded by the
+        // window however many tasks the iterator yields.
+        let prepared = items
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::InvalidInput("internal: no result".into()))))
-            .collect()
+            .map(|(task, body, options)| body.and_then(|b| self.prepare(&task, b, options)));
+        self.publish_all(prepared).await
     }
 
     /// Publishes one prepared message with a confirm, retrying a lost connection like
     /// [`Producer::enqueue_raw`].
     pub(crate) async fn publish(&self, message: Outgoing) -> Result<()> {
-        self.publish_all(vec![message])
-            .await
+        let mut results = self.publish_all(std::iter::once(Ok(message))).await;
+        results
             .pop()
-            .unwrap_or(Ok(()))
+            .unwrap_or_else(|| Err(Error::InvalidInput("internal: no result".into())))
+            .map(drop)
     }
 
     /// Names of this producer's namespace.
@@ -351,61 +355,85 @@ impl Producer {
         }
     }
 
-    /// Publishes every message with a window of outstanding confirms, retrying those whose
-    /// fate a lost connection left unknown, until the retry period ends.
-    async fn publish_all(&self, messages: Vec<Outgoing>) -> Vec<Result<()>> {
-        let mut results: Vec<Option<Result<()>>> = (0..messages.len()).map(|_| None).collect();
-        let mut todo: VecDeque<usize> = (0..messages.len()).collect();
+    /// Publishes every message with a window of outstanding confirms; one result per item,
+    /// in order, `Ok(id)` only for a confirmed one. A lost channel or connection leaves the
+    /// fate of the in-flight messages unknown: they are published again (same id) on a new
+    /// channel until the retry period ends. Refusals and returns are final for their message;
+    /// a missing exchange is final for all that follow.
+    async fn publish_all(
+        &self,
+        items: impl Iterator<Item = Result<Outgoing>>,
+    ) -> Vec<Result<String>> {
+        let mut run = PublishRun {
+            items: items.enumerate(),
+            held: HashMap::new(),
+            again: VecDeque::new(),
+            results: Vec::new(),
+        };
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
-        while !todo.is_empty() {
-            match self.publish_round(&messages, &mut todo, &mut results).await {
-                Ok(()) => {}
+        loop {
+            match self.publish_round(&mut run).await {
+                Ok(()) => break,
                 Err(err) if err.is_transient() && started.elapsed() < self.inner.retry_for => {
-                    tracing::warn!(error = %err, unconfirmed = todo.len(), retry_in = ?backoff,
+                    tracing::warn!(error = %err, unconfirmed = run.again.len(), retry_in = ?backoff,
                         "publishing interrupted; publishing the unconfirmed tasks again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(err) => {
-                    // Nothing left in `todo` was confirmed: report each as failed.
-                    for i in todo.drain(..) {
-                        results[i] = Some(Err(err.clone()));
+                    // Nothing not yet settled was confirmed: report each as failed.
+                    while let Some(i) = run.again.pop_front() {
+                        run.held.remove(&i);
+                        run.set(i, Err(err.clone()));
                     }
+                    while let Some((i, item)) = run.items.next() {
+                        run.set(i, item.and(Err(err.clone())));
+                    }
+                    break;
                 }
             }
         }
-        results
+        run.results
             .into_iter()
             .map(|r| {
-                r.unwrap_or_else(|| Err(Error::InvalidInput("internal: unpublished task".into())))
+                r.unwrap_or_else(|| Err(Error::InvalidInput("internal: unsettled task".into())))
             })
             .collect()
     }
 
-    /// One pass over `todo` on one channel. Settles each message it gets a definite answer
-    /// for. On a failure that leaves outcomes unknown (lost channel or connection) or that
-    /// dooms the rest (missing exchange), puts the unanswered ones back in `todo` and returns
-    /// the error.
-    async fn publish_round(
+    /// Publishes on one channel until every item is settled (`Ok`) or the channel fails
+    /// (`Err`, with the unsettled messages queued in `run.again`).
+    async fn publish_round<I: Iterator<Item = Result<Outgoing>>>(
         &self,
-        messages: &[Outgoing],
-        todo: &mut VecDeque<usize>,
-        results: &mut [Option<Result<()>>],
+        run: &mut PublishRun<I>,
     ) -> Result<()> {
         let ch = self.channel().await?;
         let mut inflight = FuturesUnordered::new();
         let mut failure: Option<Error> = None;
-        while let Some(&i) = todo.front() {
+        loop {
             if inflight.len() >= self.inner.window {
                 let (j, outcome) = inflight.next().await.expect("window is non-empty");
-                if let Some(e) = self.settle(&messages[j], outcome, results, j) {
-                    todo.push_back(j);
+                if let Some(e) = self.settle(run, j, outcome) {
                     failure = Some(e);
                     break;
                 }
             }
-            let m = &messages[i];
+            let i = match run.again.pop_front() {
+                Some(i) => i,
+                None => match run.items.next() {
+                    None => break,
+                    Some((i, Err(e))) => {
+                        run.set(i, Err(e));
+                        continue;
+                    }
+                    Some((i, Ok(out))) => {
+                        run.held.insert(i, out);
+                        i
+                    }
+                },
+            };
+            let m = &run.held[&i];
             let publish = ch
                 .basic_publish(
                     m.exchange.as_str().into(),
@@ -419,19 +447,16 @@ impl Producer {
                 )
                 .await;
             match publish {
-                Ok(confirm) => {
-                    todo.pop_front();
-                    inflight.push(async move { (i, confirm.await) });
-                }
+                Ok(confirm) => inflight.push(async move { (i, confirm.await) }),
                 Err(source) => {
+                    run.again.push_front(i);
                     failure = Some(self.publish_error(&m.task, &m.exchange, source));
                     break;
                 }
             }
         }
         while let Some((j, outcome)) = inflight.next().await {
-            if let Some(e) = self.settle(&messages[j], outcome, results, j) {
-                todo.push_back(j);
+            if let Some(e) = self.settle(run, j, outcome) {
                 // A missing exchange explains the closed-channel errors that follow it.
                 if !matches!(failure, Some(Error::MissingExchange { .. })) {
                     failure = Some(e);
@@ -447,17 +472,19 @@ impl Producer {
         }
     }
 
-    /// Records a definite outcome in `results`; returns the error instead when the outcome is
-    /// unknown (channel or connection failed) or the exchange is missing.
-    fn settle(
+    /// Records the definite outcome of message `i`; returns the error instead (and queues
+    /// `i` to be published again) when the outcome is unknown or the exchange is missing.
+    fn settle<I>(
         &self,
-        m: &Outgoing,
-        outcome: lapin::Result<Confirmation>,
-        results: &mut [Option<Result<()>>],
+        run: &mut PublishRun<I>,
         i: usize,
+        outcome: lapin::Result<Confirmation>,
     ) -> Option<Error> {
-        results[i] = Some(match outcome {
-            Ok(Confirmation::Ack(None)) => Ok(()),
+        let Some(m) = run.held.get(&i) else {
+            return None;
+        };
+        let definite = match outcome {
+            Ok(Confirmation::Ack(None)) => Ok(m.id.clone()),
             Ok(Confirmation::Ack(Some(_))) => Err(Error::Unroutable {
                 task: m.task.clone(),
                 namespace: self.inner.names.namespace().to_string(),
@@ -468,8 +495,14 @@ impl Producer {
             Ok(Confirmation::NotRequested) => Err(Error::InvalidInput(
                 "internal: the channel is not in confirm mode".into(),
             )),
-            Err(source) => return Some(self.publish_error(&m.task, &m.exchange, source)),
-        });
+            Err(source) => {
+                let err = self.publish_error(&m.task, &m.exchange, source);
+                run.again.push_back(i);
+                return Some(err);
+            }
+        };
+        run.held.remove(&i);
+        run.set(i, definite);
         None
     }
 
