@@ -480,9 +480,7 @@ impl Producer {
         i: usize,
         outcome: lapin::Result<Confirmation>,
     ) -> Option<Error> {
-        let Some(m) = run.held.get(&i) else {
-            return None;
-        };
+        let m = run.held.get(&i)?;
         let definite = match outcome {
             Ok(Confirmation::Ack(None)) => Ok(m.id.clone()),
             Ok(Confirmation::Ack(Some(_))) => Err(Error::Unroutable {
