@@ -75,6 +75,63 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Run the whole thing once: topology, workers, a planned mix of tasks, a summary.
     Demo(DemoArgs),
+    /// Measure Warren against a raw lapin baseline on the same broker, in one run.
+    Bench(BenchArgs),
+    /// (internal) One drain of `warren bench`, in a process of its own.
+    #[command(hide = true)]
+    BenchDrain(BenchDrainArgs),
+}
+
+/// `warren bench ...`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Messages per throughput phase.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Queue type of both sides.
+    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    pub queue_type: String,
+    /// Prefetch of both consumers.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+    /// Warren worker concurrency.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Repetitions (medians and spreads are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub repetitions: u32,
+    /// Paced load of the latency phase, messages per second.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub rate: u64,
+    /// Length of the paced phase.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub paced_for: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `warren bench-drain ...` (internal)
+#[derive(Debug, Args)]
+pub struct BenchDrainArgs {
+    /// Which consumer.
+    #[arg(long, value_enum)]
+    pub side: crate::bench::DrainSide,
+    /// Messages to consume.
+    #[arg(long)]
+    pub count: u64,
+    /// Prefetch.
+    #[arg(long)]
+    pub prefetch: u16,
+    /// Warren concurrency.
+    #[arg(long)]
+    pub concurrency: usize,
+    /// Queue type.
+    #[arg(long, value_parser = ["classic", "quorum"])]
+    pub queue_type: String,
 }
 
 /// `warren demo ...`
@@ -287,6 +344,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Status(args) => status(&settings, args, out).await,
         Command::Dlq(cmd) => dlq(&settings, cmd, out).await,
         Command::Demo(args) => demo(&settings, args, out).await,
+        Command::Bench(args) => bench(&settings, args, out).await,
+        Command::BenchDrain(args) => bench_drain(&settings, args, out).await,
     }
 }
 
@@ -381,6 +440,66 @@ async fn status(settings: &Settings, args: StatusArgs, out: &mut dyn Write) -> R
             Some(every) => tokio::time::sleep(every).await,
         }
     }
+}
+
+fn queue_type(name: &str) -> crate::config::QueueType {
+    if name == "quorum" {
+        crate::config::QueueType::Quorum
+    } else {
+        crate::config::QueueType::Classic
+    }
+}
+
+async fn bench(settings: &Settings, args: BenchArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    let opts = crate::bench::BenchOptions {
+        count: args.count,
+        size: args.size,
+        queue_type: queue_type(&args.queue_type),
+        prefetch: args.prefetch,
+        concurrency: args.concurrency as usize,
+        repetitions: args.repetitions as usize,
+        paced_rate: args.rate,
+        paced_for: args.paced_for,
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let reps = crate::bench::run(settings, &opts, |phase| {
+        if terminal {
+            eprint!("\r\x1b[2K{phase}");
+        } else {
+            eprintln!("{phase}");
+        }
+    })
+    .await?;
+    if terminal {
+        eprintln!();
+    }
+    let (spreads, ratios) = crate::bench::summarize(&reps);
+    if args.json {
+        let json = serde_json::json!({"options": opts, "figures": spreads, "ratios": ratios, "repetitions": reps});
+        writeln!(out, "{json}").map_err(write_err)?;
+    } else {
+        write!(out, "{}", crate::bench::report(&opts, &spreads, &ratios)).map_err(write_err)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_drain(
+    settings: &Settings,
+    args: BenchDrainArgs,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let s =
+        crate::bench::bench_settings(settings, queue_type(&args.queue_type), &settings.namespace)?;
+    let figures =
+        crate::bench::drain_child(&s, args.side, args.count, args.prefetch, args.concurrency)
+            .await?;
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string(&figures).unwrap_or_default()
+    )
+    .map_err(write_err)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn demo(settings: &Settings, args: DemoArgs, out: &mut dyn Write) -> Result<ExitCode> {

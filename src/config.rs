@@ -33,7 +33,7 @@ pub const MAX_PAYLOAD_BYTES_DEFAULT: usize = 1024 * 1024;
 pub const CONSUMER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30 * 60);
 
 /// Queue type for work, dead and delay queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
     /// Raft-replicated; survives the loss of a minority of cluster nodes. The default.

@@ -31,6 +31,7 @@
     clippy::unwrap_in_result
 )]
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::FutureExt;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tracing::Instrument;
 
+use super::acks::{Settle, Settler};
 use super::context::TaskContext;
 use super::{Registered, Shared};
 use crate::producer::Outgoing;
@@ -238,7 +238,9 @@ pub(crate) async fn process(
     registered: Arc<Registered>,
     delivery: Delivery,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    settler: Settler,
 ) {
+    let delivery = Held { delivery, settler };
     let env = match read_envelope(&registered.name, &delivery.properties, delivery.redelivered) {
         Ok(env) => env,
         Err(why) => {
@@ -310,7 +312,7 @@ pub(crate) async fn process(
         match outcome {
             RunOutcome::Success => {
                 tracing::Span::current().record("outcome", "success");
-                ack(&delivery, &env).await;
+                ack(&delivery);
                 shared.metrics.outcome("success");
             }
             RunOutcome::Permanent(error) => {
@@ -344,7 +346,7 @@ pub(crate) async fn process(
     .await
 }
 
-async fn dead_letter(shared: &Shared, delivery: &Delivery, env: &Envelope, why: Rejection) {
+async fn dead_letter(shared: &Shared, delivery: &Held, env: &Envelope, why: Rejection) {
     if matches!(
         why.reason,
         reason::UNDECODABLE | reason::UNKNOWN_TASK | reason::INVALID_HEADER | reason::EXPIRED
@@ -368,7 +370,7 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, env: &Envelope, why: 
 /// True when the outcome was published.
 async fn settle_after_publish(
     shared: &Shared,
-    delivery: &Delivery,
+    delivery: &Held,
     env: &Envelope,
     msg: Outgoing,
     what: &'static str,
@@ -376,7 +378,7 @@ async fn settle_after_publish(
     match shared.producer.publish(msg).await {
         Ok(()) => {
             shared.metrics.outcome(what);
-            ack(delivery, env).await;
+            ack(delivery);
             true
         }
         Err(err) => {
@@ -384,23 +386,29 @@ async fn settle_after_publish(
                 "could not publish the {what} copy; requeueing the delivery instead of acking it");
             // Don't spin: a broker that refuses now will likely refuse in the next millisecond.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
+            delivery
+                .settler
+                .settle(Settle::Requeue(delivery.delivery_tag));
             false
         }
     }
 }
 
-async fn ack(delivery: &Delivery, env: &Envelope) {
-    match delivery.ack(BasicAckOptions::default()).await {
-        Ok(true) => {}
-        Ok(false) | Err(_) => tracing::warn!(task.kind = %env.task, task.id = %env.id,
-            "the ack could not be sent (channel or connection lost); the broker will deliver this task again"),
+/// A delivery and where to report its settlement.
+struct Held {
+    delivery: Delivery,
+    settler: Settler,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Delivery;
+    fn deref(&self) -> &Delivery {
+        &self.delivery
     }
+}
+
+fn ack(delivery: &Held) {
+    delivery.settler.settle(Settle::Ack(delivery.delivery_tag));
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

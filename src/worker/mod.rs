@@ -14,6 +14,7 @@
 //! Shutdown: cancel consumers, let running handlers finish within the grace period and ack
 //! them, then close; what is still unacked returns to its queue.
 
+mod acks;
 mod context;
 mod delivery;
 pub mod exec;
@@ -402,6 +403,10 @@ async fn consume(
         };
         backoff = Duration::from_millis(200);
         let (ch, mut deliveries) = channel;
+        // Acks go through the channel's settler (batched with `multiple`); its task owns a
+        // channel handle, so the channel stays open until the last running task settled.
+        let (settler, acking) = acks::Settler::start(ch.clone());
+        tracker.spawn(acking);
         loop {
             // Take a permit first: while all handlers are busy, deliveries wait in the
             // prefetch buffer rather than piling up as spawned tasks.
@@ -421,11 +426,8 @@ async fn consume(
             };
             match next {
                 Some(Ok(delivery)) => {
-                    let (r, s, keep) = (registered.clone(), shared.clone(), ch.clone());
-                    tracker.spawn(async move {
-                        delivery::process(s, r, delivery, permit).await;
-                        drop(keep);
-                    });
+                    let (r, s, settler) = (registered.clone(), shared.clone(), settler.clone());
+                    tracker.spawn(delivery::process(s, r, delivery, permit, settler));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(queue = %queue, error = %e, "consumer failed; rebuilding its channel");
