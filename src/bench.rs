@@ -105,8 +105,9 @@ pub fn percentiles(samples: &mut [f64]) -> [f64; 3] {
 
 // ---- the raw baseline ---------------------------------------------------------------------
 
-/// Publishes `n` messages to `queue` through the default exchange with a window of
-/// outstanding confirms; returns the seconds taken.
+/// Publishes `n` messages to `queue` through the direct exchange of the same name (as Warren
+/// publishes through `{ns}.tasks`, so both sides cost the broker the same routing) with a
+/// window of outstanding confirms; returns the seconds taken.
 async fn raw_publish(ch: &Channel, queue: &str, n: u64, size: usize, window: usize) -> Result<f64> {
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
@@ -280,15 +281,25 @@ pub struct DrainFigures {
     pub cpu_secs: f64,
 }
 
+/// Peak RSS of this process image in KiB (`VmHWM`; `ru_maxrss` would include the parent's
+/// RSS at fork time) and CPU seconds used so far.
 fn rusage() -> (u64, f64) {
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
     // SAFETY: getrusage writes into the zeroed struct we own; RUSAGE_SELF is always valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     if rc != 0 {
-        return (0, 0.0);
+        return (hwm, 0.0);
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (ru.ru_maxrss as u64, secs(ru.ru_utime) + secs(ru.ru_stime))
+    (hwm, secs(ru.ru_utime) + secs(ru.ru_stime))
 }
 
 /// The body of `warren bench-drain`: consume `n` messages and report time, RSS and CPU.
@@ -502,10 +513,12 @@ async fn repetitions(
         // Enqueue, then drain in a child process: raw per-message acks, raw multiple, Warren.
         step(progress, "raw publish");
         purge(raw.to_string()).await?;
+        let cpu = rusage().1;
         f.insert(
             "raw.enqueue".into(),
             rate(raw_publish(ch, raw, n, opts.size, 1024).await?),
         );
+        f.insert("raw.enqueue_cpu_s".into(), rusage().1 - cpu);
         step(progress, "raw drain (ack each)");
         let d = drain_in_child(settings, opts, DrainSide::Raw).await?;
         f.insert("raw.drain".into(), rate(d.secs));
@@ -518,10 +531,12 @@ async fn repetitions(
 
         step(progress, "warren enqueue");
         purge(work.clone()).await?;
+        let cpu = rusage().1;
         f.insert(
             "warren.enqueue".into(),
             rate(warren_enqueue(&producer, n, opts.size).await?),
         );
+        f.insert("warren.enqueue_cpu_s".into(), rusage().1 - cpu);
         step(progress, "warren drain");
         let d = drain_in_child(settings, opts, DrainSide::Warren).await?;
         f.insert("warren.drain".into(), rate(d.secs));

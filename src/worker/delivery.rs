@@ -92,6 +92,22 @@ pub(crate) fn read_envelope(
             ),
         ));
     }
+    if let Some(ct) = props.content_type().as_ref()
+        && !ct
+            .as_str()
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with(crate::wire::CONTENT_TYPE)
+    {
+        return Err(reject(
+            reason::UNDECODABLE,
+            format!(
+                "content type `{}` is not {}; Warren tasks are JSON",
+                ct.as_str(),
+                crate::wire::CONTENT_TYPE
+            ),
+        ));
+    }
     let attempt = match get(header::ATTEMPT) {
         None => 1,
         Some(v) => match as_int(v) {
@@ -291,7 +307,8 @@ pub(crate) async fn process(
             enqueued_at: UNIX_EPOCH + Duration::from_secs(env.enqueued_at),
             correlation_id: env.correlation_id.clone(),
             traceparent: run_trace.clone(),
-            cancel: shared.hard_stop.child_token(),
+            // A clone, not a child token: children register with the parent under a lock.
+            cancel: shared.hard_stop.clone(),
         };
         let future = match (registered.handler)(&delivery.data, ctx) {
             Ok(f) => f,

@@ -472,3 +472,64 @@ fn the_compose_file_runs_a_broker_topology_three_workers_and_a_producer() {
         "the compose producer enqueues send_email"
     );
 }
+
+#[test]
+fn a_small_bench_run_completes_and_reports_both_sides() {
+    let broker = TestBroker::new();
+    let out = broker.cli_with(
+        &[
+            "bench",
+            "--count",
+            "300",
+            "--repetitions",
+            "1",
+            "--rate",
+            "200",
+            "--paced-for",
+            "500ms",
+            "--json",
+        ],
+        &[("WARREN_TOPOLOGY", "/dev/null")],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(stdout(&out).trim()).expect("--json parses");
+    for side in ["raw", "raw_multiple", "warren"] {
+        for figure in ["drain", "e2e"] {
+            let v = report["figures"][format!("{side}.{figure}")]["median"]
+                .as_f64()
+                .unwrap_or(0.0);
+            assert!(v > 0.0, "{side}.{figure} = {v}");
+        }
+    }
+    for key in [
+        "raw.enqueue",
+        "warren.enqueue",
+        "warren.paced_p99_ms",
+        "raw.paced_p99_ms",
+        "warren.drain_rss_mib",
+    ] {
+        assert!(
+            report["figures"][key]["median"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{key}: {}",
+            report["figures"]
+        );
+    }
+    assert!(
+        report["ratios"]["end to end: warren / raw ack-each"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    );
+    // The bench removed its namespace.
+    let queues = broker
+        .mgmt
+        .get(&format!(
+            "queues/{}",
+            warren::management::enc(&broker.vhost)
+        ))
+        .unwrap();
+    assert_eq!(queues.as_array().unwrap().len(), 0, "{queues}");
+}
