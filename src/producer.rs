@@ -127,6 +127,9 @@ struct Inner {
     channel: Mutex<Option<(deadpool_lapin::Connection, Channel)>>,
     retry_for: Duration,
     window: usize,
+    /// `{ns}.tasks` and the ladder's top level, built once rather than per message.
+    tasks_exchange: String,
+    ladder_entry: String,
 }
 
 impl Producer {
@@ -153,6 +156,9 @@ impl Producer {
                 ladder: Ladder::for_max_delay(settings.max_delay),
                 channel: Mutex::new(None),
                 retry_for: settings.connect_timeout,
+                tasks_exchange: Names::new(&settings.namespace).tasks_exchange(),
+                ladder_entry: Names::new(&settings.namespace)
+                    .delay_level(Ladder::for_max_delay(settings.max_delay).top()),
                 window: CONFIRM_WINDOW_DEFAULT,
             }),
         })
@@ -298,18 +304,17 @@ impl Producer {
         env.correlation_id = options.correlation_id;
         // Inside a handler, a new task joins the running task's trace.
         env.traceparent = options.traceparent.or_else(crate::trace::current);
-        let names = &self.inner.names;
         let (exchange, routing_key, expiration) = if delay == 0 {
             // The broker expires (and dead-letters) an undelayed task even with no worker.
             let ttl = env
                 .expires_at_ms
                 .map(|at| at.saturating_sub(unix_ms(now)).max(1));
-            (names.tasks_exchange(), task.to_string(), ttl)
+            (self.inner.tasks_exchange.clone(), task.to_string(), ttl)
         } else {
             // In the ladder a per-message TTL would fire before the level's own; the worker
             // checks `warren-expires-at` instead.
             (
-                names.delay_level(self.inner.ladder.top()),
+                self.inner.ladder_entry.clone(),
                 self.inner.ladder.routing_key(delay, task),
                 None,
             )

@@ -52,8 +52,8 @@ impl TraceParent {
     /// A new root context (new trace id), sampled.
     pub fn root() -> TraceParent {
         TraceParent {
-            trace_id: random_hex(16),
-            span_id: random_hex(8),
+            trace_id: format!("{:032x}", rand::random::<u128>().max(1)),
+            span_id: span_id(),
             flags: "01".into(),
         }
     }
@@ -61,7 +61,7 @@ impl TraceParent {
     /// A child: same trace, new span id.
     pub fn child(&self) -> TraceParent {
         TraceParent {
-            span_id: random_hex(8),
+            span_id: span_id(),
             ..self.clone()
         }
     }
@@ -73,10 +73,9 @@ impl std::fmt::Display for TraceParent {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>().max(1)))
-        .collect()
+/// A random span id; never all zero (W3C forbids it).
+fn span_id() -> String {
+    format!("{:016x}", rand::random::<u64>().max(1))
 }
 
 /// Runs `fut` with `traceparent` as the current context (for tasks it enqueues).

@@ -70,31 +70,71 @@ pub(crate) struct Shared {
 
 mod telemetry {
     //! Counters for the metrics endpoint, through the `metrics` facade (a no-op until an
-    //! exporter is installed).
+    //! exporter is installed). Handles are registered once per task type when the worker
+    //! starts, so recording a task costs a few atomic operations, not label allocations.
     use std::time::Duration;
 
+    use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+    use super::reason;
+
     pub(crate) struct Metrics {
-        pub(crate) task: String,
+        in_flight: Gauge,
+        duration: Histogram,
+        success: Counter,
+        retry: Counter,
+        dead: Counter,
+        retries: Counter,
+        dead_by_reason: Vec<(&'static str, Counter)>,
     }
 
     impl Metrics {
+        pub(crate) fn new(task: &str) -> Metrics {
+            let t = task.to_string();
+            let outcome = |o: &'static str| counter!("warren_tasks_total", "task" => t.clone(), "outcome" => o);
+            let reasons = [
+                reason::FAILED,
+                reason::PERMANENT,
+                reason::EXPIRED,
+                reason::UNDECODABLE,
+                reason::UNKNOWN_TASK,
+                reason::INVALID_HEADER,
+            ];
+            Metrics {
+                in_flight: gauge!("warren_tasks_in_flight", "task" => t.clone()),
+                duration: histogram!("warren_task_duration_seconds", "task" => t.clone()),
+                success: outcome("success"),
+                retry: outcome("retry"),
+                dead: outcome("dead"),
+                retries: counter!("warren_retries_total", "task" => t.clone()),
+                dead_by_reason: reasons
+                    .into_iter()
+                    .map(|r| (r, counter!("warren_dead_lettered_total", "task" => t.clone(), "reason" => r)))
+                    .collect(),
+            }
+        }
         pub(crate) fn started(&self) {
-            metrics::gauge!("warren_tasks_in_flight", "task" => self.task.clone()).increment(1.0);
+            self.in_flight.increment(1.0);
         }
         pub(crate) fn finished(&self, took: Duration) {
-            metrics::gauge!("warren_tasks_in_flight", "task" => self.task.clone()).decrement(1.0);
-            metrics::histogram!("warren_task_duration_seconds", "task" => self.task.clone())
-                .record(took.as_secs_f64());
+            self.in_flight.decrement(1.0);
+            self.duration.record(took.as_secs_f64());
         }
         /// `outcome`: success, retry or dead.
         pub(crate) fn outcome(&self, outcome: &'static str) {
-            metrics::counter!("warren_tasks_total", "task" => self.task.clone(), "outcome" => outcome).increment(1);
-            if outcome == "retry" {
-                metrics::counter!("warren_retries_total", "task" => self.task.clone()).increment(1);
+            match outcome {
+                "success" => self.success.increment(1),
+                "retry" => {
+                    self.retry.increment(1);
+                    self.retries.increment(1);
+                }
+                _ => self.dead.increment(1),
             }
         }
-        pub(crate) fn dead(&self, reason: &'static str) {
-            metrics::counter!("warren_dead_lettered_total", "task" => self.task.clone(), "reason" => reason).increment(1);
+        pub(crate) fn dead(&self, why: &'static str) {
+            if let Some((_, c)) = self.dead_by_reason.iter().find(|(r, _)| *r == why) {
+                c.increment(1);
+            }
         }
     }
 }
@@ -268,9 +308,7 @@ impl Worker {
                     max_delay: self.settings.max_delay,
                     worker_name: name.clone(),
                     hard_stop: hard_stop.clone(),
-                    metrics: telemetry::Metrics {
-                        task: r.name.clone(),
-                    },
+                    metrics: telemetry::Metrics::new(&r.name),
                 });
                 (Arc::new(r), shared)
             })
