@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -467,21 +467,7 @@ pub async fn run(
         .map_err(amqp("confirm select"))?;
     let raw = declare_raw(&ch, &settings).await?;
     let result = repetitions(&settings, opts, &conn, &ch, &raw, &mut progress).await;
-    for q in plan
-        .queues
-        .iter()
-        .map(|q| q.name.as_str())
-        .chain([raw.as_str()])
-    {
-        let _ = ch
-            .queue_delete(q.into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in &plan.exchanges {
-        let _ = ch
-            .exchange_delete(e.name.as_str().into(), Default::default())
-            .await;
-    }
+    topology::declare::remove(&plan, &conn, &[raw.as_str()]).await;
     let _ = conn.close(200, "bench done".into()).await;
     result
 }

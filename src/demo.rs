@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -187,7 +185,7 @@ pub async fn run(
     topology::apply(&plan, &conn, &vhost).await?;
     let result = drive(&settings, opts, &conn, &names, &mut progress).await;
     if !opts.keep {
-        cleanup(&conn, &plan).await;
+        topology::declare::remove(&plan, &conn, &[]).await;
     }
     let _ = conn.close(200, "demo done".into()).await;
     result
@@ -389,23 +387,6 @@ async fn drive(
         latency_ms: [pct(0.5), pct(0.9), pct(0.99)],
         elapsed_s: elapsed,
     })
-}
-
-async fn cleanup(conn: &lapin::Connection, plan: &Plan) {
-    let Ok(ch) = conn.create_channel().await else {
-        return;
-    };
-    for q in &plan.queues {
-        let _ = ch
-            .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in &plan.exchanges {
-        let _ = ch
-            .exchange_delete(e.name.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = ch.close(200, "cleaned up".into()).await;
 }
 
 /// The summary as text, with where to look in the management UI.

@@ -146,6 +146,32 @@ pub async fn apply(plan: &Plan, conn: &Connection, vhost: &str) -> Result<ApplyR
     }
 }
 
+/// Deletes the plan's queues and exchanges, and each name in `extra` as both a queue and an
+/// exchange; best effort. For commands that declare a namespace of their own (the demo, the
+/// benchmark) and remove it afterwards; never for a namespace someone else uses.
+pub async fn remove(plan: &Plan, conn: &Connection, extra: &[&str]) {
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
+    let queues = plan
+        .queues
+        .iter()
+        .map(|q| q.name.as_str())
+        .chain(extra.iter().copied());
+    for q in queues {
+        let _ = ch.queue_delete(q.into(), Default::default()).await;
+    }
+    let exchanges = plan
+        .exchanges
+        .iter()
+        .map(|e| e.name.as_str())
+        .chain(extra.iter().copied());
+    for e in exchanges {
+        let _ = ch.exchange_delete(e.into(), Default::default()).await;
+    }
+    let _ = ch.close(200, "removed".into()).await;
+}
+
 async fn open(conn: &Connection) -> Result<Channel> {
     conn.create_channel().await.map_err(|source| Error::Amqp {
         operation: "opening a channel".into(),

@@ -2,8 +2,10 @@
 
 mod bad_input;
 mod cli;
+mod faults;
 mod ops;
 mod producer;
+mod security;
 mod support;
 mod topology;
 mod worker;

@@ -112,7 +112,22 @@ async fn status_rows_match_the_queues_once_the_stats_settle() {
             .find(|r| r["task"] == "job")
             .cloned()
             .unwrap();
-        if job["ready"] == 3 && job["dead"] == 2 && job["delayed_in_namespace"] == 1 {
+        // The API reports each figure when its statistics arrive: wait for all of them.
+        let other = status["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["task"] == "other")
+            .cloned()
+            .unwrap();
+        if job["ready"] == 3
+            && job["dead"] == 2
+            && job["delayed_in_namespace"] == 1
+            && job["running"] == 0
+            && job["consumers"] == 0
+            && other["ready"] == 0
+            && other["dead"] == 0
+        {
             break status;
         }
         assert!(Instant::now() < deadline, "status never matched: {status}");

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# A RabbitMQ of its own for destructive tests (restarts, node loss), beside the shared broker
+# on 5672, which these tests must never disturb.
+#
+#   scripts/cluster.sh up [N]     start N nodes (1 or 3; default 3) and cluster them
+#   scripts/cluster.sh down       stop them and delete their data
+#   scripts/cluster.sh urls       print the AMQP URLs, one per node
+#
+# Node i is warren-c<i>@localhost: AMQP on 5680+i, management on 15680+i, distribution on
+# 25680+i, data and logs under $WARREN_CLUSTER_DIR (default /tmp/warren-cluster). Nodes run as
+# the `rabbitmq` user with its Erlang cookie (so rabbitmqctl can reach them) and need root to
+# start. Quorum queues declared on the cluster replicate across all of its nodes.
+set -euo pipefail
+
+DIR=${WARREN_CLUSTER_DIR:-/tmp/warren-cluster}
+SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
+say() { printf 'cluster.sh: %s\n' "$*" >&2; }
+node() { echo "warren-c$1@localhost"; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    say "starting extra RabbitMQ nodes needs root (they run as the rabbitmq user with its cookie)"
+    exit 1
+  fi
+  if [ ! -x "$SERVER" ]; then
+    say "$SERVER not found: install rabbitmq-server (scripts/broker.sh does)"
+    exit 1
+  fi
+}
+
+start_node() {
+  local i=$1 d="$DIR/c$1"
+  mkdir -p "$d/mnesia" "$d/log"
+  cat > "$d/rabbitmq.conf" <<CONF
+listeners.tcp.default = $((5680 + i))
+management.tcp.port = $((15680 + i))
+loopback_users = none
+CONF
+  echo '[rabbitmq_management].' > "$d/enabled_plugins"
+  cat > "$d/env.sh" <<ENV
+export HOME=/var/lib/rabbitmq
+export RABBITMQ_NODENAME=$(node "$i")
+export RABBITMQ_NODE_PORT=$((5680 + i))
+export RABBITMQ_DIST_PORT=$((25680 + i))
+export RABBITMQ_MNESIA_BASE=$d/mnesia
+export RABBITMQ_LOG_BASE=$d/log
+export RABBITMQ_CONFIG_FILE=$d/rabbitmq.conf
+export RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins
+export RABBITMQ_PID_FILE=$d/pid
+ENV
+  chown -R rabbitmq:rabbitmq "$d"
+  su rabbitmq -s /bin/sh -c ". $d/env.sh; nohup $SERVER > $d/stdout.log 2>&1 &"
+}
+
+wait_node() {
+  local i=$1 deadline=$((SECONDS + 90))
+  until rabbitmqctl -q -n "$(node "$i")" await_startup >/dev/null 2>&1 && port_open $((5680 + i)); do
+    if ((SECONDS >= deadline)); then
+      say "node $(node "$i") did not start; see $DIR/c$i/log and $DIR/c$i/stdout.log"
+      exit 1
+    fi
+    sleep 1
+  done
+}
+
+up() {
+  local n=${1:-3}
+  need_root
+  if port_open 5681; then say "a node already answers on 5681; run '$0 down' first"; exit 1; fi
+  for i in $(seq 1 "$n"); do start_node "$i"; done
+  for i in $(seq 1 "$n"); do wait_node "$i"; done
+  for i in $(seq 2 "$n"); do
+    # (joining prints benign feature-flag warnings and "tracked connection table" errors)
+    rabbitmqctl -q -n "$(node "$i")" stop_app >/dev/null 2>&1
+    rabbitmqctl -q -n "$(node "$i")" reset >/dev/null 2>&1
+    rabbitmqctl -q -n "$(node "$i")" join_cluster "$(node 1)" >/dev/null 2>&1
+    rabbitmqctl -q -n "$(node "$i")" start_app >/dev/null 2>&1
+  done
+  for i in $(seq 1 "$n"); do
+    until curl -fsS -o /dev/null -u guest:guest "http://127.0.0.1:$((15680 + i))/api/overview"; do sleep 1; done
+  done
+  echo "$n" > "$DIR/size"
+  say "up: $n node(s) on AMQP ports $(seq -s ' ' 5681 $((5680 + n)))"
+}
+
+down() {
+  [ -d "$DIR" ] || { say "nothing to stop"; return 0; }
+  for d in "$DIR"/c*; do
+    [ -f "$d/pid" ] || continue
+    local pid; pid=$(cat "$d/pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  # Leftover Erlang helpers of these nodes only (matched by node name).
+  pkill -f 'warren-c[0-9]@localhost' 2>/dev/null || true
+  rm -rf "$DIR"
+  say "down"
+}
+
+urls() {
+  local n; n=$(cat "$DIR/size" 2>/dev/null || echo 0)
+  for i in $(seq 1 "$n"); do echo "amqp://guest:guest@127.0.0.1:$((5680 + i))/%2f"; done
+}
+
+case "${1:-}" in
+  up) up "${2:-3}" ;;
+  down) down ;;
+  urls) urls ;;
+  *) echo "usage: $0 up [1|3] | down | urls" >&2; exit 2 ;;
+esac
