@@ -9,7 +9,8 @@
 # Node i is warren-c<i>@localhost: AMQP on 5680+i, management on 15680+i, distribution on
 # 25680+i, data and logs under $WARREN_CLUSTER_DIR (default /tmp/warren-cluster). Nodes run as
 # the `rabbitmq` user with its Erlang cookie (so rabbitmqctl can reach them) and need root to
-# start. Quorum queues declared on the cluster replicate across all of its nodes.
+# start. Quorum queues declared on the cluster replicate across all of its nodes. Node 1 also
+# listens for amqps:// on 5691 with a private CA: $WARREN_CLUSTER_DIR/tls/ca.pem.
 set -euo pipefail
 
 DIR=${WARREN_CLUSTER_DIR:-/tmp/warren-cluster}
@@ -29,6 +30,20 @@ need_root() {
   fi
 }
 
+# A private CA and a server certificate for localhost / 127.0.0.1, for node 1's TLS listener.
+make_tls() {
+  local t="$DIR/tls"
+  mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=warren test CA" \
+    -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$t/ext.cnf"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 2 -extfile "$t/ext.cnf" -out "$t/server.pem" 2>/dev/null
+  chown -R rabbitmq:rabbitmq "$t"
+}
+
 start_node() {
   local i=$1 d="$DIR/c$1"
   mkdir -p "$d/mnesia" "$d/log"
@@ -37,6 +52,17 @@ listeners.tcp.default = $((5680 + i))
 management.tcp.port = $((15680 + i))
 loopback_users = none
 CONF
+  if [ "$i" = 1 ]; then
+    # amqps:// on 5691, with the private CA of make_tls
+    cat >> "$d/rabbitmq.conf" <<CONF
+listeners.ssl.default = 5691
+ssl_options.cacertfile = $DIR/tls/ca.pem
+ssl_options.certfile = $DIR/tls/server.pem
+ssl_options.keyfile = $DIR/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+  fi
   echo '[rabbitmq_management].' > "$d/enabled_plugins"
   cat > "$d/env.sh" <<ENV
 export HOME=/var/lib/rabbitmq
@@ -68,6 +94,8 @@ up() {
   local n=${1:-3}
   need_root
   if port_open 5681; then say "a node already answers on 5681; run '$0 down' first"; exit 1; fi
+  mkdir -p "$DIR"
+  make_tls
   for i in $(seq 1 "$n"); do start_node "$i"; done
   for i in $(seq 1 "$n"); do wait_node "$i"; done
   for i in $(seq 2 "$n"); do
