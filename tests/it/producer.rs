@@ -580,3 +580,47 @@ fn stdin_lines_are_enqueued_and_a_bad_line_is_named_and_skipped() {
         vec![1, 2, 5]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_that_refuses_publishes_is_reported_as_a_refusal() {
+    // Given a quorum work queue (x-overflow = reject-publish) limited to 1 message by a policy
+    let broker = TestBroker::new();
+    let toml = "max_delay = \"1h\"\nqueue_type = \"quorum\"\n[tasks.resize]\n";
+    let (settings, _conn, ch) = applied(&broker, toml).await;
+    broker
+        .mgmt
+        .put(
+            &format!("policies/{}/cap", warren::management::enc(&broker.vhost)),
+            &serde_json::json!({"pattern": "^t\\.resize$", "apply-to": "queues", "definition": {"max-length": 1}}),
+        )
+        .unwrap();
+    let producer = Producer::new(&settings).unwrap();
+    // When three tasks are enqueued (the policy takes a moment to apply, so retry the first)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut confirmed = 0;
+    let refused = loop {
+        match producer
+            .enqueue(&Resize {
+                path: "x".into(),
+                width: 1,
+            })
+            .await
+        {
+            Err(e) => break e,
+            Ok(_) => {
+                confirmed += 1;
+                assert!(Instant::now() < deadline, "the capped queue never refused");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Then the broker's nack is an error that says what happened and what to do, and the
+    // queue holds exactly what was confirmed (the quorum limit is approximate: 1 or 2)
+    assert!(matches!(refused, Error::Refusal { .. }), "{refused:?}");
+    assert!(
+        refused.to_string().contains("refused") && refused.to_string().contains("warren status"),
+        "{refused}"
+    );
+    assert!(confirmed >= 1);
+    assert_eq!(broker.count(&ch, "t.resize").await, confirmed);
+}
