@@ -10,7 +10,8 @@
 # 25680+i, data and logs under $WARREN_CLUSTER_DIR (default /tmp/warren-cluster). Nodes run as
 # the `rabbitmq` user with its Erlang cookie (so rabbitmqctl can reach them) and need root to
 # start. Quorum queues declared on the cluster replicate across all of its nodes. Node 1 also
-# listens for amqps:// on 5691 with a private CA: $WARREN_CLUSTER_DIR/tls/ca.pem.
+# listens for amqps:// on 5691 with a private CA ($WARREN_CLUSTER_DIR/tls/ca.pem) and has a
+# 4 s consumer_timeout, for the consumer-timeout scenario.
 set -euo pipefail
 
 DIR=${WARREN_CLUSTER_DIR:-/tmp/warren-cluster}
@@ -61,7 +62,10 @@ ssl_options.certfile = $DIR/tls/server.pem
 ssl_options.keyfile = $DIR/tls/server.key
 ssl_options.verify = verify_none
 ssl_options.fail_if_no_peer_cert = false
+# a consumer timeout short enough to test (checked every second, see advanced.config)
+consumer_timeout = 4000
 CONF
+    echo '[{rabbit, [{channel_tick_interval, 1000}]}].' > "$d/advanced.config"
   fi
   echo '[rabbitmq_management].' > "$d/enabled_plugins"
   cat > "$d/env.sh" <<ENV
@@ -72,6 +76,7 @@ export RABBITMQ_DIST_PORT=$((25680 + i))
 export RABBITMQ_MNESIA_BASE=$d/mnesia
 export RABBITMQ_LOG_BASE=$d/log
 export RABBITMQ_CONFIG_FILE=$d/rabbitmq.conf
+export RABBITMQ_ADVANCED_CONFIG_FILE=$d/advanced.config
 export RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins
 export RABBITMQ_PID_FILE=$d/pid
 ENV

@@ -561,3 +561,65 @@ async fn faults_amqps_with_a_private_ca_enqueues_and_works() {
         assert_eq!(c["ssl"], true, "a plain connection in the TLS vhost: {c}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh up 3: run by scripts/test.sh"]
+async fn faults_a_consumer_timeout_rebuilds_the_channel_and_work_goes_on() {
+    // Node 1 closes a channel whose delivery stays unacked past 4 s (consumer_timeout).
+    let urls = cluster();
+    let v = ClusterVhost::new(15682);
+    let url = v.url(&urls[0]);
+    let mut settings = cluster_settings(&url);
+    settings.defaults.time_limit = Duration::from_secs(20);
+    settings
+        .tasks
+        .values_mut()
+        .for_each(|t| t.policy.time_limit = Duration::from_secs(20));
+    let conn = warren::broker::connect(&url, "fault test", Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    topology::apply(&Plan::new(&settings), &conn, &v.vhost)
+        .await
+        .unwrap();
+    let _ = conn.close(200, "".into()).await;
+    // The first run of task 0 outlives the timeout; every other run is quick.
+    let runs: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let r2 = runs.clone();
+    let worker = Worker::new(&settings)
+        .role("timeout-worker")
+        .prefetch(5)
+        .handle(move |job: Job, ctx: TaskContext| {
+            let runs = r2.clone();
+            async move {
+                let first = !runs.lock().unwrap().iter().any(|(n, _)| *n == job.n);
+                runs.lock().unwrap().push((job.n, ctx.attempt));
+                if job.n == 0 && first {
+                    tokio::time::sleep(Duration::from_secs(8)).await;
+                }
+                Ok(())
+            }
+        });
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(stop.clone()));
+    let producer = Producer::new(&settings).unwrap();
+    producer.enqueue(&Job { n: 0 }).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // After the channel was closed under it, the worker still takes new work.
+    producer.enqueue(&Job { n: 1 }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = runs.lock().unwrap().clone();
+        let zero = r.iter().filter(|(n, _)| *n == 0).count();
+        if zero >= 2 && r.iter().any(|(n, _)| *n == 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "runs so far: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+    let r = runs.lock().unwrap().clone();
+    eprintln!("consumer timeout: runs {r:?}");
+    // the redelivered run counts as a later attempt (quorum x-delivery-count)
+    assert!(r.iter().any(|(n, a)| *n == 0 && *a >= 2), "{r:?}");
+}
