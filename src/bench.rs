@@ -548,10 +548,7 @@ async fn repetitions(
             p?;
             let (_, mut lat) = c?;
             f.insert(format!("{key}.e2e"), rate(started.elapsed().as_secs_f64()));
-            let [p50, p90, p99] = percentiles(&mut lat);
-            f.insert(format!("{key}.full_p50_ms"), p50);
-            f.insert(format!("{key}.full_p90_ms"), p90);
-            f.insert(format!("{key}.full_p99_ms"), p99);
+            record_latency(&mut f, &format!("{key}.full"), &mut lat);
         }
         step(progress, "warren end to end");
         let started = Instant::now();
@@ -562,10 +559,7 @@ async fn repetitions(
         p?;
         let (_, mut lat) = c?;
         f.insert("warren.e2e".into(), rate(started.elapsed().as_secs_f64()));
-        let [p50, p90, p99] = percentiles(&mut lat);
-        f.insert("warren.full_p50_ms".into(), p50);
-        f.insert("warren.full_p90_ms".into(), p90);
-        f.insert("warren.full_p99_ms".into(), p99);
+        record_latency(&mut f, "warren.full", &mut lat);
 
         // Paced: a steady rate, latency only.
         step(progress, "paced latency");
@@ -592,10 +586,7 @@ async fn repetitions(
             let (c, p) = tokio::join!(consumer, publisher);
             p?;
             let (_, mut lat) = c?;
-            let [p50, p90, p99] = percentiles(&mut lat);
-            f.insert("raw.paced_p50_ms".into(), p50);
-            f.insert("raw.paced_p90_ms".into(), p90);
-            f.insert("raw.paced_p99_ms".into(), p99);
+            record_latency(&mut f, "raw.paced", &mut lat);
         }
         {
             let consumer = warren_drain(settings, paced_n, opts.prefetch, opts.concurrency);
@@ -615,14 +606,19 @@ async fn repetitions(
             let (c, p) = tokio::join!(consumer, publisher);
             p?;
             let (_, mut lat) = c?;
-            let [p50, p90, p99] = percentiles(&mut lat);
-            f.insert("warren.paced_p50_ms".into(), p50);
-            f.insert("warren.paced_p90_ms".into(), p90);
-            f.insert("warren.paced_p99_ms".into(), p99);
+            record_latency(&mut f, "warren.paced", &mut lat);
         }
         all.push(f);
     }
     Ok(all)
+}
+
+/// Records `{prefix}_p50_ms`, `_p90_ms` and `_p99_ms` of `samples`.
+fn record_latency(f: &mut Figures, prefix: &str, samples: &mut [f64]) {
+    let [p50, p90, p99] = percentiles(samples);
+    f.insert(format!("{prefix}_p50_ms"), p50);
+    f.insert(format!("{prefix}_p90_ms"), p90);
+    f.insert(format!("{prefix}_p99_ms"), p99);
 }
 
 /// Median, minimum and maximum of one figure over the repetitions.

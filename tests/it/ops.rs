@@ -7,7 +7,6 @@ use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
-use warren::topology::{self, Plan};
 use warren::{Producer, Settings, Task, TaskContext, Worker};
 
 use crate::support::{TempFile, TestBroker, stderr, stdout, take, warren_bin};
@@ -24,12 +23,7 @@ impl Task for Job {
 const TOPOLOGY: &str = "max_delay = \"1h\"\n[tasks.job]\n[tasks.other]\n";
 
 async fn applied(broker: &TestBroker) -> (Settings, lapin::Connection, lapin::Channel) {
-    let settings = broker.settings(TOPOLOGY);
-    let conn = broker.connect().await;
-    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
-        .await
-        .expect("apply");
-    let ch = conn.create_channel().await.unwrap();
+    let (settings, conn, ch) = broker.applied(TOPOLOGY).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();

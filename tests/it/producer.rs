@@ -8,8 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::AMQPValue;
 use serde::{Deserialize, Serialize};
-use warren::topology::{self, Plan};
-use warren::{EnqueueOptions, Error, Producer, Settings, Task};
+use warren::{EnqueueOptions, Error, Producer, Task};
 
 use crate::support::{TestBroker, eventually, stderr, stdout, take};
 
@@ -25,16 +24,6 @@ impl Task for Resize {
 
 const TOPOLOGY: &str = "max_delay = \"1h\"\nqueue_type = \"classic\"\n[tasks.resize]\n";
 
-async fn applied(broker: &TestBroker, toml: &str) -> (Settings, lapin::Connection, lapin::Channel) {
-    let settings = broker.settings(toml);
-    let conn = broker.connect().await;
-    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
-        .await
-        .expect("apply");
-    let ch = conn.create_channel().await.unwrap();
-    (settings, conn, ch)
-}
-
 fn header<'a>(d: &'a lapin::message::Delivery, key: &str) -> Option<&'a AMQPValue> {
     d.properties
         .headers()
@@ -45,7 +34,7 @@ fn header<'a>(d: &'a lapin::message::Delivery, key: &str) -> Option<&'a AMQPValu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueued_task_has_exactly_the_wire_format_properties() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let producer = Producer::new(&settings).unwrap();
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let before = SystemTime::now();
@@ -134,7 +123,7 @@ async fn an_enqueued_task_has_exactly_the_wire_format_properties() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_four_second_delay_is_not_in_the_queue_at_three_seconds_and_is_by_five() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let producer = Producer::new(&settings).unwrap();
     let started = Instant::now();
     let id = producer
@@ -166,7 +155,7 @@ async fn a_four_second_delay_is_not_in_the_queue_at_three_seconds_and_is_by_five
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delays_of_one_three_and_two_seconds_arrive_in_delay_order() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let producer = Producer::new(&settings).unwrap();
     let started = Instant::now();
     for secs in [1u32, 3, 2] {
@@ -194,7 +183,7 @@ async fn an_unconsumed_task_past_its_expiry_lands_in_the_dead_queue_as_expired()
     for queue_type in ["classic", "quorum"] {
         let broker = TestBroker::new();
         let toml = format!("max_delay = \"1h\"\nqueue_type = \"{queue_type}\"\n[tasks.resize]\n");
-        let (settings, _conn, ch) = applied(&broker, &toml).await;
+        let (settings, _conn, ch) = broker.applied(&toml).await;
         let producer = Producer::new(&settings).unwrap();
         let started = Instant::now();
         let id = producer
@@ -226,7 +215,7 @@ async fn an_unconsumed_task_past_its_expiry_lands_in_the_dead_queue_as_expired()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiry_longer_than_the_delay_survives_the_ladder() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let producer = Producer::new(&settings).unwrap();
     let started = Instant::now();
     let opts = EnqueueOptions::default()
@@ -288,11 +277,9 @@ async fn enqueue_without_the_topology_is_an_error_that_says_to_apply_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_type_missing_from_the_topology_is_unroutable() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(
-        &broker,
-        "max_delay = \"1h\"\nqueue_type = \"classic\"\n[tasks.other]\n",
-    )
-    .await;
+    let (settings, _conn, ch) = broker
+        .applied("max_delay = \"1h\"\nqueue_type = \"classic\"\n[tasks.other]\n")
+        .await;
     let producer = Producer::new(&settings).unwrap();
     let err = producer
         .enqueue(&Resize {
@@ -319,7 +306,7 @@ async fn invalid_input_is_refused_before_anything_is_published() {
     let broker = TestBroker::new();
     let toml =
         "max_delay = \"1h\"\nqueue_type = \"classic\"\nmax_payload_bytes = 1000\n[tasks.resize]\n";
-    let (settings, _conn, ch) = applied(&broker, toml).await;
+    let (settings, _conn, ch) = broker.applied(toml).await;
     let producer = Producer::new(&settings).unwrap();
     let cases: Vec<(&str, Vec<u8>, EnqueueOptions, &str)> = vec![
         (
@@ -373,7 +360,7 @@ async fn invalid_input_is_refused_before_anything_is_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_explicit_id_and_a_sub_second_delay_are_honoured() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let producer = Producer::new(&settings).unwrap();
     let started = Instant::now();
     let id = producer
@@ -402,7 +389,7 @@ async fn an_explicit_id_and_a_sub_second_delay_are_honoured() {
 async fn a_forcibly_closed_connection_loses_no_confirmed_task() {
     // Given a producer with a connection name of its own, publishing batches in a loop
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let producer =
         Producer::with_role(&settings, &format!("producer-kill-{}", broker.vhost)).unwrap();
     let name = warren::broker::connection_name(&format!("producer-kill-{}", broker.vhost));
@@ -486,7 +473,7 @@ async fn a_forcibly_closed_connection_loses_no_confirmed_task() {
 fn enqueue_count_puts_exactly_that_many_distinct_ids_in_the_queue() {
     let broker = TestBroker::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_settings, _conn, ch) = rt.block_on(applied(&broker, TOPOLOGY));
+    let (_settings, _conn, ch) = rt.block_on(broker.applied(TOPOLOGY));
     let out = broker.cli_with(
         &[
             "enqueue",
@@ -528,7 +515,7 @@ fn enqueue_count_puts_exactly_that_many_distinct_ids_in_the_queue() {
 fn stdin_lines_are_enqueued_and_a_bad_line_is_named_and_skipped() {
     let broker = TestBroker::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_settings, _conn, ch) = rt.block_on(applied(&broker, TOPOLOGY));
+    let (_settings, _conn, ch) = rt.block_on(broker.applied(TOPOLOGY));
     let input = "{\"path\":\"1\",\"width\":1}\n{\"path\":\"2\",\"width\":2}\n{not json}\n\n{\"path\":\"5\",\"width\":5}\n";
     let out = broker.cli_with(
         &["enqueue", "resize", "-"],
@@ -586,7 +573,7 @@ async fn a_full_queue_that_refuses_publishes_is_reported_as_a_refusal() {
     // Given a quorum work queue (x-overflow = reject-publish) limited to 1 message by a policy
     let broker = TestBroker::new();
     let toml = "max_delay = \"1h\"\nqueue_type = \"quorum\"\n[tasks.resize]\n";
-    let (settings, _conn, ch) = applied(&broker, toml).await;
+    let (settings, _conn, ch) = broker.applied(toml).await;
     broker
         .mgmt
         .put(

@@ -78,6 +78,17 @@ impl TestBroker {
         s
     }
 
+    /// Settings from `toml`, its topology applied in this vhost, a connection and a channel.
+    pub async fn applied(&self, toml: &str) -> (Settings, Connection, Channel) {
+        let settings = self.settings(toml);
+        let conn = self.connect().await;
+        warren::topology::apply(&warren::topology::Plan::new(&settings), &conn, &self.vhost)
+            .await
+            .expect("apply");
+        let ch = conn.create_channel().await.unwrap();
+        (settings, conn, ch)
+    }
+
     pub async fn connect(&self) -> Connection {
         Connection::connect(
             &self.amqp_url(),

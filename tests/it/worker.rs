@@ -11,8 +11,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use warren::topology::{self, Plan};
-use warren::{EnqueueOptions, Producer, Settings, Task, TaskContext, TaskError, Worker};
+use warren::{EnqueueOptions, Producer, Task, TaskContext, TaskError, Worker};
 
 use crate::support::{TempFile, TestBroker, take, warren_bin};
 
@@ -39,16 +38,6 @@ max = "10s"
 jitter = 0.0
 [tasks.job]
 "#;
-
-async fn applied(broker: &TestBroker, toml: &str) -> (Settings, lapin::Connection, lapin::Channel) {
-    let settings = broker.settings(toml);
-    let conn = broker.connect().await;
-    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
-        .await
-        .expect("apply");
-    let ch = conn.create_channel().await.unwrap();
-    (settings, conn, ch)
-}
 
 /// Runs `worker` in the background; cancel the token and await the handle to stop it.
 fn spawn(
@@ -115,7 +104,7 @@ async fn queue_is_empty(broker: &TestBroker, ch: &lapin::Channel, queue: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successful_task_is_acked_and_the_queue_is_empty() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let (token, handle) = spawn(Worker::new(&settings).handle(
@@ -149,7 +138,7 @@ async fn a_successful_task_is_acked_and_the_queue_is_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_failing_twice_then_succeeding_runs_three_times_with_policy_gaps() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let runs = Arc::new(Mutex::new(Vec::new()));
     let r2 = runs.clone();
     let (token, handle) = spawn(Worker::new(&settings).handle(
@@ -194,7 +183,7 @@ async fn a_task_failing_twice_then_succeeding_runs_three_times_with_policy_gaps(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_always_failing_task_is_dead_after_exactly_max_attempts_and_a_permanent_one_after_one() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let runs: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
     let r2 = runs.clone();
     let (token, handle) = spawn(Worker::new(&settings).handle(
@@ -243,7 +232,7 @@ async fn an_always_failing_task_is_dead_after_exactly_max_attempts_and_a_permane
 async fn bad_input_goes_dead_with_its_reason_and_the_worker_goes_on() {
     // Given a worker and a raw AMQP publisher
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let ran = Arc::new(Mutex::new(Vec::new()));
     let r2 = ran.clone();
     let (token, handle) = spawn(Worker::new(&settings).handle(
@@ -365,11 +354,9 @@ async fn bad_input_goes_dead_with_its_reason_and_the_worker_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_and_a_panic_are_retried_then_dead() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(
-        &broker,
-        &TOPOLOGY.replace("time_limit = \"2s\"", "time_limit = \"300ms\""),
-    )
-    .await;
+    let (settings, _conn, ch) = broker
+        .applied(&TOPOLOGY.replace("time_limit = \"2s\"", "time_limit = \"300ms\""))
+        .await;
     let runs: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
     let r2 = runs.clone();
     let (token, handle) = spawn(Worker::new(&settings).handle(
@@ -410,7 +397,7 @@ async fn a_timeout_and_a_panic_are_retried_then_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_five_never_has_more_than_five_unacked_deliveries() {
     let broker = TestBroker::new();
-    let (settings, _conn, _ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
     let producer = Producer::new(&settings).unwrap();
     for r in producer.enqueue_many((0..40).map(|n| Job { n })).await {
         r.unwrap();
@@ -455,7 +442,7 @@ async fn prefetch_five_never_has_more_than_five_unacked_deliveries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forcibly_closed_worker_connection_reconnects_and_loses_nothing() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let role = format!("worker-kill-{}", broker.vhost);
     let seen: Arc<Mutex<HashSet<u32>>> = Arc::default();
     // Tasks from 100 on wait until the connection was closed, so the close lands mid-run.
@@ -556,7 +543,7 @@ async fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::pr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_worker_processes_share_a_thousand_tasks_and_every_id_runs() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let log = TempFile::path("log");
     let topo = exec_topology(
         &format!("echo \"$WARREN_TASK_ID $PPID\" >> {}", log.as_str()),
@@ -596,7 +583,7 @@ async fn two_worker_processes_share_a_thousand_tasks_and_every_id_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_held_by_a_killed_worker_are_run_by_another() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let dir = TempFile::path("d");
     std::fs::create_dir_all(&dir.0).unwrap();
     let started = TempFile(dir.0.join("started"));
@@ -650,7 +637,7 @@ async fn tasks_held_by_a_killed_worker_are_run_by_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_running_tasks_finish_and_exits_zero_within_the_grace_period() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let started = TempFile::path("started");
     let done = TempFile::path("done");
     let script = format!(
@@ -704,7 +691,7 @@ async fn sigterm_lets_running_tasks_finish_and_exits_zero_within_the_grace_perio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_handlers_follow_the_exit_code_contract() {
     let broker = TestBroker::new();
-    let (settings, _conn, ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let env_log = TempFile::path("env");
     // The payload's "n" is the exit code; the environment is recorded.
     let script = format!(
@@ -777,7 +764,7 @@ fn warren_worker_without_exec_handlers_says_how_to_add_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_flows_from_the_producer_through_tasks_enqueued_by_handlers() {
     let broker = TestBroker::new();
-    let (settings, _conn, _ch) = applied(&broker, TOPOLOGY).await;
+    let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
     let producer = Producer::new(&settings).unwrap();
     let seen: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();
     let (s2, p2) = (seen.clone(), producer.clone());
