@@ -111,6 +111,37 @@ pub(crate) fn replay_message(
     }
 }
 
+/// Messages in `queue` (a passive declare). A missing queue is the user's to fix (wrong task
+/// name or namespace); any other failure is the broker's.
+async fn message_count(ch: &Channel, queue: &str) -> Result<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match ch
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(state) => Ok(state.message_count()),
+        Err(source) => match source.kind() {
+            lapin::ErrorKind::ProtocolError(e)
+                if matches!(
+                    e.kind(),
+                    lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
+                ) =>
+            {
+                Err(Error::InvalidInput(format!(
+                    "queue `{queue}` does not exist: check the task name and --namespace, or run `warren topology apply`"
+                )))
+            }
+            _ => Err(Error::Amqp {
+                operation: format!("reading `{queue}`"),
+                source,
+            }),
+        },
+    }
+}
+
 /// A channel on `conn` and every message of `queue`, fetched unacked.
 async fn fetch_all(conn: &Connection, queue: &str) -> Result<(Channel, Vec<BasicGetMessage>)> {
     let amqp = |operation: String| move |source| Error::Amqp { operation, source };
@@ -118,15 +149,7 @@ async fn fetch_all(conn: &Connection, queue: &str) -> Result<(Channel, Vec<Basic
         .create_channel()
         .await
         .map_err(amqp("opening a channel".into()))?;
-    let state = ch
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .map_err(|_| {
-            Error::InvalidInput(format!(
-                "queue `{queue}` does not exist: check the task name and --namespace, or run `warren topology apply`"
-            ))
-        })?;
-    let count = state.message_count();
+    let count = message_count(&ch, queue).await?;
     if count > SCAN_MAX {
         return Err(Error::InvalidInput(format!(
             "`{queue}` holds {count} messages, more than this command reads at once ({SCAN_MAX}); \
@@ -291,20 +314,7 @@ pub async fn purge(conn: &Connection, names: &Names, task: &str) -> Result<u32> 
         operation: "opening a channel".into(),
         source,
     })?;
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .map_err(|_| {
-        Error::InvalidInput(format!(
-            "queue `{queue}` does not exist: check the task name and --namespace"
-        ))
-    })?;
+    message_count(&ch, &queue).await?;
     let n = ch
         .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
         .await

@@ -549,6 +549,12 @@ fn bad_configuration_urls_and_flags_are_clear_errors_with_the_right_exit_code() 
             2,
             "--yes",
         ),
+        (
+            "dlq of an unknown task",
+            vec!["--topology", "/dev/null", "dlq", "list", "no_such_task"],
+            2,
+            "does not exist",
+        ),
     ];
     for (name, args, code, needle) in runs {
         let out = warren_bin().args(&args).output().unwrap();

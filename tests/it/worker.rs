@@ -805,3 +805,50 @@ async fn a_trace_flows_from_the_producer_through_tasks_enqueued_by_handlers() {
     );
     assert_ne!(second.span_id, first.span_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_cannot_be_published_is_requeued_never_acked() {
+    // Given a worker whose retry copy cannot be published: the ladder's entry exchange is gone
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    let top = warren::topology::ladder::Ladder::for_max_delay(settings.max_delay).top();
+    broker
+        .mgmt
+        .delete(&format!(
+            "exchanges/{}/t.delay.{top}",
+            warren::management::enc(&broker.vhost)
+        ))
+        .unwrap();
+    let runs: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let r2 = runs.clone();
+    let (token, handle) = spawn(Worker::new(&settings).handle(
+        move |_job: Job, ctx: TaskContext| {
+            let runs = r2.clone();
+            async move {
+                runs.lock().unwrap().push(ctx.attempt);
+                if ctx.attempt == 1 {
+                    Err(TaskError::retry("first attempt fails"))
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    ));
+    // When its first attempt fails
+    Producer::new(&settings)
+        .unwrap()
+        .enqueue(&Job { n: 1 })
+        .await
+        .unwrap();
+    // Then the delivery is not acked but returned to its queue, delivered again (counted as
+    // the next attempt by the quorum queue), and succeeds
+    wait_count(Duration::from_secs(15), "the redelivered run", 2, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(token, handle).await;
+    assert_eq!(*runs.lock().unwrap(), vec![1, 2]);
+    assert!(queue_is_empty(&broker, &ch, "t.job").await);
+    assert!(queue_is_empty(&broker, &ch, "t.job.dead").await);
+}
