@@ -63,6 +63,24 @@ impl Tally {
     }
 }
 
+/// Records confirmed ids in the ledger; returns how many failed. A failure must be one the
+/// caller can retry (a lost connection), never an unclear one.
+fn record(ledger: &Mutex<Ledger>, results: Vec<warren::Result<String>>) -> usize {
+    let mut errors = 0;
+    for r in results {
+        match r {
+            Ok(id) => {
+                ledger.lock().unwrap().confirmed.insert(id);
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "unclear error: {e}");
+                errors += 1;
+            }
+        }
+    }
+    errors
+}
+
 /// Waits until every confirmed id ran (or `within` passes); returns the tally.
 async fn settle(ledger: &Mutex<Ledger>, within: Duration) -> Tally {
     let deadline = Instant::now() + within;
@@ -206,20 +224,12 @@ async fn faults_every_connection_force_closed_mid_run_loses_nothing() {
                 if done.load(std::sync::atomic::Ordering::SeqCst) {
                     after += 1;
                 }
-                for r in producer
-                    .enqueue_many((0..100).map(|n| Job { n: sent + n }))
-                    .await
-                {
-                    match r {
-                        Ok(id) => {
-                            ledger.lock().unwrap().confirmed.insert(id);
-                        }
-                        Err(e) => {
-                            assert!(e.is_transient(), "unclear error: {e}");
-                            errors += 1;
-                        }
-                    }
-                }
+                errors += record(
+                    &ledger,
+                    producer
+                        .enqueue_many((0..100).map(|n| Job { n: sent + n }))
+                        .await,
+                );
                 sent += 100;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -391,17 +401,7 @@ async fn under_fault(
                         opts,
                     )
                 });
-                for r in producer.enqueue_many_raw(items).await {
-                    match r {
-                        Ok(id) => {
-                            ledger.lock().unwrap().confirmed.insert(id);
-                        }
-                        Err(e) => {
-                            assert!(e.is_transient(), "unclear error: {e}");
-                            errors += 1;
-                        }
-                    }
-                }
+                errors += record(&ledger, producer.enqueue_many_raw(items).await);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             errors
