@@ -7,9 +7,21 @@
 //! `Producer::enqueue_many` and a `Worker` with a no-op handler. Drains run in a child process
 //! (`warren bench-drain`) so their CPU time and peak RSS are the consumer's alone. Only the
 //! ratios of one run mean anything: the broker shares this machine's cores with us.
+//!
+//! A third side, `raw_wire`, is the same raw loop sending Warren's wire format (task id,
+//! type, timestamp, attempt header, `mandatory`). RabbitMQ charges for message properties
+//! (we measured 25-40 % more broker CPU per message for id + type + timestamp), so
+//! `warren / raw` mixes two costs; `warren / raw_wire` is Warren's code alone and
+//! `raw_wire / raw` the format's.
+//!
+//! Method: every timed phase starts after a short pause (the broker finishes the previous
+//! phase's background work); rates of drains are steady rates from the first delivery to
+//! the last; end-to-end and paced phases publish only once the consumer is up, so neither
+//! side's start-up (a worker connects and declares its topology) is counted as per-task cost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::producer::Producer;
 use crate::task::Task;
 use crate::topology::{self, Plan, names::Names};
+use crate::wire::{Envelope, new_task_id};
 use crate::worker::{TaskContext, Worker};
 
 /// The benchmark's task: a send time and padding up to the message size.
@@ -105,13 +118,30 @@ pub fn percentiles(samples: &mut [f64]) -> [f64; 3] {
 
 // ---- the raw baseline ---------------------------------------------------------------------
 
-/// Publishes `n` messages to `queue` through the direct exchange of the same name (as Warren
-/// publishes through `{ns}.tasks`, so both sides cost the broker the same routing) with a
-/// window of outstanding confirms; returns the seconds taken.
-async fn raw_publish(ch: &Channel, queue: &str, n: u64, size: usize, window: usize) -> Result<f64> {
+/// The message properties of a raw publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// Persistent JSON and nothing else: the plain lapin program the targets are set against.
+    Bare,
+    /// Warren's wire format (task id, type, timestamp, attempt header) and `mandatory`, sent
+    /// by the same raw loop: the gap between this and Warren is Warren's own code; the gap
+    /// between `Bare` and this is what the broker charges for the task metadata.
+    Warren,
+}
+
+/// Publishes `n` messages to `queue` through the default exchange with a window of
+/// outstanding confirms; returns the seconds taken.
+async fn raw_publish(
+    ch: &Channel,
+    queue: &str,
+    n: u64,
+    size: usize,
+    window: usize,
+    wire: Wire,
+) -> Result<f64> {
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
-    let props = BasicProperties::default()
+    let bare = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into());
     for _ in 0..n {
@@ -120,13 +150,23 @@ async fn raw_publish(ch: &Channel, queue: &str, n: u64, size: usize, window: usi
         {
             check_confirm(c)?;
         }
+        let (props, mandatory) = match wire {
+            Wire::Bare => (bare.clone(), false),
+            Wire::Warren => (
+                Envelope::new(new_task_id(), BenchTask::NAME).properties(None),
+                true,
+            ),
+        };
         let confirm = ch
             .basic_publish(
                 "".into(),
                 queue.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..Default::default()
+                },
                 &body(size),
-                props.clone(),
+                props,
             )
             .await
             .map_err(amqp("raw publish"))?;
@@ -147,20 +187,36 @@ fn check_confirm(c: lapin::Result<lapin::Confirmation>) -> Result<()> {
     }
 }
 
+/// What a consumer saw: when its first and last deliveries arrived, and each delivery's
+/// enqueue-to-start latency in ms.
+struct Drained {
+    first: Instant,
+    last: Instant,
+    latencies: Vec<f64>,
+}
+
+impl Drained {
+    /// Deliveries per second from the first to the last: the steady rate, the same for both
+    /// sides, without start-up (a Warren worker connects and declares its topology first, a
+    /// cost paid once per process, not per task).
+    fn steady_rate(&self, n: u64) -> f64 {
+        n.saturating_sub(1) as f64 / (self.last - self.first).as_secs_f64().max(1e-9)
+    }
+}
+
 /// Consumes `n` messages from `queue`, acking each (or, with `multiple`, every prefetch/4
-/// and at the end); returns the seconds from the first delivery's request and the latencies.
+/// and at the end).
 async fn raw_drain(
     conn: &Connection,
     queue: &str,
     n: u64,
     prefetch: u16,
     multiple: bool,
-) -> Result<(f64, Vec<f64>)> {
+) -> Result<Drained> {
     let ch = conn.create_channel().await.map_err(amqp("channel"))?;
     ch.basic_qos(prefetch, BasicQosOptions::default())
         .await
         .map_err(amqp("qos"))?;
-    let started = Instant::now();
     let mut consumer = ch
         .basic_consume(
             queue.into(),
@@ -172,6 +228,7 @@ async fn raw_drain(
         .map_err(amqp("consume"))?;
     let every = u64::from(prefetch / 4).max(1);
     let mut latencies = Vec::with_capacity(n as usize);
+    let mut first = None;
     let mut got = 0;
     while got < n {
         let d = match consumer.next().await {
@@ -179,6 +236,7 @@ async fn raw_drain(
             Some(Err(e)) => return Err(amqp("raw consume")(e)),
             None => return Err(Error::InvalidInput("raw consumer ended".into())),
         };
+        first.get_or_insert_with(Instant::now);
         if let Ok(t) = serde_json::from_slice::<BenchTask>(&d.data) {
             latencies.push(now_us().saturating_sub(t.t) as f64 / 1000.0);
         }
@@ -193,9 +251,13 @@ async fn raw_drain(
                 .map_err(amqp("ack"))?;
         }
     }
-    let secs = started.elapsed().as_secs_f64();
+    let last = Instant::now();
     let _ = ch.close(200, "bench".into()).await;
-    Ok((secs, latencies))
+    Ok(Drained {
+        first: first.unwrap_or(last),
+        last,
+        latencies,
+    })
 }
 
 // ---- Warren's side ------------------------------------------------------------------------
@@ -218,23 +280,24 @@ async fn warren_enqueue(producer: &Producer, n: u64, size: usize) -> Result<f64>
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Runs a Warren worker with a no-op handler until `n` tasks ran; returns the seconds from
-/// its start and the latencies.
+/// Runs a Warren worker with a no-op handler until `n` tasks ran.
 async fn warren_drain(
     settings: &Settings,
     n: u64,
     prefetch: u16,
     concurrency: usize,
-) -> Result<(f64, Vec<f64>)> {
+) -> Result<Drained> {
     let done = Arc::new(AtomicU64::new(0));
     let all = Arc::new(Notify::new());
+    let first = Arc::new(OnceLock::new());
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n as usize)));
-    let (d2, a2, l2) = (done.clone(), all.clone(), latencies.clone());
+    let (d2, a2, f2, l2) = (done.clone(), all.clone(), first.clone(), latencies.clone());
     let worker = Worker::new(settings)
         .role("bench-worker")
         .prefetch(prefetch)
         .concurrency(concurrency)
         .handle(move |t: BenchTask, _ctx: TaskContext| {
+            f2.get_or_init(Instant::now);
             let lat = now_us().saturating_sub(t.t) as f64 / 1000.0;
             if let Ok(mut l) = l2.lock() {
                 l.push(lat);
@@ -245,16 +308,105 @@ async fn warren_drain(
             async { Ok(()) }
         });
     let stop = CancellationToken::new();
-    let started = Instant::now();
     let running = tokio::spawn(worker.run(stop.clone()));
     all.notified().await;
-    let secs = started.elapsed().as_secs_f64();
+    let last = Instant::now();
     stop.cancel();
     running
         .await
         .map_err(|e| Error::InvalidInput(format!("bench worker: {e}")))??;
-    let l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    Ok((secs, l))
+    let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(Drained {
+        first: first.get().copied().unwrap_or(last),
+        last,
+        latencies,
+    })
+}
+
+// ---- phases ---------------------------------------------------------------------------------
+
+/// Lets the broker finish what the previous phase left (acked messages to garbage-collect,
+/// index writes) so that it does not slow whichever side is measured next.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Waits until `queue` has a consumer: publishing starts only once the consumer is up, so
+/// start-up is measured by neither side.
+async fn wait_for_consumer(ch: &Channel, queue: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("checking the bench queue"))?;
+        if q.consumer_count() > 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::InvalidInput(format!(
+                "no consumer appeared on {queue} within 30 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs `consumer`; once it consumes from `queue`, runs `publish`. Returns what the consumer
+/// saw and when publishing started.
+async fn with_consumer<C, P, F>(
+    ch: &Channel,
+    queue: &str,
+    consumer: C,
+    publish: F,
+) -> Result<(Drained, Instant)>
+where
+    C: std::future::Future<Output = Result<Drained>>,
+    F: FnOnce() -> P,
+    P: std::future::Future<Output = Result<()>>,
+{
+    let publisher = async {
+        wait_for_consumer(ch, queue).await?;
+        let started = Instant::now();
+        publish().await?;
+        Ok::<Instant, Error>(started)
+    };
+    let (c, p) = tokio::join!(consumer, publisher);
+    let started = p?;
+    Ok((c?, started))
+}
+
+/// Calls `batch(k)` every 10 ms with `k` = `rate`/100, until `n` messages went out.
+async fn paced<F, P>(n: u64, rate: u64, mut batch: F) -> Result<()>
+where
+    F: FnMut(u64) -> P,
+    P: std::future::Future<Output = Result<()>>,
+{
+    let per_tick = (rate / 100).max(1);
+    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0;
+    while sent < n {
+        interval.tick().await;
+        let k = per_tick.min(n - sent);
+        batch(k).await?;
+        sent += k;
+    }
+    Ok(())
+}
+
+async fn confirm_channel(conn: &Connection) -> Result<Channel> {
+    let ch = conn.create_channel().await.map_err(amqp("channel"))?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp("confirm select"))?;
+    Ok(ch)
 }
 
 // ---- drains in a child process --------------------------------------------------------------
@@ -273,8 +425,8 @@ pub enum DrainSide {
 /// What a `bench-drain` child reports.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct DrainFigures {
-    /// Seconds to consume everything.
-    pub secs: f64,
+    /// Steady drain rate, msg/s (first to last delivery).
+    pub rate: f64,
     /// Peak resident set size of the child, KiB.
     pub peak_rss_kib: u64,
     /// CPU seconds (user + system) of the child.
@@ -315,8 +467,8 @@ pub async fn drain_child(
 ) -> Result<DrainFigures> {
     let names = Names::new(&settings.namespace);
     let (_, cpu_before) = rusage();
-    let secs = match side {
-        DrainSide::Warren => warren_drain(settings, n, prefetch, concurrency).await?.0,
+    let drained = match side {
+        DrainSide::Warren => warren_drain(settings, n, prefetch, concurrency).await?,
         DrainSide::Raw | DrainSide::RawMultiple => {
             let conn = crate::broker::connect(
                 &settings.amqp_url,
@@ -331,15 +483,14 @@ pub async fn drain_child(
                 prefetch,
                 side == DrainSide::RawMultiple,
             )
-            .await?
-            .0;
+            .await?;
             let _ = conn.close(200, "bench".into()).await;
             r
         }
     };
     let (rss, cpu_after) = rusage();
     Ok(DrainFigures {
-        secs,
+        rate: drained.steady_rate(n),
         peak_rss_kib: rss,
         cpu_secs: cpu_after - cpu_before,
     })
@@ -367,7 +518,11 @@ async fn drain_in_child(
         .env("WARREN_AMQP_URL", &settings.amqp_url)
         .env("WARREN_NAMESPACE", &settings.namespace)
         .env("WARREN_TOPOLOGY", "/dev/null")
-        .env("RUST_LOG", "error,lapin=off")
+        // The worker's production default: its per-task spans are part of its cost.
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,lapin=off,warren=info".into()),
+        )
         .args([
             "bench-drain",
             "--side",
@@ -496,27 +651,40 @@ async fn repetitions(
                 .map_err(amqp("purge"))
         };
 
-        // Enqueue, then drain in a child process: raw per-message acks, raw multiple, Warren.
-        step(progress, "raw publish");
+        // Enqueue, then drain in a child process.
         purge(raw.to_string()).await?;
-        let cpu = rusage().1;
-        f.insert(
-            "raw.enqueue".into(),
-            rate(raw_publish(ch, raw, n, opts.size, 1024).await?),
-        );
-        f.insert("raw.enqueue_cpu_s".into(), rusage().1 - cpu);
-        step(progress, "raw drain (ack each)");
-        let d = drain_in_child(settings, opts, DrainSide::Raw).await?;
-        f.insert("raw.drain".into(), rate(d.secs));
-        f.insert("raw.drain_cpu_s".into(), d.cpu_secs);
-        f.insert("raw.drain_rss_mib".into(), d.peak_rss_kib as f64 / 1024.0);
-        raw_publish(ch, raw, n, opts.size, 1024).await?;
-        step(progress, "raw drain (ack multiple)");
-        let d = drain_in_child(settings, opts, DrainSide::RawMultiple).await?;
-        f.insert("raw_multiple.drain".into(), rate(d.secs));
-
-        step(progress, "warren enqueue");
         purge(work.clone()).await?;
+        for (key, wire) in [("raw", Wire::Bare), ("raw_wire", Wire::Warren)] {
+            step(progress, &format!("{key} publish"));
+            settle().await;
+            let cpu = rusage().1;
+            let secs = raw_publish(ch, raw, n, opts.size, 1024, wire).await?;
+            f.insert(format!("{key}.enqueue"), rate(secs));
+            f.insert(format!("{key}.enqueue_cpu_s"), rusage().1 - cpu);
+            let sides: &[(&str, DrainSide)] = match wire {
+                Wire::Bare => &[
+                    ("raw", DrainSide::Raw),
+                    ("raw_multiple", DrainSide::RawMultiple),
+                ],
+                Wire::Warren => &[("raw_wire", DrainSide::RawMultiple)],
+            };
+            for (i, (key, side)) in sides.iter().enumerate() {
+                if i > 0 {
+                    raw_publish(ch, raw, n, opts.size, 1024, wire).await?;
+                }
+                step(progress, &format!("{key} drain"));
+                settle().await;
+                let d = drain_in_child(settings, opts, *side).await?;
+                f.insert(format!("{key}.drain"), d.rate);
+                f.insert(format!("{key}.drain_cpu_s"), d.cpu_secs);
+                f.insert(
+                    format!("{key}.drain_rss_mib"),
+                    d.peak_rss_kib as f64 / 1024.0,
+                );
+            }
+        }
+        step(progress, "warren enqueue");
+        settle().await;
         let cpu = rusage().1;
         f.insert(
             "warren.enqueue".into(),
@@ -524,90 +692,84 @@ async fn repetitions(
         );
         f.insert("warren.enqueue_cpu_s".into(), rusage().1 - cpu);
         step(progress, "warren drain");
+        settle().await;
         let d = drain_in_child(settings, opts, DrainSide::Warren).await?;
-        f.insert("warren.drain".into(), rate(d.secs));
+        f.insert("warren.drain".into(), d.rate);
         f.insert("warren.drain_cpu_s".into(), d.cpu_secs);
         f.insert(
             "warren.drain_rss_mib".into(),
             d.peak_rss_kib as f64 / 1024.0,
         );
 
-        // End to end, both running in this process; latencies at full load.
-        step(progress, "raw end to end");
-        for (key, multiple) in [("raw", false), ("raw_multiple", true)] {
-            let started = Instant::now();
-            let consumer = raw_drain(conn, raw, n, opts.prefetch, multiple);
-            let publisher = async {
-                let pch = conn.create_channel().await.map_err(amqp("channel"))?;
-                pch.confirm_select(ConfirmSelectOptions::default())
-                    .await
-                    .map_err(amqp("confirm"))?;
-                raw_publish(&pch, raw, n, opts.size, 1024).await
-            };
-            let (c, p) = tokio::join!(consumer, publisher);
-            p?;
-            let (_, mut lat) = c?;
-            f.insert(format!("{key}.e2e"), rate(started.elapsed().as_secs_f64()));
-            record_latency(&mut f, &format!("{key}.full"), &mut lat);
+        // End to end, both running in this process, timed from the first publish (the
+        // consumer is already up) to the last delivery; latencies at full load.
+        for (key, multiple, wire) in [
+            ("raw", false, Wire::Bare),
+            ("raw_multiple", true, Wire::Bare),
+            ("raw_wire", true, Wire::Warren),
+        ] {
+            step(progress, &format!("{key} end to end"));
+            settle().await;
+            let pch = confirm_channel(conn).await?;
+            let (mut d, started) = with_consumer(
+                ch,
+                raw,
+                raw_drain(conn, raw, n, opts.prefetch, multiple),
+                || async {
+                    raw_publish(&pch, raw, n, opts.size, 1024, wire)
+                        .await
+                        .map(drop)
+                },
+            )
+            .await?;
+            let _ = pch.close(200, "bench".into()).await;
+            f.insert(format!("{key}.e2e"), rate((d.last - started).as_secs_f64()));
+            record_latency(&mut f, &format!("{key}.full"), &mut d.latencies);
         }
         step(progress, "warren end to end");
-        let started = Instant::now();
-        let (c, p) = tokio::join!(
-            warren_drain(settings, n, opts.prefetch, opts.concurrency),
-            warren_enqueue(&producer, n, opts.size)
-        );
-        p?;
-        let (_, mut lat) = c?;
-        f.insert("warren.e2e".into(), rate(started.elapsed().as_secs_f64()));
-        record_latency(&mut f, "warren.full", &mut lat);
+        settle().await;
+        let consumer = warren_drain(settings, n, opts.prefetch, opts.concurrency);
+        let (mut d, started) = with_consumer(ch, &work, consumer, || async {
+            warren_enqueue(&producer, n, opts.size).await.map(drop)
+        })
+        .await?;
+        f.insert("warren.e2e".into(), rate((d.last - started).as_secs_f64()));
+        record_latency(&mut f, "warren.full", &mut d.latencies);
 
         // Paced: a steady rate, latency only.
         step(progress, "paced latency");
         let paced_n = (opts.paced_rate as f64 * opts.paced_for.as_secs_f64()).max(1.0) as u64;
-        let tick = Duration::from_millis(10);
-        let per_tick = (opts.paced_rate / 100).max(1);
-        {
-            let consumer = raw_drain(conn, raw, paced_n, opts.prefetch, false);
-            let publisher = async {
-                let pch = conn.create_channel().await.map_err(amqp("channel"))?;
-                pch.confirm_select(ConfirmSelectOptions::default())
-                    .await
-                    .map_err(amqp("confirm"))?;
-                let mut sent = 0;
-                let mut interval = tokio::time::interval(tick);
-                while sent < paced_n {
-                    interval.tick().await;
-                    let k = per_tick.min(paced_n - sent);
-                    raw_publish(&pch, raw, k, opts.size, 1024).await?;
-                    sent += k;
+        settle().await;
+        let pch = confirm_channel(conn).await?;
+        let consumer = raw_drain(conn, raw, paced_n, opts.prefetch, false);
+        let (mut d, _) = with_consumer(ch, raw, consumer, || {
+            paced(paced_n, opts.paced_rate, |k| {
+                let pch = &pch;
+                async move {
+                    raw_publish(pch, raw, k, opts.size, 1024, Wire::Bare)
+                        .await
+                        .map(drop)
                 }
-                Ok::<(), Error>(())
-            };
-            let (c, p) = tokio::join!(consumer, publisher);
-            p?;
-            let (_, mut lat) = c?;
-            record_latency(&mut f, "raw.paced", &mut lat);
-        }
-        {
-            let consumer = warren_drain(settings, paced_n, opts.prefetch, opts.concurrency);
-            let publisher = async {
-                let mut sent = 0;
-                let mut interval = tokio::time::interval(tick);
-                while sent < paced_n {
-                    interval.tick().await;
-                    let k = per_tick.min(paced_n - sent);
+            })
+        })
+        .await?;
+        let _ = pch.close(200, "bench".into()).await;
+        record_latency(&mut f, "raw.paced", &mut d.latencies);
+        settle().await;
+        let consumer = warren_drain(settings, paced_n, opts.prefetch, opts.concurrency);
+        let (mut d, _) = with_consumer(ch, &work, consumer, || {
+            paced(paced_n, opts.paced_rate, |k| {
+                let producer = &producer;
+                async move {
                     for r in producer.enqueue_many(tasks(k, opts.size)).await {
                         r?;
                     }
-                    sent += k;
+                    Ok(())
                 }
-                Ok::<(), Error>(())
-            };
-            let (c, p) = tokio::join!(consumer, publisher);
-            p?;
-            let (_, mut lat) = c?;
-            record_latency(&mut f, "warren.paced", &mut lat);
-        }
+            })
+        })
+        .await?;
+        record_latency(&mut f, "warren.paced", &mut d.latencies);
         all.push(f);
     }
     Ok(all)
@@ -675,6 +837,26 @@ pub fn summarize(reps: &[Figures]) -> (BTreeMap<String, Spread>, BTreeMap<String
     ratios.insert(
         "end to end: warren / raw ack-multiple".into(),
         m("warren.e2e") / m("raw_multiple.e2e"),
+    );
+    ratios.insert(
+        "enqueue: warren / raw with warren's wire format".into(),
+        m("warren.enqueue") / m("raw_wire.enqueue"),
+    );
+    ratios.insert(
+        "drain: warren / raw ack-multiple with warren's wire format".into(),
+        m("warren.drain") / m("raw_wire.drain"),
+    );
+    ratios.insert(
+        "end to end: warren / raw ack-multiple with warren's wire format".into(),
+        m("warren.e2e") / m("raw_wire.e2e"),
+    );
+    ratios.insert(
+        "wire format cost, enqueue: raw with warren's wire / raw".into(),
+        m("raw_wire.enqueue") / m("raw.enqueue"),
+    );
+    ratios.insert(
+        "wire format cost, end to end: raw with warren's wire / raw (both ack-multiple)".into(),
+        m("raw_wire.e2e") / m("raw_multiple.e2e"),
     );
     ratios.insert(
         "paced p99 latency: warren / raw".into(),

@@ -3,10 +3,16 @@
 //! Each consumer channel gets one [`Settler`]. Deliveries report their settlement (ack, or
 //! nack-and-requeue) here instead of acking themselves. Delivery tags on a channel run 1, 2,
 //! 3, …; once every tag up to `k` is settled, one `basic.ack(k, multiple)` acks all the
-//! outstanding ones at once. A slow task would hold back the acks of the fast ones behind it
-//! (and so the prefetch window), so settled tags that wait behind an unsettled one are acked
-//! one by one after a few milliseconds. Under load this sends a fraction of the ack frames; when
-//! idle every ack goes out at once.
+//! outstanding ones at once.
+//!
+//! When to send: every ack frame costs the broker's channel and queue processes work, and on
+//! a loaded host the broker's CPU is the limit, so acks go out in batches: at once when a
+//! quarter of the prefetch window is settled (the broker keeps three quarters of its credit
+//! and never starves the consumer), otherwise within [`ACK_DELAY`] of the first waiting
+//! settlement. A slow task would hold back the acks of the fast ones behind it (and so the
+//! prefetch window), so settled tags that still wait behind an unsettled one after
+//! [`ACK_DELAY`] are acked one by one. Requeues go out at once. A crash loses at most the
+//! unsent acks of the last few milliseconds: those tasks are delivered again (at-least-once).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,8 +21,8 @@ use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::mpsc;
 
-/// How long a settled delivery may wait behind an unsettled one before it is acked alone.
-const STRAGGLER_WAIT: Duration = Duration::from_millis(5);
+/// Longest a settled delivery waits for its ack to be sent.
+pub(crate) const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// A settlement of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,16 +40,19 @@ pub(crate) struct Settler {
 }
 
 impl Settler {
-    /// Starts the acking task of `channel`; it ends when every `Settler` clone is dropped,
-    /// after sending what is settled. Keep the returned future running (it owns the channel).
+    /// Starts the acking task of `channel`, whose consumer has `prefetch`; it ends when every
+    /// `Settler` clone is dropped, after sending what is settled. Keep the returned future
+    /// running (it owns the channel).
     pub(crate) fn start(
         channel: Channel,
+        prefetch: u16,
     ) -> (
         Settler,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Settler { tx }, run(channel, rx))
+        let batch = u64::from(prefetch / 4).max(1);
+        (Settler { tx }, run(channel, rx, batch))
     }
 
     /// Reports a settlement. If the acking task is gone the channel is gone too, and the
@@ -65,8 +74,14 @@ enum State {
 /// The pure part: which frames to send for the settlements seen so far.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
+    /// The lowest tag not yet covered by an ack or requeue frame.
     next: u64,
+    /// The first tag at or after `next` that is not settled: `next..run_end` is the run one
+    /// multiple ack can cover. Kept up to date on every record (amortized O(1)).
+    run_end: u64,
     settled: BTreeMap<u64, State>,
+    /// Settled as ack and not yet sent.
+    pending: usize,
 }
 
 /// A frame to send.
@@ -82,23 +97,33 @@ impl Ledger {
     pub(crate) fn new() -> Ledger {
         Ledger {
             next: 1,
+            run_end: 1,
             settled: BTreeMap::new(),
+            pending: 0,
         }
     }
 
     /// Records `s`; returns frames that must go out now (a requeue goes at once, so the
     /// task returns to its queue without waiting for the tags before it).
     pub(crate) fn record(&mut self, s: Settle) -> Option<Frame> {
-        match s {
+        let frame = match s {
             Settle::Ack(tag) => {
-                self.settled.insert(tag, State::Pending);
+                if self.settled.insert(tag, State::Pending) != Some(State::Pending) {
+                    self.pending += 1;
+                }
                 None
             }
             Settle::Requeue(tag) => {
-                self.settled.insert(tag, State::Sent);
+                if self.settled.insert(tag, State::Sent) == Some(State::Pending) {
+                    self.pending -= 1;
+                }
                 Some(Frame::Requeue(tag))
             }
+        };
+        while self.settled.contains_key(&self.run_end) {
+            self.run_end += 1;
         }
+        frame
     }
 
     /// The contiguous run from `next`: one multiple ack up to its highest pending tag.
@@ -107,6 +132,7 @@ impl Ledger {
         while let Some(state) = self.settled.remove(&self.next) {
             if state == State::Pending {
                 highest_pending = Some(self.next);
+                self.pending -= 1;
             }
             self.next += 1;
         }
@@ -122,6 +148,7 @@ impl Ledger {
         for (tag, state) in self.settled.iter_mut() {
             if *state == State::Pending {
                 *state = State::Sent;
+                self.pending -= 1;
                 frames.push(Frame::Ack {
                     tag: *tag,
                     multiple: false,
@@ -131,8 +158,15 @@ impl Ledger {
         frames
     }
 
-    fn has_stragglers(&self) -> bool {
-        self.settled.values().any(|s| *s == State::Pending)
+    /// Settled tags not yet acked (in the contiguous run or behind an unsettled tag).
+    pub(crate) fn waiting(&self) -> usize {
+        self.pending
+    }
+
+    /// Length of the contiguous run of settled tags from `next` (what one multiple ack would
+    /// cover now).
+    pub(crate) fn contiguous(&self) -> u64 {
+        self.run_end - self.next
     }
 }
 
@@ -157,24 +191,30 @@ async fn send(channel: &Channel, frame: Frame) {
     }
 }
 
-async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settle>) {
+async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settle>, batch: u64) {
     let mut ledger = Ledger::new();
+    // When the oldest waiting settlement arrived; `None` when nothing waits.
+    let mut oldest: Option<tokio::time::Instant> = None;
     loop {
-        let first = if ledger.has_stragglers() {
-            match tokio::time::timeout(STRAGGLER_WAIT, rx.recv()).await {
+        let received = match oldest {
+            None => rx.recv().await,
+            Some(since) => match tokio::time::timeout_at(since + ACK_DELAY, rx.recv()).await {
                 Ok(m) => m,
                 Err(_) => {
+                    // Time is up: ack the run, then whatever still waits behind a running task.
+                    if let Some(f) = ledger.flush_contiguous() {
+                        send(&channel, f).await;
+                    }
                     for f in ledger.flush_stragglers() {
                         send(&channel, f).await;
                     }
+                    oldest = None;
                     continue;
                 }
-            }
-        } else {
-            rx.recv().await
+            },
         };
-        let Some(first) = first else { break };
-        // Take everything already waiting: under load that is many settlements per frame.
+        let Some(first) = received else { break };
+        // Take everything already waiting: under load that is many settlements per wake-up.
         let mut next = Some(first);
         while let Some(s) = next {
             if let Some(f) = ledger.record(s) {
@@ -182,9 +222,15 @@ async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settle>) {
             }
             next = rx.try_recv().ok();
         }
-        if let Some(f) = ledger.flush_contiguous() {
+        if ledger.contiguous() >= batch
+            && let Some(f) = ledger.flush_contiguous()
+        {
             send(&channel, f).await;
         }
+        oldest = match ledger.waiting() {
+            0 => None,
+            _ => Some(oldest.unwrap_or_else(tokio::time::Instant::now)),
+        };
     }
     if let Some(f) = ledger.flush_contiguous() {
         send(&channel, f).await;
@@ -249,5 +295,27 @@ mod tests {
         );
         l.record(Settle::Ack(4));
         assert_eq!(l.flush_contiguous(), ack(4, true));
+    }
+
+    #[test]
+    fn the_run_length_and_waiting_count_follow_out_of_order_settlements() {
+        let mut l = Ledger::new();
+        l.record(Settle::Ack(2));
+        l.record(Settle::Ack(3));
+        assert_eq!(l.contiguous(), 0, "tag 1 is still running");
+        assert_eq!(l.waiting(), 2);
+        l.record(Settle::Ack(1));
+        assert_eq!(l.contiguous(), 3);
+        l.record(Settle::Ack(5));
+        assert_eq!(l.contiguous(), 3, "4 is still running");
+        assert_eq!(l.waiting(), 4);
+        assert_eq!(l.flush_contiguous(), ack(3, true));
+        assert_eq!((l.contiguous(), l.waiting()), (0, 1));
+        assert_eq!(l.flush_stragglers().len(), 1);
+        assert_eq!(l.waiting(), 0);
+        // a requeue closes the gap without waiting to be acked
+        l.record(Settle::Requeue(4));
+        assert_eq!((l.contiguous(), l.waiting()), (2, 0));
+        assert_eq!(l.flush_contiguous(), None, "4 requeued and 5 already acked");
     }
 }

@@ -385,7 +385,22 @@ async fn dead_letter(shared: &Shared, delivery: &Held, env: &Envelope, why: Reje
 
 /// Publishes the outcome with a confirm, then acks; if publishing fails, requeues instead.
 /// True when the outcome was published.
-async fn settle_after_publish(
+///
+/// Boxed: this cold path (a message, a confirm, a backoff timer) would otherwise be part
+/// of every delivery's future, which tokio copies when it spawns one.
+fn settle_after_publish<'a>(
+    shared: &'a Shared,
+    delivery: &'a Held,
+    env: &'a Envelope,
+    msg: Outgoing,
+    what: &'static str,
+) -> futures_util::future::BoxFuture<'a, bool> {
+    Box::pin(settle_after_publish_unboxed(
+        shared, delivery, env, msg, what,
+    ))
+}
+
+async fn settle_after_publish_unboxed(
     shared: &Shared,
     delivery: &Held,
     env: &Envelope,

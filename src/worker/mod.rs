@@ -443,7 +443,7 @@ async fn consume(
         let (ch, mut deliveries) = channel;
         // Acks go through the channel's settler (batched with `multiple`); its task owns a
         // channel handle, so the channel stays open until the last running task settled.
-        let (settler, acking) = acks::Settler::start(ch.clone());
+        let (settler, acking) = acks::Settler::start(ch.clone(), prefetch);
         tracker.spawn(acking);
         loop {
             // Take a permit first: while all handlers are busy, deliveries wait in the

@@ -504,7 +504,7 @@ fn a_small_bench_run_completes_and_reports_both_sides() {
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value =
         serde_json::from_str(stdout(&out).trim()).expect("--json parses");
-    for side in ["raw", "raw_multiple", "warren"] {
+    for side in ["raw", "raw_multiple", "raw_wire", "warren"] {
         for figure in ["drain", "e2e"] {
             let v = report["figures"][format!("{side}.{figure}")]["median"]
                 .as_f64()
