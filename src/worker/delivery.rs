@@ -273,24 +273,22 @@ pub(crate) async fn process(
             return dead_letter(&shared, &delivery, &env, why).await;
         }
     };
-    let span = tracing::info_span!(
-        "task",
-        task.kind = %env.task,
-        task.id = %env.id,
-        attempt = env.attempt,
-        trace_id = tracing::field::Empty,
-        parent_span_id = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    );
     // This run is a child of the producer's context (or the root of a new trace).
     let parent = env.traceparent.as_deref().and_then(TraceParent::parse);
     let run_trace = parent
         .as_ref()
         .map_or_else(TraceParent::root, TraceParent::child);
-    span.record("trace_id", run_trace.trace_id.as_str());
-    if let Some(p) = &parent {
-        span.record("parent_span_id", p.span_id.as_str());
-    }
+    // Fields as `&str` and set at creation: a text subscriber formats a span's fields when
+    // it is created and again on every `record`, for every task.
+    let span = tracing::info_span!(
+        "task",
+        task.kind = env.task.as_str(),
+        task.id = env.id.as_str(),
+        attempt = env.attempt,
+        trace_id = run_trace.trace_id.as_str(),
+        parent_span_id = parent.as_ref().map(|p| p.span_id.as_str()),
+        outcome = tracing::field::Empty,
+    );
     let run_trace = run_trace.to_string();
     async {
         if let Some(at) = env.expires_at_ms
