@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -445,22 +445,33 @@ async fn consume(
         // channel handle, so the channel stays open until the last running task settled.
         let (settler, acking) = acks::Settler::start(ch.clone(), prefetch);
         tracker.spawn(acking);
+        let stop = async |ch: &Channel| {
+            let _ = ch
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        };
         loop {
+            // Checked here and raced below only when waiting: `biased` selects never poll the
+            // cancellation while a permit or a delivery is ready, because polling it locks the
+            // token's mutex, which every consumer of the session shares.
+            if session.is_cancelled() {
+                return stop(&ch).await;
+            }
             // Take a permit first: while all handlers are busy, deliveries wait in the
             // prefetch buffer rather than piling up as spawned tasks.
-            let permit = tokio::select! {
-                _ = session.cancelled() => {
-                    let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                    return;
-                }
-                p = semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            let permit = match semaphore.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => tokio::select! {
+                    biased;
+                    p = semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    _ = session.cancelled() => return stop(&ch).await,
+                },
             };
             let next = tokio::select! {
-                _ = session.cancelled() => {
-                    let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                    return;
-                }
+                biased;
                 next = deliveries.next() => next,
+                _ = session.cancelled() => return stop(&ch).await,
             };
             match next {
                 Some(Ok(delivery)) => {
