@@ -711,6 +711,7 @@ async fn repetitions(
             step(progress, &format!("{key} end to end"));
             settle().await;
             let pch = confirm_channel(conn).await?;
+            let cpu = rusage().1;
             let (mut d, started) = with_consumer(
                 ch,
                 raw,
@@ -724,16 +725,19 @@ async fn repetitions(
             .await?;
             let _ = pch.close(200, "bench".into()).await;
             f.insert(format!("{key}.e2e"), rate((d.last - started).as_secs_f64()));
+            f.insert(format!("{key}.e2e_cpu_s"), rusage().1 - cpu);
             record_latency(&mut f, &format!("{key}.full"), &mut d.latencies);
         }
         step(progress, "warren end to end");
         settle().await;
+        let cpu = rusage().1;
         let consumer = warren_drain(settings, n, opts.prefetch, opts.concurrency);
         let (mut d, started) = with_consumer(ch, &work, consumer, || async {
             warren_enqueue(&producer, n, opts.size).await.map(drop)
         })
         .await?;
         f.insert("warren.e2e".into(), rate((d.last - started).as_secs_f64()));
+        f.insert("warren.e2e_cpu_s".into(), rusage().1 - cpu);
         record_latency(&mut f, "warren.full", &mut d.latencies);
 
         // Paced: a steady rate, latency only.
