@@ -15,11 +15,12 @@
 //! unsent acks of the last few milliseconds: those tasks are delivered again (at-least-once).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// Longest a settled delivery waits for its ack to be sent.
 pub(crate) const ACK_DELAY: Duration = Duration::from_millis(5);
@@ -34,9 +35,56 @@ pub(crate) enum Settle {
 }
 
 /// Where deliveries of one channel report their settlement. Cheap to clone.
+///
+/// A settlement is recorded under a lock and wakes the acking task only when something must
+/// go out (a requeue, a full batch) or a batch timer must start: under load one wake-up per
+/// batch rather than one per task.
 #[derive(Debug, Clone)]
 pub(crate) struct Settler {
-    tx: mpsc::UnboundedSender<Settle>,
+    handle: Arc<Handle>,
+}
+
+/// Dropped with the last `Settler` clone: tells the acking task to send what is left and end.
+#[derive(Debug)]
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// What the settling deliveries and the acking task share.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<Waiting>,
+    wake: Notify,
+    /// Settled tags that make a full batch: sent at once.
+    batch: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        // The state stays consistent across a panic elsewhere: every update is one call.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Settlements recorded and not yet sent.
+#[derive(Debug)]
+struct Waiting {
+    ledger: Ledger,
+    /// Requeues, sent at once.
+    urgent: Vec<Frame>,
+    /// When the oldest unsent ack was recorded; `None` when none waits.
+    oldest: Option<Instant>,
+    /// Every `Settler` is gone.
+    closed: bool,
 }
 
 impl Settler {
@@ -50,15 +98,44 @@ impl Settler {
         Settler,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let batch = u64::from(prefetch / 4).max(1);
-        (Settler { tx }, run(channel, rx, batch))
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Waiting {
+                ledger: Ledger::new(),
+                urgent: Vec::new(),
+                oldest: None,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            batch: u64::from(prefetch / 4).max(1),
+        });
+        let settler = Settler {
+            handle: Arc::new(Handle {
+                shared: shared.clone(),
+            }),
+        };
+        (settler, run(channel, shared))
     }
 
     /// Reports a settlement. If the acking task is gone the channel is gone too, and the
     /// broker redelivers the task: nothing to do.
     pub(crate) fn settle(&self, s: Settle) {
-        let _ = self.tx.send(s);
+        let shared = &self.handle.shared;
+        let wake = {
+            let mut w = shared.lock();
+            let urgent = w.ledger.record(s);
+            let first = w.oldest.is_none() && w.ledger.waiting() > 0;
+            if first {
+                w.oldest = Some(Instant::now());
+            }
+            let full = w.ledger.contiguous() >= shared.batch;
+            if let Some(f) = urgent {
+                w.urgent.push(f);
+            }
+            urgent.is_some() || first || full
+        };
+        if wake {
+            shared.wake.notify_one();
+        }
     }
 }
 
@@ -191,52 +268,40 @@ async fn send(channel: &Channel, frame: Frame) {
     }
 }
 
-async fn run(channel: Channel, mut rx: mpsc::UnboundedReceiver<Settle>, batch: u64) {
-    let mut ledger = Ledger::new();
-    // When the oldest waiting settlement arrived; `None` when nothing waits.
-    let mut oldest: Option<tokio::time::Instant> = None;
+async fn run(channel: Channel, shared: Arc<Shared>) {
     loop {
-        let received = match oldest {
-            None => rx.recv().await,
-            Some(since) => match tokio::time::timeout_at(since + ACK_DELAY, rx.recv()).await {
-                Ok(m) => m,
-                Err(_) => {
-                    // Time is up: ack the run, then whatever still waits behind a running task.
-                    if let Some(f) = ledger.flush_contiguous() {
-                        send(&channel, f).await;
-                    }
-                    for f in ledger.flush_stragglers() {
-                        send(&channel, f).await;
-                    }
-                    oldest = None;
-                    continue;
-                }
-            },
-        };
-        let Some(first) = received else { break };
-        // Take everything already waiting: under load that is many settlements per wake-up.
-        let mut next = Some(first);
-        while let Some(s) = next {
-            if let Some(f) = ledger.record(s) {
-                send(&channel, f).await;
+        let (frames, deadline, closed) = {
+            let mut w = shared.lock();
+            let now = Instant::now();
+            let due = w.closed || w.oldest.is_some_and(|t| now >= t + ACK_DELAY);
+            let mut frames = std::mem::take(&mut w.urgent);
+            if due || w.ledger.contiguous() >= shared.batch {
+                frames.extend(w.ledger.flush_contiguous());
             }
-            next = rx.try_recv().ok();
-        }
-        if ledger.contiguous() >= batch
-            && let Some(f) = ledger.flush_contiguous()
-        {
+            if due {
+                // Time is up: whatever still waits behind a running task goes alone.
+                frames.extend(w.ledger.flush_stragglers());
+            }
+            if w.ledger.waiting() == 0 {
+                w.oldest = None;
+            }
+            (frames, w.oldest.map(|t| t + ACK_DELAY), w.closed)
+        };
+        for f in frames {
             send(&channel, f).await;
         }
-        oldest = match ledger.waiting() {
-            0 => None,
-            _ => Some(oldest.unwrap_or_else(tokio::time::Instant::now)),
-        };
-    }
-    if let Some(f) = ledger.flush_contiguous() {
-        send(&channel, f).await;
-    }
-    for f in ledger.flush_stragglers() {
-        send(&channel, f).await;
+        if closed {
+            break;
+        }
+        match deadline {
+            Some(at) => {
+                tokio::select! {
+                    _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => shared.wake.notified().await,
+        }
     }
 }
 
