@@ -9,7 +9,8 @@
 //! ratios of one run mean anything: the broker shares this machine's cores with us.
 //!
 //! A third side, `raw_wire`, is the same raw loop sending Warren's wire format (task id,
-//! type, timestamp, attempt header, `mandatory`). RabbitMQ charges for message properties
+//! type, timestamp, attempt header, `mandatory`) and, end to end, publishing on a connection
+//! of its own as Warren does. RabbitMQ charges for message properties
 //! (we measured 25-40 % more broker CPU per message for id + type + timestamp), so
 //! `warren / raw` mixes two costs; `warren / raw_wire` is Warren's code alone and
 //! `raw_wire / raw` the format's.
@@ -710,7 +711,20 @@ async fn repetitions(
         ] {
             step(progress, &format!("{key} end to end"));
             settle().await;
-            let pch = confirm_channel(conn).await?;
+            // raw_wire also takes Warren's connection layout: publishing on a connection of
+            // its own, as RabbitMQ advises (flow control blocks publishing connections).
+            let own = match wire {
+                Wire::Bare => None,
+                Wire::Warren => Some(
+                    crate::broker::connect(
+                        &settings.amqp_url,
+                        "warren bench raw-publish",
+                        Some(settings.connect_timeout),
+                    )
+                    .await?,
+                ),
+            };
+            let pch = confirm_channel(own.as_ref().unwrap_or(conn)).await?;
             let cpu = rusage().1;
             let (mut d, started) = with_consumer(
                 ch,
@@ -724,6 +738,9 @@ async fn repetitions(
             )
             .await?;
             let _ = pch.close(200, "bench".into()).await;
+            if let Some(c) = own {
+                let _ = c.close(200, "bench".into()).await;
+            }
             f.insert(format!("{key}.e2e"), rate((d.last - started).as_secs_f64()));
             f.insert(format!("{key}.e2e_cpu_s"), rusage().1 - cpu);
             record_latency(&mut f, &format!("{key}.full"), &mut d.latencies);
