@@ -815,74 +815,101 @@ pub struct Spread {
     pub max: f64,
 }
 
-/// Medians and spreads per figure, plus the Warren/raw ratios of the medians.
-pub fn summarize(reps: &[Figures]) -> (BTreeMap<String, Spread>, BTreeMap<String, f64>) {
-    let mut spreads = BTreeMap::new();
-    if let Some(first) = reps.first() {
-        for key in first.keys() {
-            let mut v: Vec<f64> = reps.iter().filter_map(|f| f.get(key).copied()).collect();
-            v.sort_by(f64::total_cmp);
-            let median = if v.len() % 2 == 1 {
-                v[v.len() / 2]
-            } else {
-                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-            };
-            spreads.insert(
-                key.clone(),
-                Spread {
-                    median,
-                    min: v[0],
-                    max: v[v.len() - 1],
-                },
-            );
-        }
+/// The ratios reported: label, numerator figure, denominator figure.
+const RATIOS: &[(&str, &str, &str)] = &[
+    (
+        "enqueue: warren / raw windowed publisher",
+        "warren.enqueue",
+        "raw.enqueue",
+    ),
+    ("drain: warren / raw ack-each", "warren.drain", "raw.drain"),
+    (
+        "drain: warren / raw ack-multiple",
+        "warren.drain",
+        "raw_multiple.drain",
+    ),
+    ("end to end: warren / raw ack-each", "warren.e2e", "raw.e2e"),
+    (
+        "end to end: warren / raw ack-multiple",
+        "warren.e2e",
+        "raw_multiple.e2e",
+    ),
+    (
+        "enqueue: warren / raw with warren's wire format",
+        "warren.enqueue",
+        "raw_wire.enqueue",
+    ),
+    (
+        "drain: warren / raw ack-multiple with warren's wire format",
+        "warren.drain",
+        "raw_wire.drain",
+    ),
+    (
+        "end to end: warren / raw ack-multiple with warren's wire format",
+        "warren.e2e",
+        "raw_wire.e2e",
+    ),
+    (
+        "wire format cost, enqueue: raw with warren's wire / raw",
+        "raw_wire.enqueue",
+        "raw.enqueue",
+    ),
+    (
+        "wire format cost, end to end: raw with warren's wire / raw (both ack-multiple)",
+        "raw_wire.e2e",
+        "raw_multiple.e2e",
+    ),
+    (
+        "paced p99 latency: warren / raw",
+        "warren.paced_p99_ms",
+        "raw.paced_p99_ms",
+    ),
+];
+
+/// Median, minimum and maximum of `v`; `None` when it is empty.
+fn spread_of(mut v: Vec<f64>) -> Option<Spread> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
     }
-    let m = |k: &str| spreads.get(k).map_or(f64::NAN, |s: &Spread| s.median);
-    let mut ratios = BTreeMap::new();
-    ratios.insert(
-        "enqueue: warren / raw windowed publisher".into(),
-        m("warren.enqueue") / m("raw.enqueue"),
-    );
-    ratios.insert(
-        "drain: warren / raw ack-each".into(),
-        m("warren.drain") / m("raw.drain"),
-    );
-    ratios.insert(
-        "drain: warren / raw ack-multiple".into(),
-        m("warren.drain") / m("raw_multiple.drain"),
-    );
-    ratios.insert(
-        "end to end: warren / raw ack-each".into(),
-        m("warren.e2e") / m("raw.e2e"),
-    );
-    ratios.insert(
-        "end to end: warren / raw ack-multiple".into(),
-        m("warren.e2e") / m("raw_multiple.e2e"),
-    );
-    ratios.insert(
-        "enqueue: warren / raw with warren's wire format".into(),
-        m("warren.enqueue") / m("raw_wire.enqueue"),
-    );
-    ratios.insert(
-        "drain: warren / raw ack-multiple with warren's wire format".into(),
-        m("warren.drain") / m("raw_wire.drain"),
-    );
-    ratios.insert(
-        "end to end: warren / raw ack-multiple with warren's wire format".into(),
-        m("warren.e2e") / m("raw_wire.e2e"),
-    );
-    ratios.insert(
-        "wire format cost, enqueue: raw with warren's wire / raw".into(),
-        m("raw_wire.enqueue") / m("raw.enqueue"),
-    );
-    ratios.insert(
-        "wire format cost, end to end: raw with warren's wire / raw (both ack-multiple)".into(),
-        m("raw_wire.e2e") / m("raw_multiple.e2e"),
-    );
-    ratios.insert(
-        "paced p99 latency: warren / raw".into(),
-        m("warren.paced_p99_ms") / m("raw.paced_p99_ms"),
-    );
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Spread {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    })
+}
+
+/// Medians and spreads per figure, and of each Warren/raw ratio.
+///
+/// A ratio is taken within each repetition, where both sides ran seconds apart, and then
+/// summarized: on a shared machine whose speed drifts during a run, paired ratios cancel the
+/// drift that a ratio of two medians (taken from different repetitions) would keep.
+pub fn summarize(reps: &[Figures]) -> (BTreeMap<String, Spread>, BTreeMap<String, Spread>) {
+    let keys: std::collections::BTreeSet<&String> = reps.iter().flat_map(|f| f.keys()).collect();
+    let spreads = keys
+        .into_iter()
+        .filter_map(|k| {
+            spread_of(reps.iter().filter_map(|f| f.get(k).copied()).collect())
+                .map(|s| (k.clone(), s))
+        })
+        .collect();
+    let ratios = RATIOS
+        .iter()
+        .filter_map(|(label, a, b)| {
+            let per_rep = reps
+                .iter()
+                .filter_map(|f| Some(f.get(*a)? / f.get(*b)?))
+                .collect();
+            spread_of(per_rep).map(|s| (label.to_string(), s))
+        })
+        .collect();
     (spreads, ratios)
 }
 
@@ -890,7 +917,7 @@ pub fn summarize(reps: &[Figures]) -> (BTreeMap<String, Spread>, BTreeMap<String
 pub fn report(
     opts: &BenchOptions,
     spreads: &BTreeMap<String, Spread>,
-    ratios: &BTreeMap<String, f64>,
+    ratios: &BTreeMap<String, Spread>,
 ) -> String {
     let mut out = format!(
         "warren bench: {} messages of {} B, {} queues, prefetch {}, concurrency {}, {} repetition(s), paced {} msg/s\n\n",
@@ -921,9 +948,46 @@ pub fn report(
             s.median, s.min, s.max
         ));
     }
-    out.push_str("\n  ratios (medians of this run)\n");
+    out.push_str("\n  ratios (median of the per-repetition ratios, and their spread)\n");
     for (k, r) in ratios {
-        out.push_str(&format!("  {k:<42} {r:>6.2}\n"));
+        out.push_str(&format!(
+            "  {k:<42} {:>6.2}   ({:.2} .. {:.2})\n",
+            r.median, r.min, r.max
+        ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rep(pairs: &[(&str, f64)]) -> Figures {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn ratios_are_paired_within_each_repetition() {
+        let reps = vec![
+            rep(&[("warren.e2e", 100.0), ("raw.e2e", 400.0)]),
+            rep(&[("warren.e2e", 300.0), ("raw.e2e", 200.0)]),
+            rep(&[("warren.e2e", 200.0), ("raw.e2e", 100.0)]),
+        ];
+        let (figures, ratios) = summarize(&reps);
+        let r = ratios["end to end: warren / raw ack-each"];
+        // per repetition: 0.25, 1.5, 2.0
+        assert_eq!((r.median, r.min, r.max), (1.5, 0.25, 2.0));
+        // the ratio of the medians (200 / 200) would mix repetitions
+        assert_eq!(figures["warren.e2e"].median, 200.0);
+        assert_eq!(figures["raw.e2e"].median, 200.0);
+        // ratios whose figures were not measured are left out, not reported as NaN
+        assert!(!ratios.contains_key("enqueue: warren / raw windowed publisher"));
+    }
+
+    #[test]
+    fn an_even_count_takes_the_mean_of_the_middle_two() {
+        let s = spread_of(vec![4.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert!(spread_of(vec![f64::NAN]).is_none());
+    }
 }
