@@ -104,12 +104,7 @@ impl Settler {
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let shared = Arc::new(Shared {
-            state: Mutex::new(Waiting {
-                ledger: Ledger::new(),
-                urgent: Vec::new(),
-                oldest: None,
-                closed: false,
-            }),
+            state: Mutex::new(Waiting::new()),
             wake: Notify::new(),
             batch: u64::from(prefetch / 4).max(1),
         });
@@ -125,22 +120,53 @@ impl Settler {
     /// broker redelivers the task: nothing to do.
     pub(crate) fn settle(&self, s: Settle) {
         let shared = &self.handle.shared;
-        let wake = {
-            let mut w = shared.lock();
-            let urgent = w.ledger.record(s);
-            let first = w.oldest.is_none() && w.ledger.waiting() > 0;
-            if first {
-                w.oldest = Some(Instant::now());
-            }
-            let full = w.ledger.contiguous() >= shared.batch;
-            if let Some(f) = urgent {
-                w.urgent.push(f);
-            }
-            urgent.is_some() || first || full
-        };
+        let wake = shared.lock().record(s, Instant::now(), shared.batch);
         if wake {
             shared.wake.notify_one();
         }
+    }
+}
+
+impl Waiting {
+    fn new() -> Waiting {
+        Waiting {
+            ledger: Ledger::new(),
+            urgent: Vec::new(),
+            oldest: None,
+            closed: false,
+        }
+    }
+
+    /// Records `s` at `now`; true when the acking task must wake: a requeue to send, a full
+    /// batch, or a first waiting ack whose timer must start.
+    fn record(&mut self, s: Settle, now: Instant, batch: u64) -> bool {
+        let urgent = self.ledger.record(s);
+        let first = self.oldest.is_none() && self.ledger.waiting() > 0;
+        if first {
+            self.oldest = Some(now);
+        }
+        let full = self.ledger.contiguous() >= batch;
+        let wake = urgent.is_some() || first || full;
+        self.urgent.extend(urgent);
+        wake
+    }
+
+    /// The frames to send at `now`, and when to look again if nothing wakes the task sooner
+    /// (`None`: only a settlement can make anything due).
+    fn take_due(&mut self, now: Instant, batch: u64) -> (Vec<Frame>, Option<Instant>) {
+        let due = self.closed || self.oldest.is_some_and(|t| now >= t + ACK_DELAY);
+        let mut frames = std::mem::take(&mut self.urgent);
+        if due || self.ledger.contiguous() >= batch {
+            frames.extend(self.ledger.flush_contiguous());
+        }
+        if due {
+            // Time is up: whatever still waits behind a running task goes alone.
+            frames.extend(self.ledger.flush_stragglers());
+        }
+        if self.ledger.waiting() == 0 {
+            self.oldest = None;
+        }
+        (frames, self.oldest.map(|t| t + ACK_DELAY))
     }
 }
 
@@ -275,22 +301,9 @@ async fn send(channel: &Channel, frame: Frame) {
 
 async fn run(channel: Channel, shared: Arc<Shared>) {
     loop {
-        let (frames, deadline, closed) = {
+        let ((frames, deadline), closed) = {
             let mut w = shared.lock();
-            let now = Instant::now();
-            let due = w.closed || w.oldest.is_some_and(|t| now >= t + ACK_DELAY);
-            let mut frames = std::mem::take(&mut w.urgent);
-            if due || w.ledger.contiguous() >= shared.batch {
-                frames.extend(w.ledger.flush_contiguous());
-            }
-            if due {
-                // Time is up: whatever still waits behind a running task goes alone.
-                frames.extend(w.ledger.flush_stragglers());
-            }
-            if w.ledger.waiting() == 0 {
-                w.oldest = None;
-            }
-            (frames, w.oldest.map(|t| t + ACK_DELAY), w.closed)
+            (w.take_due(Instant::now(), shared.batch), w.closed)
         };
         for f in frames {
             send(&channel, f).await;
@@ -387,5 +400,57 @@ mod tests {
         l.record(Settle::Requeue(4));
         assert_eq!((l.contiguous(), l.waiting()), (2, 0));
         assert_eq!(l.flush_contiguous(), None, "4 requeued and 5 already acked");
+    }
+
+    fn acks(frames: &[Frame]) -> Vec<(u64, bool)> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Ack { tag, multiple } => Some((*tag, *multiple)),
+                Frame::Requeue(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_batch_waits_for_the_ack_delay_and_a_full_one_goes_at_once() {
+        let t0 = Instant::now();
+        let mut w = Waiting::new();
+        assert!(
+            w.record(Settle::Ack(1), t0, 3),
+            "the first waiting ack starts the timer"
+        );
+        assert!(!w.record(Settle::Ack(2), t0, 3));
+        let (frames, next) = w.take_due(t0, 3);
+        assert!(frames.is_empty(), "2 of 3: not yet");
+        assert_eq!(next, Some(t0 + ACK_DELAY));
+        let (frames, next) = w.take_due(t0 + ACK_DELAY, 3);
+        assert_eq!(acks(&frames), vec![(2, true)]);
+        assert_eq!(next, None, "nothing waits any more");
+        // a full batch wakes the task and goes without waiting
+        let t1 = t0 + ACK_DELAY * 2;
+        w.record(Settle::Ack(3), t1, 3);
+        w.record(Settle::Ack(4), t1, 3);
+        assert!(w.record(Settle::Ack(5), t1, 3));
+        assert_eq!(acks(&w.take_due(t1, 3).0), vec![(5, true)]);
+    }
+
+    #[test]
+    fn a_requeue_goes_at_once_and_closing_flushes_stragglers_too() {
+        let t0 = Instant::now();
+        let mut w = Waiting::new();
+        w.record(Settle::Ack(2), t0, 100); // 1 is still running: 2 is a straggler
+        assert!(w.record(Settle::Requeue(3), t0, 100));
+        let (frames, next) = w.take_due(t0, 100);
+        assert_eq!(frames, vec![Frame::Requeue(3)]);
+        assert_eq!(next, Some(t0 + ACK_DELAY), "2 still waits");
+        w.closed = true;
+        let (frames, next) = w.take_due(t0, 100);
+        assert_eq!(
+            acks(&frames),
+            vec![(2, false)],
+            "never a multiple ack over 1"
+        );
+        assert_eq!(next, None);
     }
 }
