@@ -87,17 +87,24 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn body(size: usize) -> Vec<u8> {
-    let task = BenchTask {
+/// Padding that makes a task's JSON body `size` bytes (about: the timestamp's digits vary).
+fn padding(size: usize) -> String {
+    let empty = BenchTask {
         t: now_us(),
         pad: String::new(),
     };
-    let empty = serde_json::to_vec(&task).unwrap_or_default().len() + 20;
-    let task = BenchTask {
+    let overhead = serde_json::to_vec(&empty).map_or(0, |b| b.len());
+    "x".repeat(size.saturating_sub(overhead))
+}
+
+/// `n` tasks stamped as they are taken, so each carries its own publish time. Both sides
+/// draw their bodies from here: the same serialization work per message.
+fn tasks(n: u64, size: usize) -> impl Iterator<Item = BenchTask> {
+    let pad = padding(size);
+    (0..n).map(move |_| BenchTask {
         t: now_us(),
-        pad: "x".repeat(size.saturating_sub(empty)),
-    };
-    serde_json::to_vec(&task).unwrap_or_default()
+        pad: pad.clone(),
+    })
 }
 
 fn amqp(operation: &str) -> impl FnOnce(lapin::Error) -> Error + '_ {
@@ -145,12 +152,13 @@ async fn raw_publish(
     let bare = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into());
-    for _ in 0..n {
+    for task in tasks(n, size) {
         if inflight.len() >= window
             && let Some(c) = inflight.next().await
         {
             check_confirm(c)?;
         }
+        let body = serde_json::to_vec(&task).unwrap_or_default();
         let (props, mandatory) = match wire {
             Wire::Bare => (bare.clone(), false),
             Wire::Warren => (
@@ -166,7 +174,7 @@ async fn raw_publish(
                     mandatory,
                     ..Default::default()
                 },
-                &body(size),
+                &body,
                 props,
             )
             .await
@@ -263,16 +271,6 @@ async fn raw_drain(
 
 // ---- Warren's side ------------------------------------------------------------------------
 
-fn tasks(n: u64, size: usize) -> impl Iterator<Item = BenchTask> {
-    let pad = serde_json::from_slice::<BenchTask>(&body(size))
-        .map(|t| t.pad)
-        .unwrap_or_default();
-    (0..n).map(move |_| BenchTask {
-        t: now_us(),
-        pad: pad.clone(),
-    })
-}
-
 async fn warren_enqueue(producer: &Producer, n: u64, size: usize) -> Result<f64> {
     let started = Instant::now();
     for r in producer.enqueue_many(tasks(n, size)).await {
@@ -337,15 +335,7 @@ async fn settle() {
 async fn wait_for_consumer(ch: &Channel, queue: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let q = topology::declare::inspect(ch, queue)
             .await
             .map_err(amqp("checking the bench queue"))?;
         if q.consumer_count() > 0 {

@@ -9,10 +9,8 @@
 use std::collections::BTreeSet;
 
 use lapin::message::BasicGetMessage;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
 
@@ -114,14 +112,7 @@ pub(crate) fn replay_message(
 /// Messages in `queue` (a passive declare). A missing queue is the user's to fix (wrong task
 /// name or namespace); any other failure is the broker's.
 async fn message_count(ch: &Channel, queue: &str) -> Result<u32> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    match ch
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-    {
+    match crate::topology::declare::inspect(ch, queue).await {
         Ok(state) => Ok(state.message_count()),
         Err(source) => match source.kind() {
             lapin::ErrorKind::ProtocolError(e)
@@ -329,6 +320,7 @@ pub async fn purge(conn: &Connection, names: &Names, task: &str) -> Result<u32> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::FieldTable;
 
     #[test]
     fn a_replayed_copy_starts_over_and_counts_the_replay() {

@@ -146,6 +146,17 @@ pub async fn apply(plan: &Plan, conn: &Connection, vhost: &str) -> Result<ApplyR
     }
 }
 
+/// The broker's view of `queue` (its message and consumer counts) by a passive declare,
+/// which creates nothing. A missing queue is a `NOT_FOUND` error that closes `ch`.
+pub async fn inspect(ch: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+}
+
 /// Deletes the plan's queues and exchanges, and each name in `extra` as both a queue and an
 /// exchange; best effort. For commands that declare a namespace of their own (the demo, the
 /// benchmark) and remove it afterwards; never for a namespace someone else uses.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, message::Delivery};
 use warren::Settings;
@@ -100,17 +100,10 @@ impl TestBroker {
 
     /// Messages in `queue` right now (passive declare).
     pub async fn count(&self, ch: &Channel, queue: &str) -> u32 {
-        ch.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue exists")
-        .message_count()
+        warren::topology::declare::inspect(ch, queue)
+            .await
+            .expect("queue exists")
+            .message_count()
     }
 
     /// The management API's view of one queue in this vhost.
