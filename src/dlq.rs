@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::producer::{Outgoing, Producer};
 use crate::topology::names::Names;
-use crate::wire::{Envelope, carried_headers, header, new_task_id, unix_ms};
+use crate::wire::{Envelope, carried_headers, header, new_task_id};
 
 /// Largest dead queue `list`/`replay` will hold in memory at once.
 pub const SCAN_MAX: u32 = 100_000;
@@ -86,9 +86,7 @@ pub(crate) fn replay_message(
             .map_or_else(new_task_id, |s| s.to_string()),
         task: task.to_string(),
         attempt: 1,
-        enqueued_at: props
-            .timestamp()
-            .unwrap_or_else(|| unix_ms(std::time::SystemTime::now()) / 1000),
+        enqueued_at_ms: crate::wire::enqueued_at(props),
         expires_at_ms: None,
         correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
         traceparent: header_str(props, header::TRACEPARENT),
@@ -350,14 +348,8 @@ mod tests {
         );
         let h = out.properties.headers().as_ref().unwrap().inner();
         let keys: BTreeSet<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(
-            keys,
-            BTreeSet::from(["tenant", "warren-attempt", "warren-replays"])
-        );
-        assert!(matches!(
-            h.get(header::ATTEMPT),
-            Some(AMQPValue::LongLongInt(1))
-        ));
+        // No attempt header: absent means 1, the replay starts over.
+        assert_eq!(keys, BTreeSet::from(["tenant", "warren-replays"]));
         assert!(matches!(
             h.get(header::REPLAYS),
             Some(AMQPValue::LongLongInt(2))

@@ -156,9 +156,7 @@ pub(crate) fn read_envelope(
             .map_or_else(new_task_id, |s| s.to_string()),
         task: task.to_string(),
         attempt: attempt.saturating_add(crashes),
-        enqueued_at: props
-            .timestamp()
-            .unwrap_or_else(|| unix_ms(SystemTime::now()) / 1000),
+        enqueued_at_ms: crate::wire::enqueued_at(props),
         expires_at_ms,
         correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
         traceparent,
@@ -205,6 +203,11 @@ pub(crate) fn dead_message(
     worker: &str,
 ) -> Outgoing {
     let mut h = merged(env, props);
+    // Always spelled out on a dead copy (an operator reads it), though absent means 1.
+    h.insert(
+        header::ATTEMPT.into(),
+        AMQPValue::LongLongInt(i64::from(env.attempt)),
+    );
     h.insert(
         header::REASON.into(),
         AMQPValue::LongString(why.reason.into()),
@@ -269,7 +272,7 @@ pub(crate) async fn process(
                     .map_or_else(new_task_id, |s| s.to_string()),
                 &registered.name,
             );
-            env.enqueued_at = delivery.properties.timestamp().unwrap_or(env.enqueued_at);
+            env.enqueued_at_ms = crate::wire::enqueued_at(&delivery.properties);
             return dead_letter(&shared, &delivery, &env, why).await;
         }
     };
@@ -307,7 +310,7 @@ pub(crate) async fn process(
             id: env.id.clone(),
             attempt: env.attempt,
             max_attempts: registered.policy.max_attempts,
-            enqueued_at: UNIX_EPOCH + Duration::from_secs(env.enqueued_at),
+            enqueued_at: UNIX_EPOCH + Duration::from_millis(env.enqueued_at_ms),
             correlation_id: env.correlation_id.clone(),
             traceparent: run_trace.clone(),
             // A clone, not a child token: children register with the parent under a lock.

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -145,7 +145,9 @@ async fn a_task_failing_twice_then_succeeding_runs_three_times_with_policy_gaps(
         move |_job: Job, ctx: TaskContext| {
             let runs = r2.clone();
             async move {
-                runs.lock().unwrap().push((ctx.attempt, Instant::now()));
+                runs.lock()
+                    .unwrap()
+                    .push((ctx.attempt, Instant::now(), ctx.enqueued_at));
                 if ctx.attempt < 3 {
                     Err(TaskError::retry("not yet"))
                 } else {
@@ -154,11 +156,13 @@ async fn a_task_failing_twice_then_succeeding_runs_three_times_with_policy_gaps(
             }
         },
     ));
+    let before = SystemTime::now();
     Producer::new(&settings)
         .unwrap()
         .enqueue(&Job { n: 1 })
         .await
         .unwrap();
+    let after = SystemTime::now();
     wait_count(Duration::from_secs(15), "three runs", 3, || {
         runs.lock().unwrap().len()
     })
@@ -167,6 +171,14 @@ async fn a_task_failing_twice_then_succeeding_runs_three_times_with_policy_gaps(
     stop(token, handle).await;
     let runs = runs.lock().unwrap().clone();
     assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    // Every run sees the first enqueue time, to the millisecond (it travels in the id).
+    let first = runs[0].2;
+    assert!(runs.iter().all(|r| r.2 == first), "enqueue time changed");
+    let slack = Duration::from_millis(1);
+    assert!(
+        first + slack >= before && first <= after,
+        "enqueued_at {first:?} not within the enqueue call"
+    );
     // Policy: 1 s then 2 s (no jitter). Tolerance: the ladder fires on time to -50 ms, and
     // publish, expiry and redelivery add up to 1.5 s.
     for (i, want) in [(1, 1.0), (2, 2.0)] {
