@@ -8,12 +8,13 @@
 //! (`warren bench-drain`) so their CPU time and peak RSS are the consumer's alone. Only the
 //! ratios of one run mean anything: the broker shares this machine's cores with us.
 //!
-//! A third side, `raw_wire`, is the same raw loop sending Warren's wire format (task id,
-//! type, timestamp, attempt header, `mandatory`) and, end to end, publishing on a connection
-//! of its own as Warren does. RabbitMQ charges for message properties
-//! (we measured 25-40 % more broker CPU per message for id + type + timestamp), so
-//! `warren / raw` mixes two costs; `warren / raw_wire` is Warren's code alone and
-//! `raw_wire / raw` the format's.
+//! A third side, `raw_wire`, is the same raw loop sending what Warren sends: its wire format
+//! (task id and type; see `wire::Envelope`), through a direct exchange with `mandatory`,
+//! and, end to end, on a connection of its own. RabbitMQ charges for each of these (measured
+//! with `examples/wire_cost.rs`: a direct exchange with `mandatory` costs about 15 % more
+//! broker CPU per publish than the default exchange without it), so `warren / raw` mixes two
+//! costs: `warren / raw_wire` is Warren's code alone, `raw_wire / raw` the format's and the
+//! routing's.
 //!
 //! Method: every timed phase starts after a short pause (the broker finishes the previous
 //! phase's background work); rates of drains are steady rates from the first delivery to
@@ -30,7 +31,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -131,14 +133,16 @@ pub fn percentiles(samples: &mut [f64]) -> [f64; 3] {
 enum Wire {
     /// Persistent JSON and nothing else: the plain lapin program the targets are set against.
     Bare,
-    /// Warren's wire format (task id, type, timestamp, attempt header) and `mandatory`, sent
-    /// by the same raw loop: the gap between this and Warren is Warren's own code; the gap
-    /// between `Bare` and this is what the broker charges for the task metadata.
+    /// Warren's wire format (task id, type, and whatever else `Envelope` sends) and Warren's
+    /// routing: through a direct exchange with `mandatory`. Sent by the same raw loop: the
+    /// gap between this and Warren is Warren's own code; the gap between `Bare` and this is
+    /// what the broker charges for the task metadata and the routing.
     Warren,
 }
 
-/// Publishes `n` messages to `queue` through the default exchange with a window of
-/// outstanding confirms; returns the seconds taken.
+/// Publishes `n` messages to `queue` with a window of outstanding confirms; returns the
+/// seconds taken. `Bare` goes through the default exchange, `Warren` through the direct
+/// exchange of the same name as `queue` (see [`declare_raw`]).
 async fn raw_publish(
     ch: &Channel,
     queue: &str,
@@ -159,17 +163,19 @@ async fn raw_publish(
             check_confirm(c)?;
         }
         let body = serde_json::to_vec(&task).unwrap_or_default();
-        let (props, mandatory) = match wire {
-            Wire::Bare => (bare.clone(), false),
+        let (exchange, routing_key, props, mandatory) = match wire {
+            Wire::Bare => ("", queue, bare.clone(), false),
             Wire::Warren => (
+                queue,
+                RAW_ROUTING_KEY,
                 Envelope::new(new_task_id(), BenchTask::NAME).properties(None),
                 true,
             ),
         };
         let confirm = ch
             .basic_publish(
-                "".into(),
-                queue.into(),
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory,
                     ..Default::default()
@@ -559,6 +565,12 @@ pub fn bench_settings(base: &Settings, queue_type: QueueType, namespace: &str) -
     Ok(s)
 }
 
+/// Routing key from the raw exchange to the raw queue.
+const RAW_ROUTING_KEY: &str = "raw";
+
+/// Declares the raw side's queue, and a direct exchange of the same name bound to it with
+/// [`RAW_ROUTING_KEY`] as Warren binds a work queue to `{ns}.tasks` (a direct exchange costs
+/// the broker a routing-table lookup per message that the default exchange does not).
 async fn declare_raw(ch: &Channel, settings: &Settings) -> Result<String> {
     let plan = Plan::new(settings);
     let work = plan
@@ -581,6 +593,26 @@ async fn declare_raw(ch: &Channel, settings: &Settings) -> Result<String> {
     )
     .await
     .map_err(amqp("declaring the raw queue"))?;
+    ch.exchange_declare(
+        name.as_str().into(),
+        lapin::ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(amqp("declaring the raw exchange"))?;
+    ch.queue_bind(
+        name.as_str().into(),
+        name.as_str().into(),
+        RAW_ROUTING_KEY.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(amqp("binding the raw queue"))?;
     Ok(name)
 }
 
@@ -694,58 +726,31 @@ async fn repetitions(
 
         // End to end, both running in this process, timed from the first publish (the
         // consumer is already up) to the last delivery; latencies at full load.
-        for (key, multiple, wire) in [
-            ("raw", false, Wire::Bare),
-            ("raw_multiple", true, Wire::Bare),
-            ("raw_wire", true, Wire::Warren),
-        ] {
+        for key in rotated(&E2E_SIDES, rep) {
             step(progress, &format!("{key} end to end"));
             settle().await;
-            // raw_wire also takes Warren's connection layout: publishing on a connection of
-            // its own, as RabbitMQ advises (flow control blocks publishing connections).
-            let own = match wire {
-                Wire::Bare => None,
-                Wire::Warren => Some(
-                    crate::broker::connect(
-                        &settings.amqp_url,
-                        "warren bench raw-publish",
-                        Some(settings.connect_timeout),
-                    )
-                    .await?,
-                ),
-            };
-            let pch = confirm_channel(own.as_ref().unwrap_or(conn)).await?;
             let cpu = rusage().1;
-            let (mut d, started) = with_consumer(
-                ch,
-                raw,
-                raw_drain(conn, raw, n, opts.prefetch, multiple),
-                || async {
-                    raw_publish(&pch, raw, n, opts.size, 1024, wire)
-                        .await
-                        .map(drop)
-                },
-            )
-            .await?;
-            let _ = pch.close(200, "bench".into()).await;
-            if let Some(c) = own {
-                let _ = c.close(200, "bench".into()).await;
-            }
+            let (mut d, started) = match key {
+                "warren" => {
+                    let consumer = warren_drain(settings, n, opts.prefetch, opts.concurrency);
+                    with_consumer(ch, &work, consumer, || async {
+                        warren_enqueue(&producer, n, opts.size).await.map(drop)
+                    })
+                    .await?
+                }
+                _ => {
+                    let (multiple, wire) = match key {
+                        "raw" => (false, Wire::Bare),
+                        "raw_multiple" => (true, Wire::Bare),
+                        _ => (true, Wire::Warren),
+                    };
+                    raw_end_to_end(settings, conn, ch, raw, opts, multiple, wire).await?
+                }
+            };
             f.insert(format!("{key}.e2e"), rate((d.last - started).as_secs_f64()));
             f.insert(format!("{key}.e2e_cpu_s"), rusage().1 - cpu);
             record_latency(&mut f, &format!("{key}.full"), &mut d.latencies);
         }
-        step(progress, "warren end to end");
-        settle().await;
-        let cpu = rusage().1;
-        let consumer = warren_drain(settings, n, opts.prefetch, opts.concurrency);
-        let (mut d, started) = with_consumer(ch, &work, consumer, || async {
-            warren_enqueue(&producer, n, opts.size).await.map(drop)
-        })
-        .await?;
-        f.insert("warren.e2e".into(), rate((d.last - started).as_secs_f64()));
-        f.insert("warren.e2e_cpu_s".into(), rusage().1 - cpu);
-        record_latency(&mut f, "warren.full", &mut d.latencies);
 
         // Paced: a steady rate, latency only.
         step(progress, "paced latency");
@@ -784,6 +789,65 @@ async fn repetitions(
         all.push(f);
     }
     Ok(all)
+}
+
+/// The end-to-end sides. Each repetition runs them in another order ([`rotated`]): the
+/// broker's state drifts within a repetition (acked messages to collect, index files to
+/// compact), and a side always run last would always pay for it.
+const E2E_SIDES: [&str; 4] = ["raw", "raw_multiple", "raw_wire", "warren"];
+
+/// `sides` rotated left by `rep`: over as many repetitions as sides, each side runs once in
+/// each position.
+fn rotated<'a>(sides: &[&'a str], rep: usize) -> Vec<&'a str> {
+    let mut order = sides.to_vec();
+    if !order.is_empty() {
+        let k = rep % order.len();
+        order.rotate_left(k);
+    }
+    order
+}
+
+/// One raw end-to-end phase on `queue`: a raw consumer, then a raw publisher once it is up.
+async fn raw_end_to_end(
+    settings: &Settings,
+    conn: &Connection,
+    ch: &Channel,
+    queue: &str,
+    opts: &BenchOptions,
+    multiple: bool,
+    wire: Wire,
+) -> Result<(Drained, Instant)> {
+    // raw_wire also takes Warren's connection layout: publishing on a connection of its
+    // own, as RabbitMQ advises (flow control blocks publishing connections).
+    let own = match wire {
+        Wire::Bare => None,
+        Wire::Warren => Some(
+            crate::broker::connect(
+                &settings.amqp_url,
+                "warren bench raw-publish",
+                Some(settings.connect_timeout),
+            )
+            .await?,
+        ),
+    };
+    let pch = confirm_channel(own.as_ref().unwrap_or(conn)).await?;
+    let n = opts.count;
+    let result = with_consumer(
+        ch,
+        queue,
+        raw_drain(conn, queue, n, opts.prefetch, multiple),
+        || async {
+            raw_publish(&pch, queue, n, opts.size, 1024, wire)
+                .await
+                .map(drop)
+        },
+    )
+    .await;
+    let _ = pch.close(200, "bench".into()).await;
+    if let Some(c) = own {
+        let _ = c.close(200, "bench".into()).await;
+    }
+    result
 }
 
 /// Records `{prefix}_p50_ms`, `_p90_ms` and `_p99_ms` of `samples`.
@@ -825,27 +889,27 @@ const RATIOS: &[(&str, &str, &str)] = &[
         "raw_multiple.e2e",
     ),
     (
-        "enqueue: warren / raw with warren's wire format",
+        "enqueue: warren / raw with warren's wire and routing",
         "warren.enqueue",
         "raw_wire.enqueue",
     ),
     (
-        "drain: warren / raw ack-multiple with warren's wire format",
+        "drain: warren / raw ack-multiple with warren's wire and routing",
         "warren.drain",
         "raw_wire.drain",
     ),
     (
-        "end to end: warren / raw ack-multiple with warren's wire format",
+        "end to end: warren / raw ack-multiple with warren's wire and routing",
         "warren.e2e",
         "raw_wire.e2e",
     ),
     (
-        "wire format cost, enqueue: raw with warren's wire / raw",
+        "wire and routing cost, enqueue: raw with warren's / raw",
         "raw_wire.enqueue",
         "raw.enqueue",
     ),
     (
-        "wire format cost, end to end: raw with warren's wire / raw (both ack-multiple)",
+        "wire and routing cost, end to end: raw with warren's / raw (both ack-multiple)",
         "raw_wire.e2e",
         "raw_multiple.e2e",
     ),
@@ -951,6 +1015,19 @@ pub fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_end_to_end_side_runs_once_in_each_position() {
+        let orders: Vec<Vec<&str>> = (1..=4).map(|r| rotated(&E2E_SIDES, r)).collect();
+        for position in 0..4 {
+            let mut at: Vec<&str> = orders.iter().map(|o| o[position]).collect();
+            at.sort_unstable();
+            let mut all = E2E_SIDES.to_vec();
+            all.sort_unstable();
+            assert_eq!(at, all, "position {position}");
+        }
+        assert!(rotated(&[], 3).is_empty());
+    }
 
     fn rep(pairs: &[(&str, f64)]) -> Figures {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
