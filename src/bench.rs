@@ -788,6 +788,7 @@ async fn repetitions(
         record_latency(&mut f, "warren.paced", &mut d.latencies);
         all.push(f);
     }
+    producer.close().await;
     Ok(all)
 }
 

@@ -602,7 +602,9 @@ async fn dlq(settings: &Settings, cmd: DlqCommand, out: &mut dyn Write) -> Resul
                 Selection::Ids(ids.into_iter().collect())
             };
             let producer = Producer::with_role(settings, "cli")?;
-            let report = replay(&conn, &producer, &task, &selection, dry_run).await?;
+            let report = replay(&conn, &producer, &task, &selection, dry_run).await;
+            producer.close().await;
+            let report = report?;
             let verb = if dry_run { "would replay" } else { "replayed" };
             for id in &report.replayed {
                 writeln!(out, "{verb} {id}").map_err(write_err)?;
@@ -726,9 +728,24 @@ async fn enqueue(settings: &Settings, args: EnqueueArgs, out: &mut dyn Write) ->
         correlation_id: args.correlation_id.clone(),
         traceparent: None,
     };
-    if args.stdin.is_some() {
-        return enqueue_lines(settings, &args, options, std::io::stdin().lock(), out).await;
-    }
+    let producer = Producer::with_role(settings, "cli")?;
+    let outcome = if args.stdin.is_some() {
+        enqueue_lines(&producer, &args, options, std::io::stdin().lock(), out).await
+    } else {
+        enqueue_payload(&producer, &args, options, out).await
+    };
+    // Close with the handshake before the process exits (confirmed tasks are safe either way).
+    producer.close().await;
+    outcome
+}
+
+/// `warren enqueue` with `--payload`, `--payload-file` or neither, once or `--count` times.
+async fn enqueue_payload(
+    producer: &Producer,
+    args: &EnqueueArgs,
+    options: EnqueueOptions,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
     let body = match (&args.payload, &args.payload_file) {
         (Some(p), _) => parse_payload(p, "--payload")?,
         (None, Some(path)) => {
@@ -742,7 +759,6 @@ async fn enqueue(settings: &Settings, args: EnqueueArgs, out: &mut dyn Write) ->
         }
         (None, None) => b"{}".to_vec(),
     };
-    let producer = Producer::with_role(settings, "cli")?;
     match args.count {
         None => {
             let id = producer
@@ -770,8 +786,7 @@ async fn enqueue(settings: &Settings, args: EnqueueArgs, out: &mut dyn Write) ->
                     },
                 )
             });
-            let outcome = enqueue_in_chunks(&producer, &args.task, items, count, out).await?;
-            Ok(outcome)
+            enqueue_in_chunks(producer, &args.task, items, count, out).await
         }
     }
 }
@@ -831,13 +846,12 @@ async fn enqueue_in_chunks(
 /// `warren enqueue TASK -`: one JSON payload per line. A bad line is reported with its number
 /// and skipped; the others are enqueued; each enqueued line is printed as `LINE<TAB>ID`.
 async fn enqueue_lines(
-    settings: &Settings,
+    producer: &Producer,
     args: &EnqueueArgs,
     options: EnqueueOptions,
     input: impl BufRead,
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
-    let producer = Producer::with_role(settings, "cli")?;
     let started = Instant::now();
     let (mut ok, mut bad) = (0u64, 0u64);
     let mut lines = input.lines().enumerate().peekable();

@@ -328,6 +328,7 @@ async fn drive(
         }
     }
     let enqueue_secs = started.elapsed().as_secs_f64();
+    producer.close().await;
 
     let deadline = Instant::now() + opts.timeout;
     loop {

@@ -321,11 +321,41 @@ async fn run(channel: Channel, shared: Arc<Shared>) {
             None => shared.wake.notified().await,
         }
     }
+    // Everything is settled: close the channel here and wait for the broker's close-ok. Left
+    // to the drop of the last handle, lapin closes it in the background, and at shutdown that
+    // races the connection's close: lapin then fails the connection ("invalid channel state:
+    // Closing") and drops the socket without the close handshake (the broker logs "client
+    // unexpectedly closed TCP connection"). Unacked prefetched deliveries return to the queue.
+    if channel.status().connected() {
+        let _ = channel.close(200, "consumer done".into()).await;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one test here that needs the broker (`WARREN_AMQP_URL`, else the local default), as
+    /// the integration tests do: what it checks is lapin's behaviour at close.
+    #[tokio::test]
+    async fn the_acking_task_closes_its_channel_so_the_connection_closes_cleanly() {
+        let url = std::env::var("WARREN_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let conn = lapin::Connection::connect(&url, Default::default())
+            .await
+            .expect("the test broker");
+        let channel = conn.create_channel().await.unwrap();
+        let status = channel.status().clone();
+        let (settler, acking) = Settler::start(channel, 8);
+        drop(settler);
+        acking.await;
+        // Closed, close-ok received: not left to a background close that the connection's
+        // close would race.
+        assert!(!status.connected() && !status.closing(), "{status:?}");
+        conn.close(200, "test".into())
+            .await
+            .expect("the connection closes with the handshake");
+    }
 
     fn ack(tag: u64, multiple: bool) -> Option<Frame> {
         Some(Frame::Ack { tag, multiple })

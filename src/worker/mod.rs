@@ -389,8 +389,11 @@ impl Worker {
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         }
         for conn in sessions {
-            let _ = conn.close(200, "worker shutdown".into()).await;
+            if let Err(e) = conn.close(200, "worker shutdown".into()).await {
+                tracing::debug!(error = %e, "closing the connection");
+            }
         }
+        producer.close().await;
         tracing::info!("worker stopped");
         Ok(())
     }

@@ -302,6 +302,23 @@ async fn a_task_type_missing_from_the_topology_is_unroutable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_producer_keeps_what_it_confirmed_and_reconnects_when_used_again() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    let producer = Producer::new(&settings).unwrap();
+    let job = Resize {
+        path: "a".into(),
+        width: 1,
+    };
+    producer.enqueue(&job).await.unwrap();
+    producer.close().await;
+    producer.close().await; // twice is harmless
+    producer.enqueue(&job).await.expect("a new connection");
+    producer.close().await;
+    assert_eq!(broker.count(&ch, "t.resize").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_is_refused_before_anything_is_published() {
     let broker = TestBroker::new();
     let toml =
