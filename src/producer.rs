@@ -173,11 +173,13 @@ impl Producer {
         let Some((conn, ch)) = self.inner.channel.lock().await.take() else {
             return;
         };
+        // Bounded: an exit must not wait on a broker that stopped answering.
+        let limit = Duration::from_secs(5);
         if ch.status().connected() {
-            let _ = ch.close(200, "producer closed".into()).await;
+            let _ = tokio::time::timeout(limit, ch.close(200, "producer closed".into())).await;
         }
         if conn.status().connected() {
-            let _ = conn.close(200, "producer closed".into()).await;
+            let _ = tokio::time::timeout(limit, conn.close(200, "producer closed".into())).await;
         }
     }
 
