@@ -389,7 +389,7 @@ impl Worker {
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         }
         // Bounded: a close that races a dying connection can wait for a close-ok that never
-        // comes (seen once in lapin 4.12 before the acking task closed its own channel).
+        // comes (suspected once with lapin 4.12, before the acking task closed its own channel).
         for conn in sessions {
             match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "worker shutdown".into()))
                 .await
