@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use backoff::ExponentialBackoffBuilder;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::error::{Error, Result};
 
@@ -154,6 +154,34 @@ pub async fn connect(url: &str, name: &str, deadline: Option<Duration>) -> Resul
         },
     )
     .await
+}
+
+/// How long a close waits for the broker's close-ok. A close that races a dying connection
+/// can wait for one that never comes (suspected once with lapin 4.12), and a shutdown or an
+/// exit must not hang on it.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `ch` with the AMQP handshake if it is still open, waiting at most [`CLOSE_TIMEOUT`]
+/// for close-ok. Closing by hand rather than leaving it to the drop of the last handle (which
+/// lapin does in the background) keeps it from racing the connection's close.
+pub(crate) async fn close_channel(ch: &Channel, reason: &str) {
+    if ch.status().connected() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.close(200, reason.into())).await;
+    }
+}
+
+/// Closes `conn` with the AMQP handshake if it is still open, waiting at most
+/// [`CLOSE_TIMEOUT`]: the broker then logs a clean close, not "client unexpectedly closed TCP
+/// connection".
+pub(crate) async fn close_connection(conn: &Connection, reason: &str) {
+    if !conn.status().connected() {
+        return;
+    }
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason.into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "closing the connection"),
+        Err(_) => tracing::warn!("the broker did not answer the connection close in time; leaving"),
+    }
 }
 
 /// A pool of named connections for short publish paths (producer, CLI).

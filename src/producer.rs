@@ -173,14 +173,8 @@ impl Producer {
         let Some((conn, ch)) = self.inner.channel.lock().await.take() else {
             return;
         };
-        // Bounded: an exit must not wait on a broker that stopped answering.
-        let limit = Duration::from_secs(5);
-        if ch.status().connected() {
-            let _ = tokio::time::timeout(limit, ch.close(200, "producer closed".into())).await;
-        }
-        if conn.status().connected() {
-            let _ = tokio::time::timeout(limit, conn.close(200, "producer closed".into())).await;
-        }
+        crate::broker::close_channel(&ch, "producer closed").await;
+        crate::broker::close_connection(&conn, "producer closed").await;
     }
 
     /// The settings this producer publishes with.

@@ -326,9 +326,7 @@ async fn run(channel: Channel, shared: Arc<Shared>) {
     // races the connection's close: lapin then fails the connection ("invalid channel state:
     // Closing") and drops the socket without the close handshake (the broker logs "client
     // unexpectedly closed TCP connection"). Unacked prefetched deliveries return to the queue.
-    if channel.status().connected() {
-        let _ = channel.close(200, "consumer done".into()).await;
-    }
+    crate::broker::close_channel(&channel, "consumer done").await;
 }
 
 #[cfg(test)]

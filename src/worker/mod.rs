@@ -388,27 +388,14 @@ impl Worker {
             hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         }
-        // Bounded: a close that races a dying connection can wait for a close-ok that never
-        // comes (suspected once with lapin 4.12, before the acking task closed its own channel).
         for conn in sessions {
-            match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "worker shutdown".into()))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "closing the connection"),
-                Err(_) => tracing::warn!(
-                    "the broker did not answer the connection close in time; leaving"
-                ),
-            }
+            broker::close_connection(&conn, "worker shutdown").await;
         }
         producer.close().await;
         tracing::info!("worker stopped");
         Ok(())
     }
 }
-
-/// How long shutdown waits for the broker to answer a connection close.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `{host}:{pid}/{task}/{n}`: names the process and task type in the management UI; `n`
 /// keeps tags unique across reconnects.

@@ -319,6 +319,40 @@ async fn a_closed_producer_keeps_what_it_confirmed_and_reconnects_when_used_agai
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_producer_whose_connection_the_broker_closed_returns_at_once() {
+    // Given a producer whose connection the broker force-closed
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    let role = format!("producer-closed-{}", broker.vhost);
+    let producer = Producer::with_role(&settings, &role).unwrap();
+    let job = Resize {
+        path: "a".into(),
+        width: 1,
+    };
+    producer.enqueue(&job).await.unwrap();
+    let name = warren::broker::connection_name(&role);
+    let mgmt = broker.mgmt.clone();
+    eventually(
+        Duration::from_secs(20),
+        "the producer connection to show up",
+        || mgmt.close_connections_named(&name).ok().filter(|n| *n > 0),
+    )
+    .await;
+    // When it is closed: no close-ok will come, and close must not wait for one
+    let started = Instant::now();
+    producer.close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "close took {:?}",
+        started.elapsed()
+    );
+    // Then the confirmed task is there and the producer still works
+    producer.enqueue(&job).await.expect("a new connection");
+    producer.close().await;
+    assert_eq!(broker.count(&ch, "t.resize").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_is_refused_before_anything_is_published() {
     let broker = TestBroker::new();
     let toml =
