@@ -31,18 +31,12 @@
     clippy::unwrap_in_result
 )]
 
-pub mod bench;
 pub mod broker;
-pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod dlq;
 pub mod error;
-pub mod management;
-pub mod metrics;
+pub mod ops;
 pub mod producer;
 pub mod retry;
-pub mod status;
 pub mod task;
 pub mod topology;
 pub mod trace;

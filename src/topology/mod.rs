@@ -18,9 +18,9 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{QueueType, Settings};
 use ladder::Ladder;
-use names::Names;
 
 pub use declare::{ApplyReport, apply};
+pub use names::{Names, validate_namespace, validate_task_name};
 
 /// Exchange type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

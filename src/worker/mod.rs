@@ -17,7 +17,6 @@
 mod acks;
 mod context;
 mod delivery;
-pub mod exec;
 
 use std::collections::BTreeMap;
 use std::future::Future;

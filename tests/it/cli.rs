@@ -34,7 +34,10 @@ fn topology_export_is_importable_definitions_json() {
     broker
         .mgmt
         .post(
-            &format!("definitions/{}", warren::management::enc(&broker.vhost)),
+            &format!(
+                "definitions/{}",
+                warren::ops::management::enc(&broker.vhost)
+            ),
             &defs,
         )
         .expect("the broker accepts the definitions");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use warren::management::{Management, enc};
+use warren::ops::management::{Management, enc};
 use warren::topology::{self, Plan};
 use warren::{Producer, Settings, Task, TaskContext, Worker};
 

@@ -340,7 +340,7 @@ fn the_demo_exits_zero_with_the_planned_counts() {
         .mgmt
         .get(&format!(
             "queues/{}",
-            warren::management::enc(&broker.vhost)
+            warren::ops::management::enc(&broker.vhost)
         ))
         .unwrap();
     assert_eq!(queues.as_array().unwrap().len(), 0, "{queues}");
@@ -535,7 +535,7 @@ fn a_small_bench_run_completes_and_reports_both_sides() {
         .mgmt
         .get(&format!(
             "queues/{}",
-            warren::management::enc(&broker.vhost)
+            warren::ops::management::enc(&broker.vhost)
         ))
         .unwrap();
     assert_eq!(queues.as_array().unwrap().len(), 0, "{queues}");

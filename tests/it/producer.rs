@@ -628,7 +628,7 @@ async fn a_full_queue_that_refuses_publishes_is_reported_as_a_refusal() {
     broker
         .mgmt
         .put(
-            &format!("policies/{}/cap", warren::management::enc(&broker.vhost)),
+            &format!("policies/{}/cap", warren::ops::management::enc(&broker.vhost)),
             &serde_json::json!({"pattern": "^t\\.resize$", "apply-to": "queues", "definition": {"max-length": 1}}),
         )
         .unwrap();

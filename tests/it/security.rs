@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use warren::management::enc;
+use warren::ops::management::enc;
 
 use crate::support::{TempFile, TestBroker, stderr, stdout, warren_bin};
 
@@ -11,7 +11,7 @@ const PASSWORD: &str = "pw-Zq81-never-print-me";
 /// A user with `PASSWORD`, granted `configure`/`write`/`read` patterns on the test vhost.
 struct User {
     name: String,
-    broker_mgmt: warren::management::Management,
+    broker_mgmt: warren::ops::management::Management,
 }
 
 impl User {

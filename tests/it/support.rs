@@ -12,7 +12,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, message::Delivery};
 use warren::Settings;
-use warren::management::{Management, enc};
+use warren::ops::management::{Management, enc};
 
 /// AMQP host:port of the shared test broker.
 pub fn amqp_host() -> String {

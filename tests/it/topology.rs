@@ -35,7 +35,7 @@ async fn applying_twice_declares_the_same_objects_without_error() {
         .mgmt
         .get(&format!(
             "queues/{}",
-            warren::management::enc(&broker.vhost)
+            warren::ops::management::enc(&broker.vhost)
         ))
         .unwrap();
     let mut names: Vec<String> = listed

@@ -828,7 +828,7 @@ async fn a_retry_that_cannot_be_published_is_requeued_never_acked() {
         .mgmt
         .delete(&format!(
             "exchanges/{}/t.delay.{top}",
-            warren::management::enc(&broker.vhost)
+            warren::ops::management::enc(&broker.vhost)
         ))
         .unwrap();
     let runs: Arc<Mutex<Vec<u32>>> = Arc::default();

@@ -10,8 +10,9 @@ use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{HandlerFuture, TaskContext};
-use crate::task::TaskError;
+use warren::TaskContext;
+use warren::TaskError;
+use warren::worker::HandlerFuture;
 
 /// Exit code that marks a permanent failure (sysexits' EX_DATAERR).
 pub const EXIT_PERMANENT: i32 = 65;

@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::error::{Error, Result};
+use warren::{Error, Result};
 
 /// Histogram buckets of task durations, in seconds: 5 ms to 10 min.
 const DURATION_BUCKETS: &[f64] = &[

@@ -15,13 +15,69 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{QueueType, Settings};
-use crate::error::{Error, Result};
-use crate::producer::{EnqueueOptions, Producer};
-use crate::task::{Task, TaskError};
-use crate::topology::{self, Plan, names::Names};
-use crate::wire::unix_ms;
-use crate::worker::{TaskContext, Worker};
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Args;
+use warren::config::parse_duration;
+use warren::topology::{self, Names, Plan};
+use warren::wire::unix_ms;
+use warren::{
+    EnqueueOptions, Error, Producer, QueueType, Result, Settings, Task, TaskContext, TaskError,
+    Worker,
+};
+
+use crate::progress::Progress;
+use crate::write_err;
+
+/// `warren demo ...`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Tasks to enqueue.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(20..=1_000_000))]
+    pub tasks: u64,
+    /// In-process workers.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    /// Keep the demo's queues afterwards, to browse them in the management UI.
+    #[arg(long)]
+    pub keep: bool,
+    /// Give up waiting for outcomes after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `warren demo ...`
+pub(crate) async fn command(
+    settings: &Settings,
+    args: DemoArgs,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let opts = DemoOptions {
+        tasks: args.tasks,
+        workers: usize::from(args.workers),
+        keep: args.keep,
+        timeout: args.timeout,
+    };
+    let bar = Progress::new(opts.tasks);
+    let summary = run(settings, &opts, |done, _| bar.set(done)).await?;
+    bar.finish();
+    let mgmt = warren::ops::management::Management::from_settings(settings)?;
+    let vhost = warren::broker::url_parts(&settings.amqp_url)?.vhost;
+    let text = report(
+        &summary,
+        mgmt.base(),
+        &vhost,
+        opts.keep,
+        settings.queue_type,
+    );
+    write!(out, "{text}").map_err(write_err)?;
+    Ok(if summary.all_as_planned() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
 
 /// What each demo task is planned to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -174,10 +230,10 @@ pub async fn run(
 ) -> Result<Summary> {
     let settings = demo_settings(base)?;
     let names = Names::new(&settings.namespace);
-    let vhost = crate::broker::url_parts(&settings.amqp_url)?.vhost;
-    let conn = crate::broker::connect(
+    let vhost = warren::broker::url_parts(&settings.amqp_url)?.vhost;
+    let conn = warren::broker::connect(
         &settings.amqp_url,
-        &crate::broker::connection_name("demo"),
+        &warren::broker::connection_name("demo"),
         Some(settings.connect_timeout),
     )
     .await?;
@@ -369,14 +425,6 @@ async fn drive(
         }
     }
     let mut lat = o.latencies.clone();
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        if lat.is_empty() {
-            f64::NAN
-        } else {
-            lat[((lat.len() - 1) as f64 * p).round() as usize]
-        }
-    };
     Ok(Summary {
         namespace: settings.namespace.clone(),
         expected,
@@ -385,7 +433,7 @@ async fn drive(
         runs: o.runs,
         enqueue_rate: opts.tasks as f64 / enqueue_secs.max(1e-9),
         throughput: o.ends.len() as f64 / elapsed.max(1e-9),
-        latency_ms: [pct(0.5), pct(0.9), pct(0.99)],
+        latency_ms: crate::stats::percentiles(&mut lat),
         elapsed_s: elapsed,
     })
 }
@@ -422,7 +470,7 @@ pub fn report(
         "\n  handler runs {} (retries included)\n  enqueue {:.0} tasks/s (confirmed)   processed {:.1} tasks/s over {:.1} s (includes the 2 s delays and 1 s + 2 s retry waits)\n  enqueue-to-start latency, undelayed first attempts: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms\n",
         s.runs, s.enqueue_rate, s.throughput, s.elapsed_s, s.latency_ms[0], s.latency_ms[1], s.latency_ms[2]
     ));
-    let vh = crate::management::enc(vhost);
+    let vh = warren::ops::management::enc(vhost);
     if kept {
         out.push_str(&format!(
             "\n  In the management UI ({management}/#/queues/{vh}): `{ns}.demo` is the work queue, \

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::config::Settings;
 use crate::error::Result;
-use crate::management::{Management, enc};
+use crate::ops::management::{Management, enc};
 use crate::topology::names::Names;
 
 /// One task type's figures. `None` = the broker has not reported it (yet).
@@ -146,76 +146,6 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
     })
 }
 
-fn cell<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "?".to_string(), |v| v.to_string())
-}
-
-fn rate(v: Option<f64>) -> String {
-    v.map_or_else(|| "?".to_string(), |r| format!("{r:.1}/s"))
-}
-
-/// The status as an aligned table; `?` marks figures the broker has not reported yet.
-pub fn table(status: &Status) -> String {
-    let header = [
-        "TASK",
-        "READY",
-        "RUNNING",
-        "CONSUMERS",
-        "DELAYED(ns)",
-        "DEAD",
-        "PUBLISH",
-        "ACK",
-    ];
-    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_string)];
-    for r in &status.tasks {
-        rows.push([
-            r.task.clone(),
-            cell(r.ready),
-            cell(r.running),
-            cell(r.consumers),
-            cell(r.delayed_in_namespace),
-            cell(r.dead),
-            rate(r.publish_rate),
-            rate(r.ack_rate),
-        ]);
-    }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = format!(
-        "namespace `{}` in vhost `{}`\n",
-        status.namespace, status.vhost
-    );
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i == 0 {
-                    format!("{c:<w$}", w = widths[i])
-                } else {
-                    format!("{c:>w$}", w = widths[i])
-                }
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    if status.tasks.is_empty() {
-        out.push_str(
-            "(no task types: declare some under [tasks] and run `warren topology apply`)\n",
-        );
-    }
-    if status
-        .tasks
-        .iter()
-        .any(|r| r.ready.is_none() || r.publish_rate.is_none())
-    {
-        out.push_str("? = not reported by the broker yet (statistics arrive every 5 s)\n");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,22 +178,5 @@ mod tests {
             (None, None, None)
         );
         assert_eq!(rows[2].ready, None, "declared but not on the broker");
-    }
-
-    #[test]
-    fn the_table_marks_unknown_figures() {
-        let status = Status {
-            namespace: "ns".into(),
-            vhost: "/".into(),
-            tasks: vec![Row {
-                task: "mail".into(),
-                ready: Some(3),
-                ..Row::default()
-            }],
-        };
-        let t = table(&status);
-        assert!(t.contains("TASK") && t.contains("mail"), "{t}");
-        assert!(t.lines().nth(2).unwrap().contains('?'), "{t}");
-        assert!(t.contains("not reported by the broker yet"));
     }
 }

@@ -1,0 +1,268 @@
+//! `warren enqueue`: one task, `--count` copies, or one task per stdin line, each confirmed.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use warren::config::parse_duration;
+use warren::{EnqueueOptions, Error, Producer, Result, Settings};
+
+use crate::progress::Progress;
+use crate::write_err;
+
+/// `warren enqueue ...`
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Task name, e.g. `send_email`.
+    pub task: String,
+    /// `-` reads JSON lines from stdin, one task per line.
+    #[arg(value_parser = ["-"])]
+    pub stdin: Option<String>,
+    /// The task's arguments as JSON [default: {}].
+    #[arg(long, conflicts_with_all = ["payload_file", "stdin"])]
+    pub payload: Option<String>,
+    /// Read the task's JSON arguments from a file.
+    #[arg(long, conflicts_with = "stdin")]
+    pub payload_file: Option<PathBuf>,
+    /// Run no earlier than this from now, e.g. `90s`, `10m`, `2h` (whole seconds, rounded up).
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Never start after this long from now, e.g. `10m`.
+    #[arg(long, value_parser = parse_duration)]
+    pub expires_in: Option<Duration>,
+    /// Task id (default: a new UUID v7); with --count or stdin, each task gets `ID-N`.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Correlation id carried through retries.
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// Enqueue this many copies through the pipelined bulk path.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000), conflicts_with = "stdin")]
+    pub count: Option<u64>,
+}
+
+fn parse_payload(text: &str, origin: &str) -> Result<Vec<u8>> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::InvalidInput(format!("{origin} is not valid JSON: {e}")))?;
+    serde_json::to_vec(&value).map_err(|e| Error::InvalidInput(format!("{origin}: {e}")))
+}
+
+/// `warren enqueue ...`
+pub(crate) async fn run(
+    settings: &Settings,
+    args: EnqueueArgs,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    warren::topology::validate_task_name(&args.task).map_err(Error::InvalidInput)?;
+    let options = EnqueueOptions {
+        delay: args.delay,
+        expires_in: args.expires_in,
+        expires_at: None,
+        id: None,
+        correlation_id: args.correlation_id.clone(),
+        traceparent: None,
+    };
+    let producer = Producer::with_role(settings, "cli")?;
+    let outcome = if args.stdin.is_some() {
+        enqueue_lines(&producer, &args, options, std::io::stdin().lock(), out).await
+    } else {
+        enqueue_payload(&producer, &args, options, out).await
+    };
+    // Close with the handshake before the process exits (confirmed tasks are safe either way).
+    producer.close().await;
+    outcome
+}
+
+/// `warren enqueue` with `--payload`, `--payload-file` or neither, once or `--count` times.
+async fn enqueue_payload(
+    producer: &Producer,
+    args: &EnqueueArgs,
+    options: EnqueueOptions,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let body = match (&args.payload, &args.payload_file) {
+        (Some(p), _) => parse_payload(p, "--payload")?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "cannot read --payload-file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            parse_payload(&text, &format!("--payload-file {}", path.display()))?
+        }
+        (None, None) => b"{}".to_vec(),
+    };
+    match args.count {
+        None => {
+            let id = producer
+                .enqueue_raw(
+                    &args.task,
+                    body,
+                    EnqueueOptions {
+                        id: args.id.clone(),
+                        ..options
+                    },
+                )
+                .await?;
+            writeln!(out, "{id}").map_err(write_err)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(count) => {
+            let items = (1..=count).map(|n| {
+                let id = args.id.as_ref().map(|id| format!("{id}-{n}"));
+                (
+                    args.task.clone(),
+                    Ok(body.clone()),
+                    EnqueueOptions {
+                        id,
+                        ..options.clone()
+                    },
+                )
+            });
+            enqueue_in_chunks(producer, &args.task, items, count, out).await
+        }
+    }
+}
+
+/// Chunk size of the bulk paths: bounds memory while keeping the confirm window full.
+const CHUNK: usize = 10_000;
+
+/// Sends `items` through `enqueue_many_raw` chunk by chunk, printing each confirmed id, a
+/// progress bar on a terminal (plain lines otherwise) and a closing line with the rate.
+async fn enqueue_in_chunks(
+    producer: &Producer,
+    task: &str,
+    items: impl Iterator<Item = (String, Result<Vec<u8>>, EnqueueOptions)>,
+    total: u64,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let progress = Progress::new(total);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut items = items.peekable();
+    while items.peek().is_some() {
+        let chunk: Vec<_> = items.by_ref().take(CHUNK).collect();
+        for result in producer.enqueue_many_raw(chunk).await {
+            match result {
+                Ok(id) => {
+                    ok += 1;
+                    writeln!(out, "{id}").map_err(write_err)?;
+                }
+                Err(e) => {
+                    if failed == 0 {
+                        progress.println(&format!("error: {e}"));
+                    }
+                    failed += 1;
+                }
+            }
+        }
+        progress.set(ok + failed);
+    }
+    progress.finish();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "enqueued {ok} of {total} `{task}` tasks in {secs:.2} s ({:.0} tasks/s){}",
+        ok as f64 / secs.max(1e-9),
+        if failed > 0 {
+            format!("; {failed} NOT enqueued")
+        } else {
+            String::new()
+        }
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `warren enqueue TASK -`: one JSON payload per line. A bad line is reported with its number
+/// and skipped; the others are enqueued; each enqueued line is printed as `LINE<TAB>ID`.
+async fn enqueue_lines(
+    producer: &Producer,
+    args: &EnqueueArgs,
+    options: EnqueueOptions,
+    input: impl BufRead,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let (mut ok, mut bad) = (0u64, 0u64);
+    let mut lines = input.lines().enumerate().peekable();
+    while lines.peek().is_some() {
+        let mut numbers = Vec::new();
+        let mut items = Vec::new();
+        for (i, line) in lines.by_ref().take(CHUNK) {
+            let n = i + 1;
+            let line = line.map_err(|source| Error::Io {
+                context: format!("reading stdin line {n}"),
+                source,
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_payload(&line, &format!("line {n}")) {
+                Ok(body) => {
+                    numbers.push(n);
+                    let id = args.id.as_ref().map(|id| format!("{id}-{n}"));
+                    items.push((
+                        args.task.clone(),
+                        Ok(body),
+                        EnqueueOptions {
+                            id,
+                            ..options.clone()
+                        },
+                    ));
+                }
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("error: {e}; line {n} NOT enqueued");
+                }
+            }
+        }
+        for (n, result) in numbers
+            .into_iter()
+            .zip(producer.enqueue_many_raw(items).await)
+        {
+            match result {
+                Ok(id) => {
+                    ok += 1;
+                    writeln!(out, "{n}\t{id}").map_err(write_err)?;
+                }
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("error: line {n} NOT enqueued: {e}");
+                }
+            }
+        }
+    }
+    eprintln!(
+        "enqueued {ok} `{}` tasks from stdin in {:.2} s{}",
+        args.task,
+        started.elapsed().as_secs_f64(),
+        if bad > 0 {
+            format!("; {bad} line(s) NOT enqueued")
+        } else {
+            String::new()
+        }
+    );
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_must_be_json() {
+        assert!(parse_payload("{\"a\":1}", "p").is_ok());
+        let err = parse_payload("{a:1}", "line 3").unwrap_err().to_string();
+        assert!(err.starts_with("line 3 is not valid JSON"), "{err}");
+    }
+}

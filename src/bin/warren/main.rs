@@ -1,0 +1,242 @@
+//! The `warren` command: parse, set up logging, run one subcommand, map errors to exit codes.
+//!
+//! One module per subcommand group; each uses only the library's public API. Exit codes: 0
+//! success; 1 a runtime failure (broker unreachable, a task not confirmed); 2 a usage error
+//! (bad flag, bad topology file, bad input). The library's errors state facts; the hints that
+//! name this command's flags and subcommands are added here ([`hints`]).
+
+mod bench;
+mod demo;
+mod dlq;
+mod enqueue;
+mod exec;
+mod hints;
+mod metrics;
+mod progress;
+mod stats;
+mod status;
+mod topology;
+mod worker;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use warren::config::{Overrides, parse_duration};
+use warren::{Error, Result, Settings};
+
+/// Warren: typed tasks on RabbitMQ with broker-held delays, retries and dead letters.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, long_about = None)]
+pub struct Cli {
+    /// Broker URL, vhost included (`%2f` is the default vhost `/`).
+    #[arg(long, global = true, env = "WARREN_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// Prefix of every exchange and queue name.
+    #[arg(long, global = true, env = "WARREN_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Topology file [default: topology/warren.toml when it exists].
+    #[arg(long, global = true, env = "WARREN_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
+    /// Management API URL [default: http://{amqp host}:15672].
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_MANAGEMENT_URL",
+        hide_env_values = true
+    )]
+    pub management_url: Option<String>,
+    /// How long to keep trying to reach the broker, e.g. `15s`.
+    #[arg(long, global = true, env = "WARREN_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Log format on stderr; `RUST_LOG` sets the level.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Declare or export the namespace's exchanges, queues and bindings.
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
+    /// Enqueue tasks (confirmed by the broker before the id is printed).
+    Enqueue(enqueue::EnqueueArgs),
+    /// Run the `exec` handlers of the topology file until SIGTERM/SIGINT.
+    Worker(worker::WorkerArgs),
+    /// One row per task type: ready, running, consumers, delayed, dead, rates.
+    Status(status::StatusArgs),
+    /// Inspect, replay or purge dead tasks.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Run the whole thing once: topology, workers, a planned mix of tasks, a summary.
+    Demo(demo::DemoArgs),
+    /// Measure Warren against a raw lapin baseline on the same broker, in one run.
+    Bench(bench::BenchArgs),
+    /// (internal) One drain of `warren bench`, in a process of its own.
+    #[command(hide = true)]
+    BenchDrain(bench::BenchDrainArgs),
+}
+
+/// Entry point of the binary: parses arguments, sets up logging, runs, maps errors to exit
+/// codes and prints them once.
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    // The demo's retries and dead letters are planned: keep its output to the summary.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "error,lapin=off",
+        _ => "warn,lapin=off,warren=info",
+    };
+    init_tracing(cli.log_format, default_filter);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match runtime.block_on(run(cli, &mut stdout)) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = stdout.flush();
+            eprintln!("error: {e}");
+            if let Some(hint) = hints::for_error(&e) {
+                eprintln!("  {hint}");
+            }
+            ExitCode::from(if e.is_usage() { 2 } else { 1 })
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Colours only on a terminal: escape codes in a log file or journal are noise, and
+    // writing them is a measurable part of a worker's per-task span cost.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+impl Cli {
+    /// Settings after layering the file, environment and these flags.
+    ///
+    /// # Errors
+    /// [`Error::Config`] as [`Settings::load`].
+    pub fn settings(&self) -> Result<Settings> {
+        let overrides = Overrides {
+            amqp_url: self.amqp_url.clone(),
+            namespace: self.namespace.clone(),
+            management_url: self.management_url.clone(),
+            connect_timeout: self.connect_timeout,
+        };
+        Settings::load(self.topology.as_deref(), &overrides)
+    }
+}
+
+/// Runs a parsed command, writing its results to `out`.
+///
+/// # Errors
+/// Whatever the subcommand fails with; the caller prints it and picks the exit code.
+async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
+    let settings = cli.settings()?;
+    match cli.command {
+        Command::Topology(cmd) => topology::run(&settings, cmd, out).await,
+        Command::Enqueue(args) => enqueue::run(&settings, args, out).await,
+        Command::Worker(args) => worker::run(&settings, args).await,
+        Command::Status(args) => status::run(&settings, args, out).await,
+        Command::Dlq(cmd) => dlq::run(&settings, cmd, out).await,
+        Command::Demo(args) => demo::command(&settings, args, out).await,
+        Command::Bench(args) => bench::command(&settings, args, out).await,
+        Command::BenchDrain(args) => bench::drain_command(&settings, args, out).await,
+    }
+}
+
+/// An output write failed (a closed pipe, a full disk).
+pub(crate) fn write_err(source: std::io::Error) -> Error {
+    Error::Io {
+        context: "writing output".to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::TopologyCommand;
+
+    #[test]
+    fn global_flags_parse_before_and_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "warren",
+            "--namespace",
+            "a",
+            "topology",
+            "apply",
+            "--amqp-url",
+            "amqp://h/",
+        ])
+        .unwrap();
+        assert_eq!(cli.namespace.as_deref(), Some("a"));
+        assert_eq!(cli.amqp_url.as_deref(), Some("amqp://h/"));
+        assert!(matches!(
+            cli.command,
+            Command::Topology(TopologyCommand::Apply)
+        ));
+    }
+
+    #[test]
+    fn enqueue_parses_durations_and_refuses_bad_ones() {
+        let cli = Cli::try_parse_from([
+            "warren",
+            "enqueue",
+            "t",
+            "--delay",
+            "90s",
+            "--expires-in",
+            "10m",
+        ])
+        .unwrap();
+        let Command::Enqueue(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.delay, Some(Duration::from_secs(90)));
+        assert_eq!(a.expires_in, Some(Duration::from_secs(600)));
+        let err = Cli::try_parse_from(["warren", "enqueue", "t", "--delay", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn enqueue_refuses_a_count_of_zero_and_payload_with_stdin() {
+        assert!(Cli::try_parse_from(["warren", "enqueue", "t", "--count", "0"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "enqueue", "t", "-", "--payload", "{}"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "enqueue", "t", "x"]).is_err());
+    }
+}

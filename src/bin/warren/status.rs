@@ -1,0 +1,147 @@
+//! `warren status`: one row per task type, once or every `--watch` interval.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use warren::config::parse_duration;
+use warren::ops::status::Status;
+use warren::{Error, Result, Settings};
+
+use crate::write_err;
+
+/// `warren status ...`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (figures the broker has not reported yet are null).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every interval, e.g. `2s` (in place on a terminal).
+    #[arg(long, value_parser = parse_duration)]
+    pub watch: Option<Duration>,
+}
+
+/// `warren status ...`
+pub(crate) async fn run(
+    settings: &Settings,
+    args: StatusArgs,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let mgmt = warren::ops::management::Management::from_settings(settings)?;
+    let in_place = args.watch.is_some() && std::io::stdout().is_terminal() && !args.json;
+    loop {
+        let (s, m) = (settings.clone(), mgmt.clone());
+        let status = tokio::task::spawn_blocking(move || warren::ops::status::fetch(&s, &m))
+            .await
+            .map_err(|e| Error::Management(format!("status query failed: {e}")))??;
+        let text = if args.json {
+            serde_json::to_string(&status).unwrap_or_default() + "\n"
+        } else {
+            table(&status)
+        };
+        if in_place {
+            // Home the cursor and clear the screen, then draw.
+            write!(out, "\x1b[H\x1b[2J").map_err(write_err)?;
+        }
+        write!(out, "{text}").map_err(write_err)?;
+        out.flush().map_err(write_err)?;
+        match args.watch {
+            None => return Ok(ExitCode::SUCCESS),
+            Some(every) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+fn cell<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "?".to_string(), |v| v.to_string())
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or_else(|| "?".to_string(), |r| format!("{r:.1}/s"))
+}
+
+/// The status as an aligned table; `?` marks figures the broker has not reported yet.
+pub(crate) fn table(status: &Status) -> String {
+    let header = [
+        "TASK",
+        "READY",
+        "RUNNING",
+        "CONSUMERS",
+        "DELAYED(ns)",
+        "DEAD",
+        "PUBLISH",
+        "ACK",
+    ];
+    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_string)];
+    for r in &status.tasks {
+        rows.push([
+            r.task.clone(),
+            cell(r.ready),
+            cell(r.running),
+            cell(r.consumers),
+            cell(r.delayed_in_namespace),
+            cell(r.dead),
+            rate(r.publish_rate),
+            rate(r.ack_rate),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "namespace `{}` in vhost `{}`\n",
+        status.namespace, status.vhost
+    );
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if status.tasks.is_empty() {
+        out.push_str(
+            "(no task types: declare some under [tasks] and run `warren topology apply`)\n",
+        );
+    }
+    if status
+        .tasks
+        .iter()
+        .any(|r| r.ready.is_none() || r.publish_rate.is_none())
+    {
+        out.push_str("? = not reported by the broker yet (statistics arrive every 5 s)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren::ops::status::Row;
+
+    #[test]
+    fn the_table_marks_unknown_figures() {
+        let status = Status {
+            namespace: "ns".into(),
+            vhost: "/".into(),
+            tasks: vec![Row {
+                task: "mail".into(),
+                ready: Some(3),
+                ..Row::default()
+            }],
+        };
+        let t = table(&status);
+        assert!(t.contains("TASK") && t.contains("mail"), "{t}");
+        assert!(t.lines().nth(2).unwrap().contains('?'), "{t}");
+        assert!(t.contains("not reported by the broker yet"));
+    }
+}

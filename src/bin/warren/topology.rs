@@ -1,0 +1,95 @@
+//! `warren topology apply | export`: declare the namespace, or print it as definitions JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Subcommand;
+use warren::broker::{self, connection_name, redact, url_parts};
+use warren::topology::{self, Plan};
+use warren::{Error, Result, Settings};
+
+use crate::write_err;
+
+/// `warren topology ...`
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Declare everything the topology file describes; safe to run again.
+    Apply,
+    /// Print RabbitMQ definitions JSON for the namespace (import it per vhost in the
+    /// management UI, or `POST /api/definitions/{vhost}`).
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `warren topology ...`
+pub(crate) async fn run(
+    settings: &Settings,
+    cmd: TopologyCommand,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    match cmd {
+        TopologyCommand::Apply => apply(settings, out).await,
+        TopologyCommand::Export { output } => export(settings, output, out),
+    }
+}
+
+async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
+    let started = Instant::now();
+    let vhost = url_parts(&settings.amqp_url)?.vhost;
+    let conn = broker::connect(
+        &settings.amqp_url,
+        &connection_name("cli"),
+        Some(settings.connect_timeout),
+    )
+    .await?;
+    let plan = Plan::new(settings);
+    let result = topology::apply(&plan, &conn, &vhost).await;
+    let _ = conn.close(200, "done".into()).await;
+    let report = result?;
+    for e in &report.exchanges {
+        writeln!(out, "exchange  {e}").map_err(write_err)?;
+    }
+    for (q, messages) in &report.queues {
+        writeln!(out, "queue     {q}  ({messages} messages)").map_err(write_err)?;
+    }
+    for b in &report.bindings {
+        writeln!(out, "binding   {b}").map_err(write_err)?;
+    }
+    writeln!(
+        out,
+        "applied namespace `{}` on {} (vhost `{vhost}`): {} exchanges, {} queues, {} bindings in {} ms",
+        settings.namespace,
+        redact(&settings.amqp_url),
+        report.exchanges.len(),
+        report.queues.len(),
+        report.bindings.len(),
+        started.elapsed().as_millis()
+    )
+    .map_err(write_err)?;
+    if settings.tasks.is_empty() {
+        writeln!(
+            out,
+            "note: the topology declares no task types; add [tasks.NAME] tables to get work queues"
+        )
+        .map_err(write_err)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(settings: &Settings, output: Option<PathBuf>, out: &mut dyn Write) -> Result<ExitCode> {
+    let defs = Plan::new(settings).to_definitions();
+    let text = serde_json::to_string_pretty(&defs).unwrap_or_default();
+    match output {
+        Some(path) => std::fs::write(&path, text + "\n").map_err(|source| Error::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        })?,
+        None => writeln!(out, "{text}").map_err(write_err)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

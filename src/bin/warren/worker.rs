@@ -1,0 +1,99 @@
+//! `warren worker`: runs the `exec` handlers of the topology file until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use warren::config::parse_duration;
+use warren::{Error, Result, Settings};
+
+/// `warren worker ...`
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Task types to run, comma-separated [default: every task type with `exec`].
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Handlers running at once in this process [default: `[worker] concurrency`].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: Option<u32>,
+    /// Unacked deliveries per consumer [default: `[worker] prefetch`].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: Option<u16>,
+    /// Time running tasks get to finish on SIGTERM, e.g. `30s` [default: `[worker] grace`].
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+    /// Serve Prometheus metrics on this address, e.g. `127.0.0.1:9464`.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Cancels the returned token on the first SIGTERM or SIGINT; exits the process at once on
+/// the second (the broker requeues whatever is unacked).
+fn shutdown_on_signals() -> Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).map_err(|source| Error::Io {
+        context: "installing a SIGTERM handler".into(),
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| Error::Io {
+        context: "installing a SIGINT handler".into(),
+        source,
+    })?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("signal received: stopping gracefully; send it again to stop at once");
+        cancel.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!("second signal: stopping now; unacked tasks return to their queues");
+        std::process::exit(130);
+    });
+    Ok(token)
+}
+
+/// `warren worker ...`
+pub(crate) async fn run(settings: &Settings, args: WorkerArgs) -> Result<ExitCode> {
+    let with_exec: Vec<&String> = settings
+        .tasks
+        .iter()
+        .filter(|(_, t)| t.exec.is_some())
+        .map(|(n, _)| n)
+        .collect();
+    let chosen: Vec<String> = if args.tasks.is_empty() {
+        with_exec.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.tasks.clone()
+    };
+    if chosen.is_empty() {
+        return Err(Error::Config(
+            "no task type has an `exec` handler: add e.g. exec = [\"python3\", \"handlers/job.py\"] under [tasks.NAME] in the topology file".into(),
+        ));
+    }
+    let mut worker = warren::Worker::new(settings);
+    for name in &chosen {
+        let exec = settings.tasks.get(name).and_then(|t| t.exec.clone()).ok_or_else(|| {
+            Error::Config(format!(
+                "--tasks names `{name}`, which has no `exec` in the topology file (task types with one: {})",
+                if with_exec.is_empty() { "none".to_string() } else { with_exec.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
+            ))
+        })?;
+        worker = worker.handle_json(name, crate::exec::handler(exec))?;
+    }
+    if let Some(n) = args.concurrency {
+        worker = worker.concurrency(n as usize);
+    }
+    if let Some(n) = args.prefetch {
+        worker = worker.prefetch(n);
+    }
+    if let Some(g) = args.grace {
+        worker = worker.grace(g);
+    }
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr).await?;
+    }
+    let shutdown = shutdown_on_signals()?;
+    worker.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}

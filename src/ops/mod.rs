@@ -1,0 +1,7 @@
+//! What operators read and repair: the management HTTP API, a namespace's status, dead queues.
+//!
+//! Library functions that return data; printing it is the `warren` binary's job.
+
+pub mod dlq;
+pub mod management;
+pub mod status;
