@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use warren::topology::{self, Plan};
+use warren::broker::Session;
 use warren::{EnqueueOptions, Producer, Settings, Task, TaskContext, TaskError, Worker};
 
 /// The task: which image to shrink and to what width. Small payload: a path, not pixels.
@@ -51,14 +51,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     settings.validate()?;
 
     // Declare the topology (idempotent; `warren topology apply` does the same).
-    let vhost = warren::broker::url_parts(&settings.amqp_url)?.vhost;
-    let conn = warren::broker::connect(
-        &settings.amqp_url,
-        "warren example",
-        Some(Duration::from_secs(10)),
-    )
-    .await?;
-    topology::apply(&Plan::new(&settings), &conn, &vhost).await?;
+    let session = Session::open(&settings, "example").await?;
+    session.apply(&settings.plan()).await?;
+    session.close("declared").await;
 
     // The worker: a handler per task type.
     let done = Arc::new(AtomicUsize::new(0));

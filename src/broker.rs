@@ -1,4 +1,5 @@
-//! Connections to RabbitMQ: naming, bounded connect retries, and the pool.
+//! Connections to RabbitMQ: naming, bounded connect retries, sessions with one bounded close,
+//! and the pool.
 //!
 //! One reconnect mechanism: we do not turn on lapin's `enable_auto_recover()`. A lost
 //! connection is replaced by a fresh one from [`Pool`] (deadpool drops connections that are no
@@ -11,7 +12,9 @@ use backoff::ExponentialBackoffBuilder;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::{Channel, Connection, ConnectionProperties};
 
-use crate::error::{Error, Result};
+use crate::config::Settings;
+use crate::error::{AccessDenied, Error, Result};
+use crate::topology::{self, ApplyReport, Plan};
 
 /// `url` with its password replaced by `***`; the only form of a broker URL that may appear
 /// in a log line, an error or command output.
@@ -111,17 +114,14 @@ fn classify(url: &str, err: lapin::Error) -> backoff::Error<Error> {
                 return backoff::Error::permanent(Error::Refused {
                     url: redacted,
                     reason,
-                    hint: "Check the user name and password in the AMQP URL (--amqp-url / WARREN_AMQP_URL).",
+                    because: AccessDenied::Credentials,
                 });
             }
             AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => {
                 return backoff::Error::permanent(Error::Refused {
                     url: redacted,
                     reason,
-                    hint: "The virtual host does not exist or the user may not use it. Create it with \
-                           `rabbitmqctl add_vhost VHOST` and grant rights with \
-                           `rabbitmqctl set_permissions -p VHOST USER '.*' '.*' '.*'`, or fix the vhost \
-                           at the end of the AMQP URL (`%2f` is the default vhost `/`).",
+                    because: AccessDenied::VirtualHost,
                 });
             }
             _ => {}
@@ -159,12 +159,12 @@ pub async fn connect(url: &str, name: &str, deadline: Option<Duration>) -> Resul
 /// How long a close waits for the broker's close-ok. A close that races a dying connection
 /// can wait for one that never comes (suspected once with lapin 4.12), and a shutdown or an
 /// exit must not hang on it.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Closes `ch` with the AMQP handshake if it is still open, waiting at most [`CLOSE_TIMEOUT`]
 /// for close-ok. Closing by hand rather than leaving it to the drop of the last handle (which
 /// lapin does in the background) keeps it from racing the connection's close.
-pub(crate) async fn close_channel(ch: &Channel, reason: &str) {
+pub async fn close_channel(ch: &Channel, reason: &str) {
     if ch.status().connected() {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.close(200, reason.into())).await;
     }
@@ -173,7 +173,7 @@ pub(crate) async fn close_channel(ch: &Channel, reason: &str) {
 /// Closes `conn` with the AMQP handshake if it is still open, waiting at most
 /// [`CLOSE_TIMEOUT`]: the broker then logs a clean close, not "client unexpectedly closed TCP
 /// connection".
-pub(crate) async fn close_connection(conn: &Connection, reason: &str) {
+pub async fn close_connection(conn: &Connection, reason: &str) {
     if !conn.status().connected() {
         return;
     }
@@ -181,6 +181,88 @@ pub(crate) async fn close_connection(conn: &Connection, reason: &str) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "closing the connection"),
         Err(_) => tracing::warn!("the broker did not answer the connection close in time; leaving"),
+    }
+}
+
+/// One named connection and the virtual host it is on: connect, declare, work, close.
+///
+/// The sequence every short-lived user of the broker follows (a command, the demo, the
+/// benchmark, a test) and the worker's unit of reconnection. Close it with
+/// [`Session::close`]: the broker then logs a clean close, and a dying connection cannot hold
+/// up an exit for more than [`CLOSE_TIMEOUT`].
+#[derive(Debug)]
+pub struct Session {
+    conn: Connection,
+    vhost: String,
+}
+
+impl Session {
+    /// Connects to `settings.amqp_url` as `warren {role} {host}:{pid}`, retrying until
+    /// `settings.connect_timeout` has passed.
+    ///
+    /// # Errors
+    /// As [`Session::connect`].
+    pub async fn open(settings: &Settings, role: &str) -> Result<Session> {
+        Session::connect(
+            &settings.amqp_url,
+            &connection_name(role),
+            Some(settings.connect_timeout),
+        )
+        .await
+    }
+
+    /// Connects to `url` with connection name `name`, retrying until `deadline` has passed
+    /// (or forever when `None`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unusable URL; otherwise as [`connect`].
+    pub async fn connect(url: &str, name: &str, deadline: Option<Duration>) -> Result<Session> {
+        let vhost = url_parts(url)?.vhost;
+        let conn = connect(url, name, deadline).await?;
+        Ok(Session { conn, vhost })
+    }
+
+    /// Declares every exchange, queue and binding of `plan`.
+    ///
+    /// # Errors
+    /// As [`topology::apply`].
+    pub async fn apply(&self, plan: &Plan) -> Result<ApplyReport> {
+        topology::apply(plan, &self.conn, &self.vhost).await
+    }
+
+    /// A new channel on this session's connection.
+    ///
+    /// # Errors
+    /// [`Error::Amqp`] when the connection is gone or refuses another channel.
+    pub async fn channel(&self) -> Result<Channel> {
+        self.conn
+            .create_channel()
+            .await
+            .map_err(|source| Error::Amqp {
+                operation: "opening a channel".into(),
+                source,
+            })
+    }
+
+    /// The connection, for channels with options of their own.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The virtual host, decoded from the URL (`/` by default).
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// True while the connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    /// Closes the connection with the AMQP handshake, waiting at most [`CLOSE_TIMEOUT`];
+    /// `reason` is what the broker logs. Channels still open close with it.
+    pub async fn close(&self, reason: &str) {
+        close_connection(&self.conn, reason).await;
     }
 }
 

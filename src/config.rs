@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
-use crate::topology::names;
+use crate::retry::{BackoffPolicy, TaskPolicy};
+use crate::topology::{self, Ladder, Layout, Names, Plan, QueueType, Routes, TaskQueues};
 
 /// Broker URL used when nothing else is configured: the local RabbitMQ's default vhost.
 pub const AMQP_URL_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -31,82 +32,6 @@ pub const MAX_PAYLOAD_BYTES_DEFAULT: usize = 1024 * 1024;
 /// The broker's default `consumer_timeout` (30 min); a time limit at or above it makes the
 /// broker close the channel under a running task.
 pub const CONSUMER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30 * 60);
-
-/// Queue type for work, dead and delay queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueType {
-    /// Raft-replicated; survives the loss of a minority of cluster nodes. The default.
-    #[default]
-    Quorum,
-    /// Single-node queue; cheaper, no replication.
-    Classic,
-}
-
-impl QueueType {
-    /// The value of the `x-queue-type` argument.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueType::Quorum => "quorum",
-            QueueType::Classic => "classic",
-        }
-    }
-}
-
-/// Exponential backoff between retries of a failing task.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackoffPolicy {
-    /// Delay before the second attempt. Defaults to 1 s.
-    pub initial: Duration,
-    /// Factor applied per further attempt. Defaults to 2.0.
-    pub multiplier: f64,
-    /// Upper bound of one delay. Defaults to 1 h; delays are also capped at `max_delay`.
-    pub max: Duration,
-    /// Random spread, as a fraction of the delay (0.2 = ±20 %). Defaults to 0.2.
-    pub jitter: f64,
-}
-
-impl Default for BackoffPolicy {
-    fn default() -> Self {
-        BackoffPolicy {
-            initial: Duration::from_secs(1),
-            multiplier: 2.0,
-            max: Duration::from_secs(3600),
-            jitter: 0.2,
-        }
-    }
-}
-
-/// How one task type is run and retried.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskPolicy {
-    /// Runs allowed before the task is dead-lettered (1 = never retried). Defaults to 5.
-    pub max_attempts: u32,
-    /// Delay between attempts.
-    pub backoff: BackoffPolicy,
-    /// Longest a handler may run; past it the run counts as a retryable failure. Defaults to
-    /// 5 min; keep it below the broker's `consumer_timeout` (30 min by default).
-    pub time_limit: Duration,
-    /// Default expiry for enqueued tasks: not started within this time, dead with reason
-    /// `expired`. Defaults to none (never expires).
-    pub expires: Option<Duration>,
-    /// Quorum queues only: deliveries (including crashed ones) before the broker dead-letters
-    /// a task with reason `delivery_limit`. Guards against tasks that crash their worker.
-    /// Defaults to 10.
-    pub delivery_limit: u32,
-}
-
-impl Default for TaskPolicy {
-    fn default() -> Self {
-        TaskPolicy {
-            max_attempts: 5,
-            backoff: BackoffPolicy::default(),
-            time_limit: Duration::from_secs(300),
-            expires: None,
-            delivery_limit: 10,
-        }
-    }
-}
 
 /// One task type as declared in the topology file.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,13 +161,12 @@ impl Settings {
     /// Reads one topology file over the built-in defaults, without validating.
     ///
     /// # Errors
-    /// [`Error::Config`] when the file cannot be read or parsed.
+    /// [`Error::TopologyFile`] when the file cannot be read; [`Error::Config`] when it cannot
+    /// be parsed.
     pub fn from_file(path: &Path) -> Result<Settings> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read topology file `{}`: {e}. Pass --topology FILE or set WARREN_TOPOLOGY.",
-                path.display()
-            ))
+        let text = std::fs::read_to_string(path).map_err(|source| Error::TopologyFile {
+            path: path.to_path_buf(),
+            source,
         })?;
         Settings::from_toml(&text).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("in `{}`: {msg}", path.display())),
@@ -280,13 +204,43 @@ impl Settings {
         self.tasks.get(name).map_or(&self.defaults, |t| &t.policy)
     }
 
+    /// The shape of this namespace: names, ladder height, queue type.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            names: Names::new(&self.namespace),
+            ladder: Ladder::for_max_delay(self.max_delay),
+            queue_type: self.queue_type,
+        }
+    }
+
+    /// The declaration plan of every task type in [`Settings::tasks`].
+    pub fn plan(&self) -> Plan {
+        self.plan_for(self.tasks.keys().map(String::as_str))
+    }
+
+    /// The declaration plan of the given task types (validated names), each with its own
+    /// policy's delivery limit.
+    pub fn plan_for<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) -> Plan {
+        let tasks = tasks.into_iter().map(|name| TaskQueues {
+            name,
+            delivery_limit: self.policy(name).delivery_limit,
+        });
+        Plan::build(&self.layout(), tasks)
+    }
+
+    /// The routes of this namespace.
+    pub fn routes(&self) -> Routes {
+        let Layout { names, ladder, .. } = self.layout();
+        Routes::new(names, ladder)
+    }
+
     /// Rejects settings that cannot work, naming the field and the accepted range.
     ///
     /// # Errors
     /// [`Error::Config`] describing every problem found, one per line.
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
-        if let Err(e) = names::validate_namespace(&self.namespace) {
+        if let Err(e) = topology::validate_namespace(&self.namespace) {
             problems.push(e);
         }
         if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
@@ -310,7 +264,7 @@ impl Settings {
         }
         check_policy("[defaults]", &self.defaults, &mut problems);
         for (name, task) in &self.tasks {
-            if let Err(e) = names::validate_task_name(name) {
+            if let Err(e) = topology::validate_task_name(name) {
                 problems.push(format!("[tasks.{name}]: {e}"));
             }
             check_policy(&format!("[tasks.{name}]"), &task.policy, &mut problems);

@@ -1,9 +1,12 @@
 //! Infrastructure errors: what went wrong talking to the broker or reading configuration.
 //!
 //! Each variant is a case a caller handles differently, and carries the names that make the
-//! message actionable. Handler outcomes live in [`crate::task::TaskError`], not here.
+//! message actionable. Messages state facts; advice in terms of a particular program (the
+//! `warren` command's flags and subcommands) is that program's to add. Handler outcomes live
+//! in [`crate::task::TaskError`], not here.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// Result alias for Warren's infrastructure operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -16,16 +19,29 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// The topology file could not be read.
+    #[error("cannot read topology file `{}`: {source}", path.display())]
+    TopologyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
     /// The caller passed something that cannot be enqueued (bad name, delay, expiry, size).
     #[error("{0}")]
     InvalidInput(String),
 
+    /// A queue the operation reads does not exist (a wrong task name or namespace, or a
+    /// topology that was never applied).
+    #[error("queue `{queue}` does not exist")]
+    MissingQueue {
+        /// The queue's name.
+        queue: String,
+    },
+
     /// The broker could not be reached within the connect deadline.
-    #[error(
-        "cannot connect to RabbitMQ at {url}: {reason}.\n  Is a broker running? Start one with \
-         `scripts/broker.sh` (or `rabbitmq-server -detached`, or `docker compose up rabbitmq`), \
-         or point Warren at yours with --amqp-url / WARREN_AMQP_URL."
-    )]
+    #[error("cannot connect to RabbitMQ at {url}: {reason}")]
     Connect {
         /// The broker URL with its password redacted.
         url: String,
@@ -34,14 +50,14 @@ pub enum Error {
     },
 
     /// The broker refused our credentials or the virtual host.
-    #[error("RabbitMQ at {url} refused the connection: {reason}.\n  {hint}")]
+    #[error("RabbitMQ at {url} refused the connection: {reason} ({because})")]
     Refused {
         /// The broker URL with its password redacted.
         url: String,
         /// The broker's reason.
         reason: String,
-        /// What to do about it.
-        hint: &'static str,
+        /// Which of our settings it refused.
+        because: AccessDenied,
     },
 
     /// Declaring an exchange, queue or binding failed for a reason other than a conflict.
@@ -61,9 +77,7 @@ pub enum Error {
 
     /// The message was returned by the broker: no queue is bound for it.
     #[error(
-        "the broker could not route a `{task}` task (no queue bound for it in namespace `{namespace}`).\n  \
-         The topology is probably not applied: run `warren topology apply` (with the same \
-         --namespace and --topology), and check that `{task}` is listed under [tasks] in the topology file."
+        "the broker could not route a `{task}` task (no queue bound for it in namespace `{namespace}`)"
     )]
     Unroutable {
         /// Task name.
@@ -73,10 +87,7 @@ pub enum Error {
     },
 
     /// The broker does not know the exchange we publish to.
-    #[error(
-        "exchange `{exchange}` does not exist.\n  The topology is not applied: run `warren topology apply` \
-         (with the same --namespace and --topology)."
-    )]
+    #[error("exchange `{exchange}` does not exist")]
     MissingExchange {
         /// The exchange name.
         exchange: String,
@@ -84,8 +95,8 @@ pub enum Error {
 
     /// The broker refused the message (basic.nack), e.g. a full queue with `reject-publish`.
     #[error(
-        "the broker refused a `{task}` task (nack). A queue may be full (x-overflow = reject-publish) \
-         or a cluster has lost its majority; retry later and check `warren status`."
+        "the broker refused a `{task}` task (nack): a queue may be full (x-overflow = \
+         reject-publish) or a cluster has lost its majority"
     )]
     Refusal {
         /// Task name.
@@ -101,7 +112,25 @@ pub enum Error {
         source: lapin::Error,
     },
 
-    /// The management HTTP API failed or is unreachable.
+    /// The management HTTP API could not be reached.
+    #[error("the RabbitMQ management API at {base} is unreachable ({reason})")]
+    ManagementUnreachable {
+        /// The API's base URL (no credentials in it).
+        base: String,
+        /// The transport error.
+        reason: String,
+    },
+
+    /// The management HTTP API refused our credentials (401).
+    #[error("the management API at {base} refused user `{user}` (401)")]
+    ManagementRefused {
+        /// The API's base URL (no credentials in it).
+        base: String,
+        /// The user name we sent.
+        user: String,
+    },
+
+    /// The management HTTP API answered with an error or unreadable JSON.
     #[error("{0}")]
     Management(String),
 
@@ -113,6 +142,30 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+
+    /// A bug in Warren: an invariant did not hold. Please report it.
+    #[error("internal error (a bug in Warren, please report it): {0}")]
+    Internal(String),
+}
+
+/// Which of our connection settings the broker refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessDenied {
+    /// `ACCESS_REFUSED`: the user name or password.
+    Credentials,
+    /// `NOT_ALLOWED`: the virtual host does not exist, or the user may not use it.
+    VirtualHost,
+}
+
+impl fmt::Display for AccessDenied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AccessDenied::Credentials => "the user name or password is wrong",
+            AccessDenied::VirtualHost => {
+                "the virtual host does not exist or the user may not use it"
+            }
+        })
+    }
 }
 
 impl Clone for Error {
@@ -120,15 +173,26 @@ impl Clone for Error {
     fn clone(&self) -> Self {
         match self {
             Error::Config(s) => Error::Config(s.clone()),
+            Error::TopologyFile { path, source } => Error::TopologyFile {
+                path: path.clone(),
+                source: copy_io(source),
+            },
             Error::InvalidInput(s) => Error::InvalidInput(s.clone()),
+            Error::MissingQueue { queue } => Error::MissingQueue {
+                queue: queue.clone(),
+            },
             Error::Connect { url, reason } => Error::Connect {
                 url: url.clone(),
                 reason: reason.clone(),
             },
-            Error::Refused { url, reason, hint } => Error::Refused {
+            Error::Refused {
+                url,
+                reason,
+                because,
+            } => Error::Refused {
                 url: url.clone(),
                 reason: reason.clone(),
-                hint,
+                because: *because,
             },
             Error::Declare {
                 entity,
@@ -152,13 +216,27 @@ impl Clone for Error {
                 operation: operation.clone(),
                 source: source.clone(),
             },
+            Error::ManagementUnreachable { base, reason } => Error::ManagementUnreachable {
+                base: base.clone(),
+                reason: reason.clone(),
+            },
+            Error::ManagementRefused { base, user } => Error::ManagementRefused {
+                base: base.clone(),
+                user: user.clone(),
+            },
             Error::Management(s) => Error::Management(s.clone()),
             Error::Io { context, source } => Error::Io {
                 context: context.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
+                source: copy_io(source),
             },
+            Error::Internal(s) => Error::Internal(s.clone()),
         }
     }
+}
+
+/// An I/O error with the same kind and text (`std::io::Error` is not `Clone`).
+fn copy_io(source: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(source.kind(), source.to_string())
 }
 
 impl Error {
@@ -170,20 +248,43 @@ impl Error {
                 is_transient_lapin(source)
             }
             Error::Config(_)
+            | Error::TopologyFile { .. }
             | Error::InvalidInput(_)
+            | Error::MissingQueue { .. }
             | Error::Refused { .. }
             | Error::TopologyConflict(_)
             | Error::Unroutable { .. }
             | Error::MissingExchange { .. }
+            | Error::ManagementUnreachable { .. }
+            | Error::ManagementRefused { .. }
             | Error::Management(_)
-            | Error::Io { .. } => false,
+            | Error::Io { .. }
+            | Error::Internal(_) => false,
         }
     }
 
-    /// True when the error is the user's to fix (configuration or input), which the CLI maps
-    /// to exit code 2 rather than 1.
+    /// True when the error is the caller's to fix (configuration or input) rather than a
+    /// failure of the broker, the network or Warren; the `warren` command exits 2 for these.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Config(_) | Error::InvalidInput(_))
+        match self {
+            Error::Config(_)
+            | Error::TopologyFile { .. }
+            | Error::InvalidInput(_)
+            | Error::MissingQueue { .. } => true,
+            Error::Connect { .. }
+            | Error::Refused { .. }
+            | Error::Declare { .. }
+            | Error::TopologyConflict(_)
+            | Error::Unroutable { .. }
+            | Error::MissingExchange { .. }
+            | Error::Refusal { .. }
+            | Error::Amqp { .. }
+            | Error::ManagementUnreachable { .. }
+            | Error::ManagementRefused { .. }
+            | Error::Management(_)
+            | Error::Io { .. }
+            | Error::Internal(_) => false,
+        }
     }
 }
 
@@ -248,8 +349,8 @@ fn format_conflicts(conflicts: &[Conflict]) -> String {
         "  RabbitMQ cannot change a queue's or exchange's arguments in place. To migrate: stop \
          the producers and workers of that namespace, let the queue drain (or move its messages \
          away with a shovel), delete it (`rabbitmqctl delete_queue -p VHOST NAME`, or the \
-         management UI), then run `warren topology apply` again. Or change the topology file \
-         back to the existing value.",
+         management UI), then declare the topology again. Or change the topology file back to \
+         the existing value.",
     );
     out
 }

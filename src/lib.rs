@@ -43,8 +43,9 @@ pub mod trace;
 pub mod wire;
 pub mod worker;
 
-pub use config::{QueueType, Settings};
+pub use config::Settings;
 pub use error::{Error, Result};
 pub use producer::{EnqueueOptions, Producer};
 pub use task::{Task, TaskError};
+pub use topology::QueueType;
 pub use worker::{TaskContext, Worker};

@@ -1,4 +1,5 @@
-//! Retry decisions: a pure function of the attempt number and the task's policy.
+//! How a task type is retried: its policy, and the decision after a failed attempt, a pure
+//! function of the attempt number and that policy.
 //!
 //! The attempt travels with the message (`warren-attempt`, plus the quorum queue's
 //! `x-delivery-count` for crashed deliveries), so any worker can decide. No lapin here; the
@@ -8,7 +9,60 @@
 
 use std::time::Duration;
 
-use crate::config::TaskPolicy;
+/// Exponential backoff between retries of a failing task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackoffPolicy {
+    /// Delay before the second attempt. Defaults to 1 s.
+    pub initial: Duration,
+    /// Factor applied per further attempt. Defaults to 2.0.
+    pub multiplier: f64,
+    /// Upper bound of one delay. Defaults to 1 h; delays are also capped at `max_delay`.
+    pub max: Duration,
+    /// Random spread, as a fraction of the delay (0.2 = ±20 %). Defaults to 0.2.
+    pub jitter: f64,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        BackoffPolicy {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            max: Duration::from_secs(3600),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// How one task type is run and retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPolicy {
+    /// Runs allowed before the task is dead-lettered (1 = never retried). Defaults to 5.
+    pub max_attempts: u32,
+    /// Delay between attempts.
+    pub backoff: BackoffPolicy,
+    /// Longest a handler may run; past it the run counts as a retryable failure. Defaults to
+    /// 5 min; keep it below the broker's `consumer_timeout` (30 min by default).
+    pub time_limit: Duration,
+    /// Default expiry for enqueued tasks: not started within this time, dead with reason
+    /// `expired`. Defaults to none (never expires).
+    pub expires: Option<Duration>,
+    /// Quorum queues only: deliveries (including crashed ones) before the broker dead-letters
+    /// a task with reason `delivery_limit`. Guards against tasks that crash their worker.
+    /// Defaults to 10.
+    pub delivery_limit: u32,
+}
+
+impl Default for TaskPolicy {
+    fn default() -> Self {
+        TaskPolicy {
+            max_attempts: 5,
+            backoff: BackoffPolicy::default(),
+            time_limit: Duration::from_secs(300),
+            expires: None,
+            delivery_limit: 10,
+        }
+    }
+}
 
 /// What to do with a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +100,6 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackoffPolicy;
 
     fn policy(max_attempts: u32, jitter: f64) -> TaskPolicy {
         TaskPolicy {

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::config::TaskPolicy;
+use crate::retry::TaskPolicy;
 
 /// A unit of work: a serde type with a stable wire name.
 ///

@@ -10,14 +10,15 @@ use std::collections::BTreeSet;
 
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
-use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel};
 use serde::Serialize;
 
+use crate::broker::{Session, close_channel};
 use crate::error::{Error, Result};
-use crate::producer::{Outgoing, Producer};
-use crate::topology::names::Names;
-use crate::wire::{Envelope, carried_headers, header, new_task_id};
+use crate::producer::Producer;
+use crate::topology::Names;
+use crate::wire::copies;
+use crate::wire::decode::Death;
 
 /// Largest dead queue `list`/`replay` will hold in memory at once.
 pub const SCAN_MAX: u32 = 100_000;
@@ -41,74 +42,22 @@ pub struct DeadTask {
     pub payload: String,
 }
 
-fn header_str(p: &BasicProperties, key: &str) -> Option<String> {
-    match p.headers().as_ref()?.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        _ => None,
-    }
-}
-
-fn header_int(p: &BasicProperties, key: &str) -> Option<i64> {
-    match p.headers().as_ref()?.inner().get(key)? {
-        AMQPValue::LongLongInt(i) => Some(*i),
-        AMQPValue::LongInt(i) => Some(i64::from(*i)),
-        AMQPValue::Timestamp(t) => Some(*t as i64 * 1000),
-        _ => None,
-    }
-}
-
 /// What an operator needs to know about one dead message.
 pub fn describe(props: &BasicProperties, body: &[u8]) -> DeadTask {
+    let death = Death::read(props);
     DeadTask {
         id: props.message_id().as_ref().map(|s| s.to_string()),
-        reason: header_str(props, header::REASON)
-            .or_else(|| header_str(props, "x-first-death-reason")),
-        error: header_str(props, header::ERROR),
-        attempts: header_int(props, header::ATTEMPT),
-        dead_at_ms: header_int(props, header::DEAD_AT),
-        replays: header_int(props, header::REPLAYS),
+        reason: death.reason,
+        error: death.error,
+        attempts: death.attempts,
+        dead_at_ms: death.dead_at_ms,
+        replays: death.replays,
         payload: String::from_utf8_lossy(body).into_owned(),
     }
 }
 
-/// The copy replay publishes: back to `{ns}.tasks`, attempt 1, replay counter + 1, without the
-/// death headers, the broker's `x-` headers and the expiry (the operator asked for it to run).
-pub(crate) fn replay_message(
-    names: &Names,
-    task: &str,
-    props: &BasicProperties,
-    body: &[u8],
-) -> Outgoing {
-    let env = Envelope {
-        id: props
-            .message_id()
-            .as_ref()
-            .map_or_else(new_task_id, |s| s.to_string()),
-        task: task.to_string(),
-        attempt: 1,
-        enqueued_at_ms: crate::wire::enqueued_at(props),
-        expires_at_ms: None,
-        correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
-        traceparent: header_str(props, header::TRACEPARENT),
-    };
-    let mut headers = carried_headers(props);
-    for (k, v) in env.headers().inner() {
-        headers.insert(k.clone(), v.clone());
-    }
-    let replays = header_int(props, header::REPLAYS).unwrap_or(0) + 1;
-    headers.insert(header::REPLAYS.into(), AMQPValue::LongLongInt(replays));
-    Outgoing {
-        task: task.to_string(),
-        id: env.id.clone(),
-        exchange: names.tasks_exchange(),
-        routing_key: task.to_string(),
-        body: body.to_vec(),
-        properties: env.properties_with(headers, None),
-    }
-}
-
-/// Messages in `queue` (a passive declare). A missing queue is the user's to fix (wrong task
-/// name or namespace); any other failure is the broker's.
+/// Messages in `queue` (a passive declare). A missing queue is the caller's to fix (a wrong
+/// task name or namespace: [`Error::MissingQueue`]); any other failure is the broker's.
 async fn message_count(ch: &Channel, queue: &str) -> Result<u32> {
     match crate::topology::declare::inspect(ch, queue).await {
         Ok(state) => Ok(state.message_count()),
@@ -119,9 +68,9 @@ async fn message_count(ch: &Channel, queue: &str) -> Result<u32> {
                     lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
                 ) =>
             {
-                Err(Error::InvalidInput(format!(
-                    "queue `{queue}` does not exist: check the task name and --namespace, or run `warren topology apply`"
-                )))
+                Err(Error::MissingQueue {
+                    queue: queue.to_string(),
+                })
             }
             _ => Err(Error::Amqp {
                 operation: format!("reading `{queue}`"),
@@ -131,13 +80,10 @@ async fn message_count(ch: &Channel, queue: &str) -> Result<u32> {
     }
 }
 
-/// A channel on `conn` and every message of `queue`, fetched unacked.
-async fn fetch_all(conn: &Connection, queue: &str) -> Result<(Channel, Vec<BasicGetMessage>)> {
+/// A channel of `session` and every message of `queue`, fetched unacked.
+async fn fetch_all(session: &Session, queue: &str) -> Result<(Channel, Vec<BasicGetMessage>)> {
     let amqp = |operation: String| move |source| Error::Amqp { operation, source };
-    let ch = conn
-        .create_channel()
-        .await
-        .map_err(amqp("opening a channel".into()))?;
+    let ch = session.channel().await?;
     let count = message_count(&ch, queue).await?;
     if count > SCAN_MAX {
         return Err(Error::InvalidInput(format!(
@@ -185,21 +131,21 @@ async fn requeue_rest(
             source,
         })?;
     }
-    let _ = ch.close(200, "done".into()).await;
+    close_channel(ch, "done").await;
     Ok(())
 }
 
 /// The first `limit` dead tasks of `task` and how many there are.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when the dead queue does not exist; AMQP errors.
+/// [`Error::MissingQueue`] when the dead queue does not exist; AMQP errors.
 pub async fn list(
-    conn: &Connection,
+    session: &Session,
     names: &Names,
     task: &str,
     limit: usize,
 ) -> Result<(Vec<DeadTask>, usize)> {
-    let (ch, messages) = fetch_all(conn, &names.dead_queue(task)).await?;
+    let (ch, messages) = fetch_all(session, &names.dead_queue(task)).await?;
     let shown = messages
         .iter()
         .take(limit)
@@ -219,6 +165,16 @@ pub enum Selection {
     Ids(BTreeSet<String>),
 }
 
+impl Selection {
+    /// True when the task with id `id` is selected.
+    pub fn contains(&self, id: &str) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Ids(ids) => ids.contains(id),
+        }
+    }
+}
+
 /// What `replay` did (or would do, on a dry run).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReplayReport {
@@ -234,16 +190,16 @@ pub struct ReplayReport {
 /// its dead copy is acked; the others stay where they were.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when the dead queue does not exist; AMQP errors.
+/// [`Error::MissingQueue`] when the dead queue does not exist; AMQP errors.
 pub async fn replay(
-    conn: &Connection,
+    session: &Session,
     producer: &Producer,
     task: &str,
     selection: &Selection,
     dry_run: bool,
 ) -> Result<ReplayReport> {
-    let names = producer.names().clone();
-    let (ch, messages) = fetch_all(conn, &names.dead_queue(task)).await?;
+    let routes = producer.settings().routes();
+    let (ch, messages) = fetch_all(session, &routes.names().dead_queue(task)).await?;
     let mut report = ReplayReport::default();
     let mut found = BTreeSet::new();
     let mut acked = BTreeSet::new();
@@ -255,11 +211,7 @@ pub async fn replay(
             .as_ref()
             .map(|s| s.to_string())
             .unwrap_or_default();
-        let chosen = match selection {
-            Selection::All => true,
-            Selection::Ids(ids) => ids.contains(&id),
-        };
-        if !chosen {
+        if !selection.contains(&id) {
             continue;
         }
         found.insert(id.clone());
@@ -267,23 +219,17 @@ pub async fn replay(
             report.replayed.push(id);
             continue;
         }
-        let copy = replay_message(&names, task, &m.delivery.properties, &m.delivery.data);
-        match producer.publish(copy).await {
-            Ok(()) => {
-                m.delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|source| Error::Amqp {
-                        operation: "acking the replayed dead copy".into(),
-                        source,
-                    })?;
-                acked.insert(m.delivery.delivery_tag);
-                report.replayed.push(id);
-            }
-            Err(e) => {
-                tracing::error!(task.id = %id, error = %e, "replay failed; the task stays dead");
-                report.failed.push(id);
-            }
+        let copy = copies::replay(
+            task,
+            &m.delivery.properties,
+            &m.delivery.data,
+            routes.replay(task),
+        );
+        if republished(producer, m, &id, copy).await? {
+            acked.insert(m.delivery.delivery_tag);
+            report.replayed.push(id);
+        } else {
+            report.failed.push(id);
         }
     }
     if let Selection::Ids(ids) = selection {
@@ -293,16 +239,35 @@ pub async fn replay(
     Ok(report)
 }
 
+/// Publishes `copy` with a confirm, then acks the dead message `m` it was made from; false
+/// (and `m` stays dead) when the publish failed.
+async fn republished(
+    producer: &Producer,
+    m: &BasicGetMessage,
+    id: &str,
+    copy: copies::Outgoing,
+) -> Result<bool> {
+    if let Err(e) = producer.publish(copy).await {
+        tracing::error!(task.id = %id, error = %e, "replay failed; the task stays dead");
+        return Ok(false);
+    }
+    m.delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .map_err(|source| Error::Amqp {
+            operation: "acking the replayed dead copy".into(),
+            source,
+        })?;
+    Ok(true)
+}
+
 /// Empties `task`'s dead queue; returns how many messages it removed.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when the dead queue does not exist; AMQP errors.
-pub async fn purge(conn: &Connection, names: &Names, task: &str) -> Result<u32> {
+/// [`Error::MissingQueue`] when the dead queue does not exist; AMQP errors.
+pub async fn purge(session: &Session, names: &Names, task: &str) -> Result<u32> {
     let queue = names.dead_queue(task);
-    let ch = conn.create_channel().await.map_err(|source| Error::Amqp {
-        operation: "opening a channel".into(),
-        source,
-    })?;
+    let ch = session.channel().await?;
     message_count(&ch, &queue).await?;
     let n = ch
         .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
@@ -311,68 +276,6 @@ pub async fn purge(conn: &Connection, names: &Names, task: &str) -> Result<u32> 
             operation: format!("purging `{queue}`"),
             source,
         })?;
-    let _ = ch.close(200, "done".into()).await;
+    close_channel(&ch, "done").await;
     Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lapin::types::FieldTable;
-
-    #[test]
-    fn a_replayed_copy_starts_over_and_counts_the_replay() {
-        let mut h = FieldTable::default();
-        h.insert(header::ATTEMPT.into(), AMQPValue::LongLongInt(3));
-        h.insert(
-            header::REASON.into(),
-            AMQPValue::LongString("failed".into()),
-        );
-        h.insert(header::ERROR.into(), AMQPValue::LongString("boom".into()));
-        h.insert(header::EXPIRES_AT.into(), AMQPValue::LongLongInt(1));
-        h.insert(header::REPLAYS.into(), AMQPValue::LongLongInt(1));
-        h.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
-        h.insert(
-            "x-first-death-reason".into(),
-            AMQPValue::LongString("rejected".into()),
-        );
-        h.insert("tenant".into(), AMQPValue::LongString("acme".into()));
-        let props = BasicProperties::default()
-            .with_message_id("id-9".into())
-            .with_correlation_id("c".into())
-            .with_headers(h);
-        let out = replay_message(&Names::new("ns"), "mail", &props, b"{}");
-        assert_eq!(
-            (out.exchange.as_str(), out.routing_key.as_str()),
-            ("ns.tasks", "mail")
-        );
-        let h = out.properties.headers().as_ref().unwrap().inner();
-        let keys: BTreeSet<&str> = h.keys().map(|k| k.as_str()).collect();
-        // No attempt header: absent means 1, the replay starts over.
-        assert_eq!(keys, BTreeSet::from(["tenant", "warren-replays"]));
-        assert!(matches!(
-            h.get(header::REPLAYS),
-            Some(AMQPValue::LongLongInt(2))
-        ));
-        assert_eq!(
-            out.properties.message_id().as_ref().unwrap().as_str(),
-            "id-9"
-        );
-        assert_eq!(
-            out.properties.correlation_id().as_ref().unwrap().as_str(),
-            "c"
-        );
-    }
-
-    #[test]
-    fn a_broker_dead_lettered_message_shows_the_brokers_reason() {
-        let mut h = FieldTable::default();
-        h.insert(
-            "x-first-death-reason".into(),
-            AMQPValue::LongString("expired".into()),
-        );
-        let d = describe(&BasicProperties::default().with_headers(h), b"{\"a\":1}");
-        assert_eq!(d.reason.as_deref(), Some("expired"));
-        assert_eq!(d.payload, "{\"a\":1}");
-    }
 }

@@ -112,11 +112,10 @@ impl Management {
 
     fn fail(&self, method: &str, path: &str, err: ureq::Error) -> Error {
         match err {
-            ureq::Error::Status(401, _) => Error::Management(format!(
-                "the management API at {} refused user `{}` (401): check the credentials, or pass \
-                 --management-url http://USER:PASSWORD@HOST:15672",
-                self.base, self.user
-            )),
+            ureq::Error::Status(401, _) => Error::ManagementRefused {
+                base: self.base.clone(),
+                user: self.user.clone(),
+            },
             ureq::Error::Status(code, resp) => {
                 let body = resp.into_string().unwrap_or_default();
                 Error::Management(format!(
@@ -125,12 +124,10 @@ impl Management {
                     body.trim()
                 ))
             }
-            ureq::Error::Transport(t) => Error::Management(format!(
-                "the RabbitMQ management API at {} is unreachable ({t}). Enable it with \
-                 `rabbitmq-plugins enable rabbitmq_management` (scripts/broker.sh does), or point \
-                 Warren at it with --management-url / WARREN_MANAGEMENT_URL.",
-                self.base
-            )),
+            ureq::Error::Transport(t) => Error::ManagementUnreachable {
+                base: self.base.clone(),
+                reason: t.to_string(),
+            },
         }
     }
 

@@ -9,7 +9,7 @@ use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
-use warren::topology::{self, Plan};
+use warren::topology;
 use warren::{EnqueueOptions, Error, Producer, Task, TaskContext, Worker};
 
 use crate::support::{TempFile, TestBroker, stderr, take, warren_bin};
@@ -199,7 +199,7 @@ async fn bad_messages_die_with_their_reason_and_good_ones_in_between_all_run() {
     let broker = TestBroker::new();
     let settings = broker.settings(TOPOLOGY);
     let conn = broker.connect().await;
-    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
+    topology::apply(&settings.plan(), &conn, &broker.vhost)
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -304,7 +304,7 @@ async fn bad_enqueues_are_refused_with_a_reason_and_publish_nothing() {
     let mut settings = broker.settings(TOPOLOGY);
     settings.max_payload_bytes = 1024;
     let conn = broker.connect().await;
-    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
+    topology::apply(&settings.plan(), &conn, &broker.vhost)
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();

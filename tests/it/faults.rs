@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use warren::ops::management::{Management, enc};
-use warren::topology::{self, Plan};
+use warren::topology;
 use warren::{Producer, Settings, Task, TaskContext, Worker};
 
 use crate::support::{TempFile, TestBroker, warren_bin};
@@ -133,7 +133,7 @@ async fn faults_three_workers_with_one_killed_repeatedly_lose_nothing() {
     let broker = TestBroker::new();
     let settings = broker.settings(TOPOLOGY);
     let conn = broker.connect().await;
-    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
+    topology::apply(&settings.plan(), &conn, &broker.vhost)
         .await
         .unwrap();
     let log = TempFile::path("runs");
@@ -204,7 +204,7 @@ async fn faults_every_connection_force_closed_mid_run_loses_nothing() {
     let broker = TestBroker::new();
     let settings = broker.settings(TOPOLOGY);
     let conn = broker.connect().await;
-    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
+    topology::apply(&settings.plan(), &conn, &broker.vhost)
         .await
         .unwrap();
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
@@ -371,7 +371,7 @@ async fn under_fault(
     let conn = warren::broker::connect(producer_url, "fault test", Some(Duration::from_secs(30)))
         .await
         .unwrap();
-    topology::apply(&Plan::new(&settings), &conn, &vhost)
+    topology::apply(&settings.plan(), &conn, &vhost)
         .await
         .unwrap();
     let _ = conn.close(200, "".into()).await;
@@ -452,7 +452,7 @@ async fn faults_losing_the_node_with_the_queue_leaders_keeps_work_going_on_the_m
     let conn = warren::broker::connect(&leader_url, "fault test", Some(Duration::from_secs(30)))
         .await
         .unwrap();
-    topology::apply(&Plan::new(&settings), &conn, &v.vhost)
+    topology::apply(&settings.plan(), &conn, &v.vhost)
         .await
         .unwrap();
     let _ = conn.close(200, "".into()).await;
@@ -578,7 +578,7 @@ async fn faults_a_consumer_timeout_rebuilds_the_channel_and_work_goes_on() {
     let conn = warren::broker::connect(&url, "fault test", Some(Duration::from_secs(30)))
         .await
         .unwrap();
-    topology::apply(&Plan::new(&settings), &conn, &v.vhost)
+    topology::apply(&settings.plan(), &conn, &v.vhost)
         .await
         .unwrap();
     let _ = conn.close(200, "".into()).await;

@@ -82,7 +82,7 @@ impl TestBroker {
     pub async fn applied(&self, toml: &str) -> (Settings, Connection, Channel) {
         let settings = self.settings(toml);
         let conn = self.connect().await;
-        warren::topology::apply(&warren::topology::Plan::new(&settings), &conn, &self.vhost)
+        warren::topology::apply(&settings.plan(), &conn, &self.vhost)
             .await
             .expect("apply");
         let ch = conn.create_channel().await.unwrap();

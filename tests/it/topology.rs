@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use warren::topology::{self, ArgValue, Plan, ladder::Ladder};
+use warren::topology::{self, ArgValue, ladder::Ladder};
 use warren::{Error, QueueType};
 
 use crate::support::{TestBroker, take};
@@ -17,7 +17,7 @@ async fn applying_twice_declares_the_same_objects_without_error() {
     // Given a fresh vhost and a quorum topology with two task types
     let broker = TestBroker::new();
     let settings = broker.settings(TOPOLOGY);
-    let plan = Plan::new(&settings);
+    let plan = settings.plan();
     let conn = broker.connect().await;
 
     // When it is applied twice
@@ -54,7 +54,7 @@ async fn applying_twice_declares_the_same_objects_without_error() {
 async fn declared_queues_carry_the_planned_arguments_with_their_types() {
     let broker = TestBroker::new();
     let settings = broker.settings(TOPOLOGY);
-    let plan = Plan::new(&settings);
+    let plan = settings.plan();
     let conn = broker.connect().await;
     topology::apply(&plan, &conn, &broker.vhost).await.unwrap();
 
@@ -94,7 +94,7 @@ async fn ladder_arrivals(queue_type: QueueType, delays: &[u64]) -> Vec<(u64, Dur
     let mut settings = broker.settings(TOPOLOGY);
     settings.queue_type = queue_type;
     let conn = broker.connect().await;
-    topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
+    topology::apply(&settings.plan(), &conn, &broker.vhost)
         .await
         .unwrap();
     let ladder = Ladder::for_max_delay(settings.max_delay);
@@ -194,7 +194,7 @@ async fn a_queue_declared_with_other_arguments_gives_an_explained_conflict() {
     .unwrap();
 
     // When the quorum topology is applied
-    let err = topology::apply(&Plan::new(&settings), &conn, &broker.vhost)
+    let err = topology::apply(&settings.plan(), &conn, &broker.vhost)
         .await
         .unwrap_err();
 
@@ -209,7 +209,7 @@ async fn a_queue_declared_with_other_arguments_gives_an_explained_conflict() {
         ("queue", "t.job", broker.vhost.as_str())
     );
     // RabbitMQ names the first differing argument it checks; the existing queue has none.
-    let plan = Plan::new(&settings);
+    let plan = settings.plan();
     let planned = plan.queues.iter().find(|q| q.name == "t.job").unwrap();
     let want = planned
         .arg(&c.argument)

@@ -2,10 +2,12 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Subcommand;
-use warren::broker::{self, connection_name};
+use warren::broker::Session;
+use warren::ops::dlq::{self, DeadTask, Selection};
+use warren::topology::{Names, validate_task_name};
 use warren::{Error, Producer, Result, Settings};
 
 use crate::write_err;
@@ -54,66 +56,27 @@ pub(crate) async fn run(
     cmd: DlqCommand,
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
-    use warren::ops::dlq::{Selection, list, purge, replay};
     let task = match &cmd {
         DlqCommand::List { task, .. }
         | DlqCommand::Replay { task, .. }
         | DlqCommand::Purge { task, .. } => task.clone(),
     };
-    warren::topology::names::validate_task_name(&task).map_err(Error::InvalidInput)?;
+    validate_task_name(&task).map_err(Error::InvalidInput)?;
+    let names = Names::new(&settings.namespace);
     if let DlqCommand::Purge { yes: false, .. } = cmd {
         return Err(Error::InvalidInput(format!(
             "purging `{}` deletes every dead `{task}` task for good; add --yes to confirm",
-            warren::topology::names::Names::new(&settings.namespace).dead_queue(&task)
+            names.dead_queue(&task)
         )));
     }
-    let conn = broker::connect(
-        &settings.amqp_url,
-        &connection_name("cli"),
-        Some(settings.connect_timeout),
-    )
-    .await?;
-    let names = warren::topology::names::Names::new(&settings.namespace);
+    let session = Session::open(settings, "cli").await?;
+    let here = Dlq {
+        session: &session,
+        names: &names,
+        task: &task,
+    };
     let result = match cmd {
-        DlqCommand::List { limit, json, .. } => {
-            let (shown, total) = list(&conn, &names, &task, limit).await?;
-            for d in &shown {
-                if json {
-                    writeln!(out, "{}", serde_json::to_string(d).unwrap_or_default())
-                        .map_err(write_err)?;
-                } else {
-                    let dead_at = d
-                        .dead_at_ms
-                        .map(|ms| {
-                            humantime::format_rfc3339_seconds(
-                                std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
-                            )
-                            .to_string()
-                        })
-                        .unwrap_or_else(|| "?".into());
-                    let payload: String = d.payload.chars().take(120).collect();
-                    writeln!(
-                        out,
-                        "{}  reason={}  attempts={}  dead_at={dead_at}\n    error: {}\n    payload: {payload}{}",
-                        d.id.as_deref().unwrap_or("(no id)"),
-                        d.reason.as_deref().unwrap_or("?"),
-                        d.attempts.map_or_else(|| "?".into(), |a| a.to_string()),
-                        d.error.as_deref().unwrap_or("-"),
-                        if d.payload.chars().count() > 120 { "…" } else { "" }
-                    )
-                    .map_err(write_err)?;
-                }
-            }
-            if !json {
-                writeln!(
-                    out,
-                    "{} of {total} dead `{task}` tasks shown; none removed",
-                    shown.len()
-                )
-                .map_err(write_err)?;
-            }
-            ExitCode::SUCCESS
-        }
+        DlqCommand::List { limit, json, .. } => here.list(limit, json, out).await,
         DlqCommand::Replay {
             ids, all, dry_run, ..
         } => {
@@ -122,44 +85,113 @@ pub(crate) async fn run(
             } else {
                 Selection::Ids(ids.into_iter().collect())
             };
-            let producer = Producer::with_role(settings, "cli")?;
-            let report = replay(&conn, &producer, &task, &selection, dry_run).await;
-            producer.close().await;
-            let report = report?;
-            let verb = if dry_run { "would replay" } else { "replayed" };
-            for id in &report.replayed {
-                writeln!(out, "{verb} {id}").map_err(write_err)?;
-            }
-            for id in &report.not_found {
-                writeln!(out, "not found {id}").map_err(write_err)?;
-            }
-            for id in &report.failed {
-                writeln!(out, "FAILED {id} (still dead)").map_err(write_err)?;
-            }
-            writeln!(
-                out,
-                "{verb} {} dead `{task}` task(s) to `{}`",
-                report.replayed.len(),
-                names.work_queue(&task)
-            )
-            .map_err(write_err)?;
-            if report.not_found.is_empty() && report.failed.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            here.replay(settings, &selection, dry_run, out).await
         }
-        DlqCommand::Purge { .. } => {
-            let n = purge(&conn, &names, &task).await?;
-            writeln!(
-                out,
-                "purged {n} dead `{task}` task(s) from `{}`",
-                names.dead_queue(&task)
-            )
-            .map_err(write_err)?;
-            ExitCode::SUCCESS
-        }
+        DlqCommand::Purge { .. } => here.purge(out).await,
     };
-    let _ = conn.close(200, "done".into()).await;
-    Ok(result)
+    session.close("done").await;
+    result
+}
+
+/// One task type's dead queue, over one session.
+struct Dlq<'a> {
+    session: &'a Session,
+    names: &'a Names,
+    task: &'a str,
+}
+
+impl Dlq<'_> {
+    async fn list(&self, limit: usize, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
+        let (shown, total) = dlq::list(self.session, self.names, self.task, limit).await?;
+        for d in &shown {
+            let line = if json {
+                serde_json::to_string(d).unwrap_or_default()
+            } else {
+                describe(d)
+            };
+            writeln!(out, "{line}").map_err(write_err)?;
+        }
+        if !json {
+            writeln!(
+                out,
+                "{} of {total} dead `{}` tasks shown; none removed",
+                shown.len(),
+                self.task
+            )
+            .map_err(write_err)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn replay(
+        &self,
+        settings: &Settings,
+        selection: &Selection,
+        dry_run: bool,
+        out: &mut dyn Write,
+    ) -> Result<ExitCode> {
+        let producer = Producer::with_role(settings, "cli")?;
+        let report = dlq::replay(self.session, &producer, self.task, selection, dry_run).await;
+        producer.close().await;
+        let report = report?;
+        let verb = if dry_run { "would replay" } else { "replayed" };
+        for id in &report.replayed {
+            writeln!(out, "{verb} {id}").map_err(write_err)?;
+        }
+        for id in &report.not_found {
+            writeln!(out, "not found {id}").map_err(write_err)?;
+        }
+        for id in &report.failed {
+            writeln!(out, "FAILED {id} (still dead)").map_err(write_err)?;
+        }
+        writeln!(
+            out,
+            "{verb} {} dead `{}` task(s) to `{}`",
+            report.replayed.len(),
+            self.task,
+            self.names.work_queue(self.task)
+        )
+        .map_err(write_err)?;
+        Ok(if report.not_found.is_empty() && report.failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    }
+
+    async fn purge(&self, out: &mut dyn Write) -> Result<ExitCode> {
+        let n = dlq::purge(self.session, self.names, self.task).await?;
+        writeln!(
+            out,
+            "purged {n} dead `{}` task(s) from `{}`",
+            self.task,
+            self.names.dead_queue(self.task)
+        )
+        .map_err(write_err)?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// One dead task in three lines: id and reason, error, the start of the payload.
+fn describe(d: &DeadTask) -> String {
+    let dead_at = d
+        .dead_at_ms
+        .map(|ms| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into());
+    let payload: String = d.payload.chars().take(120).collect();
+    format!(
+        "{}  reason={}  attempts={}  dead_at={dead_at}\n    error: {}\n    payload: {payload}{}",
+        d.id.as_deref().unwrap_or("(no id)"),
+        d.reason.as_deref().unwrap_or("?"),
+        d.attempts.map_or_else(|| "?".into(), |a| a.to_string()),
+        d.error.as_deref().unwrap_or("-"),
+        if d.payload.chars().count() > 120 {
+            "…"
+        } else {
+            ""
+        }
+    )
 }

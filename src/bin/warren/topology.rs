@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Subcommand;
-use warren::broker::{self, connection_name, redact, url_parts};
-use warren::topology::{self, Plan};
+use warren::broker::{Session, redact};
 use warren::{Error, Result, Settings};
 
 use crate::write_err;
@@ -40,17 +39,11 @@ pub(crate) async fn run(
 
 async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
     let started = Instant::now();
-    let vhost = url_parts(&settings.amqp_url)?.vhost;
-    let conn = broker::connect(
-        &settings.amqp_url,
-        &connection_name("cli"),
-        Some(settings.connect_timeout),
-    )
-    .await?;
-    let plan = Plan::new(settings);
-    let result = topology::apply(&plan, &conn, &vhost).await;
-    let _ = conn.close(200, "done".into()).await;
+    let session = Session::open(settings, "cli").await?;
+    let result = session.apply(&settings.plan()).await;
+    session.close("done").await;
     let report = result?;
+    let vhost = session.vhost();
     for e in &report.exchanges {
         writeln!(out, "exchange  {e}").map_err(write_err)?;
     }
@@ -82,7 +75,7 @@ async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
 }
 
 fn export(settings: &Settings, output: Option<PathBuf>, out: &mut dyn Write) -> Result<ExitCode> {
-    let defs = Plan::new(settings).to_definitions();
+    let defs = settings.plan().to_definitions();
     let text = serde_json::to_string_pretty(&defs).unwrap_or_default();
     match output {
         Some(path) => std::fs::write(&path, text + "\n").map_err(|source| Error::Io {

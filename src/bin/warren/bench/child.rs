@@ -82,7 +82,7 @@ pub(super) async fn drain_child(
                 side == DrainSide::RawMultiple,
             )
             .await?;
-            let _ = conn.close(200, "bench".into()).await;
+            warren::broker::close_connection(&conn, "bench").await;
             r
         }
     };

@@ -36,8 +36,9 @@ use clap::Args;
 use lapin::options::{ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::{Channel, Connection};
 use serde::{Deserialize, Serialize};
+use warren::broker::{Session, close_channel};
 use warren::config::parse_duration;
-use warren::topology::{self, Names, Plan};
+use warren::topology::{self, Names};
 use warren::{Error, Producer, QueueType, Result, Settings, Task};
 
 use crate::write_err;
@@ -275,23 +276,23 @@ pub async fn run(
 ) -> Result<Vec<Figures>> {
     let ns = format!("{}.bench-{}", base.namespace, std::process::id());
     let settings = bench_settings(base, opts.queue_type, &ns)?;
-    let vhost = warren::broker::url_parts(&settings.amqp_url)?.vhost;
-    let conn = warren::broker::connect(
+    let session = Session::connect(
         &settings.amqp_url,
         "warren bench",
         Some(settings.connect_timeout),
     )
     .await?;
-    let plan = Plan::new(&settings);
-    topology::apply(&plan, &conn, &vhost).await?;
-    let ch = conn.create_channel().await.map_err(amqp("channel"))?;
+    let plan = settings.plan();
+    session.apply(&plan).await?;
+    let conn = session.connection();
+    let ch = session.channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(amqp("confirm select"))?;
     let raw = declare_raw(&ch, &settings).await?;
-    let result = repetitions(&settings, opts, &conn, &ch, &raw, &mut progress).await;
-    topology::declare::remove(&plan, &conn, &[raw.as_str()]).await;
-    let _ = conn.close(200, "bench done".into()).await;
+    let result = repetitions(&settings, opts, conn, &ch, &raw, &mut progress).await;
+    topology::declare::remove(&plan, conn, &[raw.as_str()]).await;
+    session.close("bench done").await;
     result
 }
 
@@ -408,7 +409,7 @@ async fn repetitions(
             })
         })
         .await?;
-        let _ = pch.close(200, "bench".into()).await;
+        close_channel(&pch, "bench").await;
         record_latency(&mut f, "raw.paced", &mut d.latencies);
         settle().await;
         let consumer = warren_drain(settings, paced_n, opts.prefetch, opts.concurrency);

@@ -10,7 +10,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
-use warren::topology::{self, Names, Plan};
+use warren::broker::{close_channel, close_connection};
+use warren::topology::{self, Names};
 use warren::wire::{Envelope, new_task_id};
 use warren::{Error, Result, Settings, Task};
 
@@ -139,7 +140,7 @@ pub(super) async fn raw_drain(
         }
     }
     let last = Instant::now();
-    let _ = ch.close(200, "bench".into()).await;
+    close_channel(&ch, "bench").await;
     Ok(Drained {
         first: first.unwrap_or(last),
         last,
@@ -154,7 +155,7 @@ pub(super) const RAW_ROUTING_KEY: &str = "raw";
 /// [`RAW_ROUTING_KEY`] as Warren binds a work queue to `{ns}.tasks` (a direct exchange costs
 /// the broker a routing-table lookup per message that the default exchange does not).
 pub(super) async fn declare_raw(ch: &Channel, settings: &Settings) -> Result<String> {
-    let plan = Plan::new(settings);
+    let plan = settings.plan();
     let work = plan
         .queues
         .iter()
@@ -234,9 +235,9 @@ pub(super) async fn raw_end_to_end(
         },
     )
     .await;
-    let _ = pch.close(200, "bench".into()).await;
+    close_channel(&pch, "bench").await;
     if let Some(c) = own {
-        let _ = c.close(200, "bench".into()).await;
+        close_connection(&c, "bench").await;
     }
     result
 }

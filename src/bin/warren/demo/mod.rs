@@ -19,8 +19,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
+use warren::broker::{Session, close_channel};
 use warren::config::parse_duration;
-use warren::topology::{self, Names, Plan};
+use warren::topology::{self, Names};
 use warren::wire::unix_ms;
 use warren::{
     EnqueueOptions, Error, Producer, QueueType, Result, Settings, Task, TaskContext, TaskError,
@@ -230,27 +231,21 @@ pub async fn run(
 ) -> Result<Summary> {
     let settings = demo_settings(base)?;
     let names = Names::new(&settings.namespace);
-    let vhost = warren::broker::url_parts(&settings.amqp_url)?.vhost;
-    let conn = warren::broker::connect(
-        &settings.amqp_url,
-        &warren::broker::connection_name("demo"),
-        Some(settings.connect_timeout),
-    )
-    .await?;
-    let plan = Plan::new(&settings);
-    topology::apply(&plan, &conn, &vhost).await?;
-    let result = drive(&settings, opts, &conn, &names, &mut progress).await;
+    let session = Session::open(&settings, "demo").await?;
+    let plan = settings.plan();
+    session.apply(&plan).await?;
+    let result = drive(&settings, opts, &session, &names, &mut progress).await;
     if !opts.keep {
-        topology::declare::remove(&plan, &conn, &[]).await;
+        topology::declare::remove(&plan, session.connection(), &[]).await;
     }
-    let _ = conn.close(200, "demo done".into()).await;
+    session.close("demo done").await;
     result
 }
 
 async fn drive(
     settings: &Settings,
     opts: &DemoOptions,
-    conn: &lapin::Connection,
+    session: &Session,
     names: &Names,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<Summary> {
@@ -297,10 +292,14 @@ async fn drive(
     }
 
     // The dead queue tells which tasks died and why.
-    let dead_ch = conn.create_channel().await.map_err(|source| Error::Amqp {
-        operation: "opening a channel".into(),
-        source,
-    })?;
+    let dead_ch = session
+        .connection()
+        .create_channel()
+        .await
+        .map_err(|source| Error::Amqp {
+            operation: "opening a channel".into(),
+            source,
+        })?;
     let mut dead = dead_ch
         .basic_consume(
             names.dead_queue("demo").as_str().into(),
@@ -405,7 +404,7 @@ async fn drive(
         let _ = w.await;
     }
     dead_watch.abort();
-    let _ = dead_ch.close(200, "demo done".into()).await;
+    close_channel(&dead_ch, "demo done").await;
 
     let o = observed.lock().unwrap_or_else(|p| p.into_inner());
     let mut actual: BTreeMap<String, u64> = BTreeMap::new();

@@ -1,4 +1,6 @@
-//! The wire format (version 1): which AMQP properties and headers a task carries.
+//! The wire format (version 1): which AMQP properties and headers a task carries, written
+//! ([`Envelope`]), read back ([`decode`]) and copied for a retry, a dead letter or a replay
+//! ([`copies`]), with the dead-letter reasons in one place ([`Reason`]).
 //!
 //! Pure: builds and reads `BasicProperties`, sends nothing. Any AMQP client can enqueue a
 //! Warren task by publishing a JSON body with `type` = task name to `{ns}.tasks`; every other
@@ -6,10 +8,16 @@
 //! on those belong to the broker. Strings are long strings: a short string in a field table
 //! makes RabbitMQ reset the connection.
 
+pub mod copies;
+pub mod decode;
+mod reason;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
+
+pub use reason::Reason;
 
 /// Header names Warren reads and writes.
 pub mod header {
@@ -19,7 +27,7 @@ pub mod header {
     pub const EXPIRES_AT: &str = "warren-expires-at";
     /// W3C trace context of the enqueuing span.
     pub const TRACEPARENT: &str = "traceparent";
-    /// Why the task is dead: `failed`, `permanent`, `expired`, `undecodable`, `unknown_task`, ...
+    /// Why the task is dead: one of [`super::Reason`].
     pub const REASON: &str = "warren-reason";
     /// The last error text (bounded length).
     pub const ERROR: &str = "warren-error";
@@ -71,7 +79,7 @@ impl Envelope {
     pub fn headers(&self) -> FieldTable {
         let mut h = FieldTable::default();
         // Absent means 1: a first run carries no header table at all, which the broker
-        // handles measurably cheaper (see `timestamp_carried`).
+        // handles measurably cheaper (`docs/performance.md`).
         if self.attempt > 1 {
             h.insert(
                 header::ATTEMPT.into(),
@@ -128,10 +136,8 @@ impl Envelope {
     /// own millisecond time readers take instead ([`enqueued_at_ms`]).
     ///
     /// Why leave it out: on RabbitMQ 3.10 each optional property and the header table cost
-    /// broker CPU on publish and delivery. Measured with `examples/wire_cost.rs` (20000 × 256 B,
-    /// classic, medians of 10 rounds): id + type cost as much as bare JSON (0.51 against
-    /// 0.50 s broker CPU per 10k published, 0.22 against 0.23 per 10k drained); adding
-    /// `timestamp` or the attempt header brought them to 0.55-0.57 and 0.23-0.26.
+    /// broker CPU on every publish and delivery, while id and type cost about as much as bare
+    /// JSON (figures in `docs/performance.md`, "The wire format's cost").
     fn timestamp_carried(&self) -> bool {
         id_time_ms(&self.id).map(|ms| ms / 1000) != Some(self.enqueued_at_ms / 1000)
     }
@@ -150,39 +156,13 @@ pub fn id_time_ms(id: &str) -> Option<u64> {
 /// A task's first enqueue time (unix ms) from its `message_id` and `timestamp` (s): the id's
 /// own time when it is a UUID v7 that the timestamp, if any, agrees with (ms precision);
 /// else the timestamp; else `None` (a foreign publisher that set neither).
-pub(crate) fn enqueued_at_ms(id: Option<&str>, timestamp: Option<u64>) -> Option<u64> {
+pub fn enqueued_at_ms(id: Option<&str>, timestamp: Option<u64>) -> Option<u64> {
     match (id.and_then(id_time_ms), timestamp) {
         (Some(ms), None) => Some(ms),
         (Some(ms), Some(s)) if ms / 1000 == s => Some(ms),
         (_, Some(s)) => Some(s.saturating_mul(1000)),
         (None, None) => None,
     }
-}
-
-/// A delivery's first enqueue time (unix ms), by [`enqueued_at_ms`]; now for a foreign
-/// publisher that gave neither a UUID v7 id nor a timestamp.
-pub(crate) fn enqueued_at(props: &BasicProperties) -> u64 {
-    enqueued_at_ms(
-        props.message_id().as_ref().map(|s| s.as_str()),
-        *props.timestamp(),
-    )
-    .unwrap_or_else(|| unix_ms(SystemTime::now()))
-}
-
-/// A delivery's headers without the broker's `x-` ones (republishing a message with its
-/// `x-death` can make RabbitMQ's cycle detection drop it) and without Warren's own, which
-/// the republisher sets anew. Foreign headers are kept.
-pub(crate) fn carried_headers(props: &BasicProperties) -> FieldTable {
-    let mut out = FieldTable::default();
-    if let Some(h) = props.headers() {
-        for (k, v) in h.inner() {
-            let k = k.as_str();
-            if !k.starts_with("x-") && !k.starts_with("warren-") && k != header::TRACEPARENT {
-                out.insert(k.into(), v.clone());
-            }
-        }
-    }
-    out
 }
 
 /// Milliseconds since the unix epoch (0 before it).

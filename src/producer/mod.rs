@@ -1,0 +1,229 @@
+//! Enqueueing with publisher confirms: a task id is returned only once the broker holds it.
+//!
+//! Every publish is persistent, `mandatory` (an unroutable task comes back as an error instead
+//! of vanishing) and confirmed. A lost connection is retried with backoff for a bounded time,
+//! reusing the same task id, so a retry after an ambiguous failure can at worst duplicate a
+//! task (the consumer sees the same id twice), never drop it.
+
+mod prepare;
+mod publish;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::broker::Pool;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::task::Task;
+use crate::topology::Routes;
+use crate::wire::copies::Outgoing;
+use prepare::Preparer;
+use publish::Publisher;
+
+/// Outstanding confirms in [`Producer::enqueue_many`]: enough to keep the broker busy over
+/// loopback and a LAN, small enough to bound memory and the work redone after a lost
+/// connection.
+pub const CONFIRM_WINDOW_DEFAULT: usize = 1024;
+
+/// Per-call options; everything defaults to "now, never expires, new id".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueOptions {
+    /// Run no earlier than this from now. Whole seconds: sub-second delays round up (1.2 s
+    /// waits 2 s); at most the topology's `max_delay`.
+    pub delay: Option<Duration>,
+    /// Never start after this long from now (dead with reason `expired`).
+    pub expires_in: Option<Duration>,
+    /// Never start after this moment. `expires_in` wins when both are set.
+    pub expires_at: Option<SystemTime>,
+    /// Task id to use instead of a new UUID v7 (for idempotent enqueues).
+    pub id: Option<String>,
+    /// Caller's correlation id, carried through retries.
+    pub correlation_id: Option<String>,
+    /// W3C `traceparent` to propagate to the handler's span. Defaults to the running task's
+    /// context when enqueued from inside a handler.
+    pub traceparent: Option<String>,
+}
+
+impl EnqueueOptions {
+    /// Options with a delay.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self
+    }
+    /// Options with an expiry relative to now.
+    pub fn expires_in(mut self, d: Duration) -> Self {
+        self.expires_in = Some(d);
+        self
+    }
+    /// Options with an absolute expiry.
+    pub fn expires_at(mut self, t: SystemTime) -> Self {
+        self.expires_at = Some(t);
+        self
+    }
+    /// Options with an explicit task id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+    /// Options with a correlation id.
+    pub fn correlation_id(mut self, c: impl Into<String>) -> Self {
+        self.correlation_id = Some(c.into());
+        self
+    }
+    /// Options with a W3C traceparent.
+    pub fn traceparent(mut self, tp: impl Into<String>) -> Self {
+        self.traceparent = Some(tp.into());
+        self
+    }
+}
+
+/// Publishes tasks with confirms. Cheap to clone; share it across tokio tasks.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    routes: Routes,
+    publisher: Publisher,
+}
+
+impl Producer {
+    /// A producer for `settings` with a connection named `warren producer {host}:{pid}`.
+    /// Connects on first use.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the AMQP URL is unusable.
+    pub fn new(settings: &Settings) -> Result<Producer> {
+        Producer::with_role(settings, "producer")
+    }
+
+    /// As [`Producer::new`], naming the connection `warren {role} ...`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the AMQP URL is unusable.
+    pub fn with_role(settings: &Settings, role: &str) -> Result<Producer> {
+        let pool = Pool::new(&settings.amqp_url, role, 2, Some(settings.connect_timeout))?;
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                routes: settings.routes(),
+                publisher: Publisher::new(
+                    pool,
+                    settings.connect_timeout,
+                    CONFIRM_WINDOW_DEFAULT,
+                    &settings.namespace,
+                ),
+                settings: settings.clone(),
+            }),
+        })
+    }
+
+    /// Closes the producer's channel and connection with the AMQP close handshake and waits
+    /// for the broker's answer. Call it before the process exits: a dropped connection closes
+    /// in the background, and an exit cuts that short (the broker then logs "client
+    /// unexpectedly closed TCP connection"). Every task already confirmed stays enqueued; a
+    /// later enqueue connects again.
+    pub async fn close(&self) {
+        self.inner.publisher.close().await;
+    }
+
+    /// The settings this producer publishes with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Enqueues `task` now; returns its id once the broker confirmed it.
+    ///
+    /// # Errors
+    /// See [`Producer::enqueue_raw`].
+    pub async fn enqueue<T: Task>(&self, task: &T) -> Result<String> {
+        self.enqueue_with(task, EnqueueOptions::default()).await
+    }
+
+    /// Enqueues `task` with `options`; returns its id once the broker confirmed it.
+    ///
+    /// # Errors
+    /// See [`Producer::enqueue_raw`].
+    pub async fn enqueue_with<T: Task>(&self, task: &T, options: EnqueueOptions) -> Result<String> {
+        let body = serde_json::to_vec(task).map_err(|e| {
+            Error::InvalidInput(format!("cannot serialize a `{}` task: {e}", T::NAME))
+        })?;
+        self.enqueue_raw(T::NAME, body, options).await
+    }
+
+    /// Enqueues a JSON `body` as task `task`; returns its id once the broker confirmed it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad name, an oversized body, a delay above `max_delay` or
+    /// an expiry in the past (nothing is published); [`Error::Unroutable`] /
+    /// [`Error::MissingExchange`] when the topology is not applied; [`Error::Refusal`] when the
+    /// broker nacks; [`Error::Connect`] / [`Error::Amqp`] when the broker stayed unreachable
+    /// for the retry period.
+    pub async fn enqueue_raw(
+        &self,
+        task: &str,
+        body: Vec<u8>,
+        options: EnqueueOptions,
+    ) -> Result<String> {
+        let out = self.prepare(task, body, options)?;
+        self.publish_one(out).await
+    }
+
+    /// Enqueues many tasks of one type, pipelining publishes and confirms; one result per
+    /// task, in input order. A task is reported `Ok` only when the broker confirmed it.
+    pub async fn enqueue_many<T: Task>(
+        &self,
+        tasks: impl IntoIterator<Item = T>,
+    ) -> Vec<Result<String>> {
+        let items = tasks.into_iter().map(|t| {
+            let body = serde_json::to_vec(&t).map_err(|e| {
+                Error::InvalidInput(format!("cannot serialize a `{}` task: {e}", T::NAME))
+            });
+            (T::NAME.to_string(), body, EnqueueOptions::default())
+        });
+        self.enqueue_many_raw(items).await
+    }
+
+    /// As [`Producer::enqueue_many`] for raw JSON bodies with per-task options.
+    pub async fn enqueue_many_raw(
+        &self,
+        items: impl IntoIterator<Item = (String, Result<Vec<u8>>, EnqueueOptions)>,
+    ) -> Vec<Result<String>> {
+        // Prepared lazily, as the confirm window makes room: memory stays bounded by the
+        // window however many tasks the iterator yields.
+        let prepared = items
+            .into_iter()
+            .map(|(task, body, options)| body.and_then(|b| self.prepare(&task, b, options)));
+        self.inner.publisher.publish_all(prepared).await
+    }
+
+    /// Publishes one prepared message with a confirm, retrying a lost connection like
+    /// [`Producer::enqueue_raw`]; the worker's retry and dead copies and replays go out here.
+    pub(crate) async fn publish(&self, message: Outgoing) -> Result<()> {
+        self.publish_one(message).await.map(drop)
+    }
+
+    async fn publish_one(&self, message: Outgoing) -> Result<String> {
+        let mut results = self
+            .inner
+            .publisher
+            .publish_all(std::iter::once(Ok(message)))
+            .await;
+        results.pop().unwrap_or_else(|| {
+            Err(Error::Internal(
+                "publishing one message gave no result".into(),
+            ))
+        })
+    }
+
+    /// Validates and encodes one task; nothing is sent.
+    fn prepare(&self, task: &str, body: Vec<u8>, options: EnqueueOptions) -> Result<Outgoing> {
+        Preparer {
+            settings: &self.inner.settings,
+            routes: &self.inner.routes,
+        }
+        .message(task, body, options, SystemTime::now())
+    }
+}

@@ -1,0 +1,284 @@
+//! The confirm pipeline: publishes prepared messages with a window of outstanding confirms
+//! and reports each one's definite outcome.
+//!
+//! A lost channel or connection leaves the fate of the in-flight messages unknown: they are
+//! published again (same id) on a new channel until the retry period ends, so an ambiguous
+//! failure can at worst duplicate a task, never drop it.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::{Channel, Confirmation};
+use tokio::sync::Mutex;
+
+use crate::broker::{self, Pool};
+use crate::error::{Error, Result};
+use crate::wire::copies::Outgoing;
+
+/// Publishes with confirms on one channel of a pooled connection, replaced after a failure.
+#[derive(Debug)]
+pub(super) struct Publisher {
+    pool: Pool,
+    /// The confirm-mode channel in use. Holding the pooled connection object keeps it
+    /// checked out while its channel is in use.
+    channel: Mutex<Option<(deadpool_lapin::Connection, Channel)>>,
+    /// How long a lost connection is retried before the unconfirmed messages fail.
+    retry_for: Duration,
+    /// Outstanding confirms at most.
+    window: usize,
+    /// The namespace, named in an unroutable task's error.
+    namespace: String,
+}
+
+/// State of one `publish_all`: items not yet read, messages published but unsettled, messages
+/// to publish again, and the results so far.
+struct Run<I> {
+    items: std::iter::Enumerate<I>,
+    held: HashMap<usize, Outgoing>,
+    again: VecDeque<usize>,
+    results: Vec<Option<Result<String>>>,
+}
+
+impl<I: Iterator<Item = Result<Outgoing>>> Run<I> {
+    /// The next message to publish: one to publish again, else the next item (an item that
+    /// failed before publishing is recorded and skipped); `None` when all went out.
+    fn next_index(&mut self) -> Option<usize> {
+        if let Some(i) = self.again.pop_front() {
+            return Some(i);
+        }
+        loop {
+            match self.items.next()? {
+                (i, Err(e)) => self.set(i, Err(e)),
+                (i, Ok(out)) => {
+                    self.held.insert(i, out);
+                    return Some(i);
+                }
+            }
+        }
+    }
+}
+
+impl<I> Run<I> {
+    fn set(&mut self, i: usize, result: Result<String>) {
+        if self.results.len() <= i {
+            self.results.resize_with(i + 1, || None);
+        }
+        self.results[i] = Some(result);
+    }
+}
+
+impl Publisher {
+    pub(super) fn new(
+        pool: Pool,
+        retry_for: Duration,
+        window: usize,
+        namespace: &str,
+    ) -> Publisher {
+        Publisher {
+            pool,
+            channel: Mutex::new(None),
+            retry_for,
+            window,
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// Closes the channel and its connection with the handshake; a later publish connects
+    /// again.
+    pub(super) async fn close(&self) {
+        let Some((conn, ch)) = self.channel.lock().await.take() else {
+            return;
+        };
+        broker::close_channel(&ch, "producer closed").await;
+        broker::close_connection(&conn, "producer closed").await;
+    }
+
+    /// The confirm channel, opening one (and a connection) when there is none or it died.
+    async fn channel(&self) -> Result<Channel> {
+        let mut slot = self.channel.lock().await;
+        if let Some((_, ch)) = slot.as_ref()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        *slot = None;
+        let conn = self.pool.get().await?;
+        let ch = conn.create_channel().await.map_err(|source| Error::Amqp {
+            operation: "opening a channel".into(),
+            source,
+        })?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|source| Error::Amqp {
+                operation: "enabling publisher confirms".into(),
+                source,
+            })?;
+        *slot = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    async fn forget_channel(&self, dead: &Channel) {
+        let mut slot = self.channel.lock().await;
+        if slot.as_ref().is_some_and(|(_, ch)| ch.id() == dead.id()) {
+            *slot = None;
+        }
+    }
+
+    /// Publishes every message with a window of outstanding confirms; one result per item,
+    /// in order, `Ok(id)` only for a confirmed one. A lost channel or connection leaves the
+    /// fate of the in-flight messages unknown: they are published again (same id) on a new
+    /// channel until the retry period ends. Refusals and returns are final for their message;
+    /// a missing exchange is final for all that follow.
+    pub(super) async fn publish_all(
+        &self,
+        items: impl Iterator<Item = Result<Outgoing>>,
+    ) -> Vec<Result<String>> {
+        let mut run = Run {
+            items: items.enumerate(),
+            held: HashMap::new(),
+            again: VecDeque::new(),
+            results: Vec::new(),
+        };
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.publish_round(&mut run).await {
+                Ok(()) => break,
+                Err(err) if err.is_transient() && started.elapsed() < self.retry_for => {
+                    tracing::warn!(error = %err, unconfirmed = run.again.len(), retry_in = ?backoff,
+                        "publishing interrupted; publishing the unconfirmed tasks again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => {
+                    // Nothing not yet settled was confirmed: report each as failed.
+                    while let Some(i) = run.again.pop_front() {
+                        run.held.remove(&i);
+                        run.set(i, Err(err.clone()));
+                    }
+                    while let Some((i, item)) = run.items.next() {
+                        run.set(i, item.and(Err(err.clone())));
+                    }
+                    break;
+                }
+            }
+        }
+        run.results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Internal(
+                        "a task of the batch was never settled".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Publishes on one channel until every item is settled (`Ok`) or the channel fails
+    /// (`Err`, with the unsettled messages queued in `run.again`).
+    async fn publish_round<I: Iterator<Item = Result<Outgoing>>>(
+        &self,
+        run: &mut Run<I>,
+    ) -> Result<()> {
+        let ch = self.channel().await?;
+        let mut inflight = FuturesUnordered::new();
+        let mut failure: Option<Error> = None;
+        loop {
+            if inflight.len() >= self.window
+                && let Some((j, outcome)) = inflight.next().await
+                && let Some(e) = self.settle(run, j, outcome)
+            {
+                failure = Some(e);
+                break;
+            }
+            let Some(i) = run.next_index() else { break };
+            let m = &run.held[&i];
+            let publish = ch
+                .basic_publish(
+                    m.route.exchange.as_str().into(),
+                    m.route.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &m.body,
+                    m.properties.clone(),
+                )
+                .await;
+            match publish {
+                Ok(confirm) => inflight.push(async move { (i, confirm.await) }),
+                Err(source) => {
+                    run.again.push_front(i);
+                    failure = Some(self.publish_error(&m.task, &m.route.exchange, source));
+                    break;
+                }
+            }
+        }
+        while let Some((j, outcome)) = inflight.next().await {
+            if let Some(e) = self.settle(run, j, outcome) {
+                // A missing exchange explains the closed-channel errors that follow it.
+                if !matches!(failure, Some(Error::MissingExchange { .. })) {
+                    failure = Some(e);
+                }
+            }
+        }
+        match failure {
+            Some(e) => {
+                self.forget_channel(&ch).await;
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Records the definite outcome of message `i`; returns the error instead (and queues
+    /// `i` to be published again) when the outcome is unknown or the exchange is missing.
+    fn settle<I>(
+        &self,
+        run: &mut Run<I>,
+        i: usize,
+        outcome: lapin::Result<Confirmation>,
+    ) -> Option<Error> {
+        let m = run.held.get(&i)?;
+        let definite = match outcome {
+            Ok(Confirmation::Ack(None)) => Ok(m.id.clone()),
+            Ok(Confirmation::Ack(Some(_))) => Err(Error::Unroutable {
+                task: m.task.clone(),
+                namespace: self.namespace.clone(),
+            }),
+            Ok(Confirmation::Nack(_)) => Err(Error::Refusal {
+                task: m.task.clone(),
+            }),
+            Ok(Confirmation::NotRequested) => Err(Error::Internal(
+                "the publishing channel is not in confirm mode".into(),
+            )),
+            Err(source) => {
+                let err = self.publish_error(&m.task, &m.route.exchange, source);
+                run.again.push_back(i);
+                return Some(err);
+            }
+        };
+        run.held.remove(&i);
+        run.set(i, definite);
+        None
+    }
+
+    fn publish_error(&self, task: &str, exchange: &str, source: lapin::Error) -> Error {
+        if let lapin::ErrorKind::ProtocolError(amqp) = source.kind()
+            && matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+        {
+            return Error::MissingExchange {
+                exchange: exchange.to_string(),
+            };
+        }
+        Error::Amqp {
+            operation: format!("publishing a `{task}` task"),
+            source,
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The copies a task is republished as: a retry, a dead letter, a replay. Pure.
+//!
+//! Every copy keeps the body, the id and foreign headers, and drops the broker's `x-` headers:
+//! a message republished with its `x-death` into a queue it already expired from can be
+//! silently dropped by RabbitMQ's dead-letter cycle detection. Warren's own headers are set
+//! anew from the envelope.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+
+use super::decode::{Rejection, enqueued_at, header_int, header_str};
+use super::{Envelope, header, new_task_id};
+use crate::topology::Route;
+
+/// Longest `warren-error` text kept on a dead task (the tail of longer errors is kept).
+pub const ERROR_TEXT_MAX: usize = 2048;
+
+/// A message ready to publish: route, body and properties, with the task it carries.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) task: String,
+    pub(crate) id: String,
+    pub(crate) route: Route,
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+}
+
+/// A task as it arrived, which every copy starts from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Original<'a> {
+    pub(crate) env: &'a Envelope,
+    pub(crate) props: &'a BasicProperties,
+    pub(crate) body: &'a [u8],
+}
+
+/// Where and when a task died, besides why.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deathbed<'a> {
+    /// Connection name of the worker that dead-letters it.
+    pub(crate) worker: &'a str,
+    /// Unix ms.
+    pub(crate) at_ms: u64,
+}
+
+impl Original<'_> {
+    /// The retry copy: attempt + 1, on `route` (into the ladder with the delay's key).
+    pub(crate) fn retry(&self, route: Route) -> Outgoing {
+        let next = Envelope {
+            attempt: self.env.attempt + 1,
+            ..self.env.clone()
+        };
+        self.copy(&next, merged(&next, self.props), route)
+    }
+
+    /// The dead copy, saying why, when and by whom.
+    pub(crate) fn dead(&self, route: Route, why: &Rejection, bed: Deathbed<'_>) -> Outgoing {
+        let mut h = merged(self.env, self.props);
+        let mut set = |k: &str, v: AMQPValue| {
+            h.insert(k.into(), v);
+        };
+        // Always spelled out on a dead copy (an operator reads it), though absent means 1.
+        set(
+            header::ATTEMPT,
+            AMQPValue::LongLongInt(i64::from(self.env.attempt)),
+        );
+        set(
+            header::REASON,
+            AMQPValue::LongString(why.reason.as_str().into()),
+        );
+        set(
+            header::ERROR,
+            AMQPValue::LongString(bounded(&why.error).as_str().into()),
+        );
+        set(header::DEAD_AT, AMQPValue::LongLongInt(bed.at_ms as i64));
+        set(header::WORKER, AMQPValue::LongString(bed.worker.into()));
+        self.copy(self.env, h, route)
+    }
+
+    fn copy(&self, env: &Envelope, headers: FieldTable, route: Route) -> Outgoing {
+        Outgoing {
+            task: env.task.clone(),
+            id: env.id.clone(),
+            route,
+            body: self.body.to_vec(),
+            properties: env.properties_with(headers, None),
+        }
+    }
+}
+
+/// The copy a dead task of `task` is replayed as, on `route`: attempt 1 (no header), replay
+/// counter + 1, without the death headers, the broker's `x-` headers and the expiry (the
+/// operator asked for it to run).
+pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Route) -> Outgoing {
+    let env = Envelope {
+        id: props
+            .message_id()
+            .as_ref()
+            .map_or_else(new_task_id, |s| s.to_string()),
+        task: task.to_string(),
+        attempt: 1,
+        enqueued_at_ms: enqueued_at(props),
+        expires_at_ms: None,
+        correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
+        traceparent: header_str(props, header::TRACEPARENT),
+    };
+    let mut headers = merged(&env, props);
+    let replays = header_int(props, header::REPLAYS).unwrap_or(0) + 1;
+    headers.insert(header::REPLAYS.into(), AMQPValue::LongLongInt(replays));
+    Original {
+        env: &env,
+        props,
+        body,
+    }
+    .copy(&env, headers, route)
+}
+
+/// `props`' foreign headers (neither the broker's `x-` ones nor Warren's own, which are set
+/// anew) with `env`'s headers over them.
+fn merged(env: &Envelope, props: &BasicProperties) -> FieldTable {
+    let mut out = FieldTable::default();
+    if let Some(h) = props.headers() {
+        for (k, v) in h.inner() {
+            let k = k.as_str();
+            if !k.starts_with("x-") && !k.starts_with("warren-") && k != header::TRACEPARENT {
+                out.insert(k.into(), v.clone());
+            }
+        }
+    }
+    for (k, v) in env.headers().inner() {
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}
+
+/// `text` cut to [`ERROR_TEXT_MAX`] bytes, keeping the end (where a stderr tail or the last
+/// line of a chain says what happened).
+pub(crate) fn bounded(text: &str) -> String {
+    if text.len() <= ERROR_TEXT_MAX {
+        return text.to_string();
+    }
+    let mut start = text.len() - (ERROR_TEXT_MAX - 3);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::wire::Reason;
+    use crate::wire::decode::read_envelope;
+
+    fn props(headers: Vec<(&str, AMQPValue)>) -> BasicProperties {
+        let mut h = FieldTable::default();
+        for (k, v) in headers {
+            h.insert(k.into(), v);
+        }
+        BasicProperties::default()
+            .with_type("job".into())
+            .with_message_id("id-1".into())
+            .with_headers(h)
+    }
+
+    fn route(exchange: &str, key: &str) -> Route {
+        Route {
+            exchange: exchange.into(),
+            routing_key: key.into(),
+        }
+    }
+
+    #[test]
+    fn republished_copies_drop_broker_headers_and_keep_foreign_ones() {
+        let p = props(vec![
+            (header::ATTEMPT, AMQPValue::LongLongInt(1)),
+            ("x-death", AMQPValue::FieldArray(Default::default())),
+            ("x-delivery-count", AMQPValue::LongLongInt(0)),
+            ("tenant", AMQPValue::LongString("acme".into())),
+        ]);
+        let env = read_envelope("job", &p, false).unwrap();
+        let original = Original {
+            env: &env,
+            props: &p,
+            body: b"{}",
+        };
+        let retry = original.retry(route("ns.delay.5", "0.0.0.0.1.1.job"));
+        let h = retry.properties.headers().as_ref().unwrap().inner();
+        assert!(matches!(
+            h.get(header::ATTEMPT),
+            Some(AMQPValue::LongLongInt(2))
+        ));
+        assert!(h.get("x-death").is_none() && h.get("x-delivery-count").is_none());
+        assert!(matches!(h.get("tenant"), Some(AMQPValue::LongString(_))));
+        assert_eq!(
+            retry.properties.message_id().as_ref().unwrap().as_str(),
+            "id-1"
+        );
+        assert!(retry.properties.expiration().is_none());
+
+        let why = Rejection::new(Reason::Failed, "boom");
+        let bed = Deathbed {
+            worker: "warren worker h:1",
+            at_ms: 42,
+        };
+        let dead = original.dead(route("ns.dead", "job"), &why, bed);
+        assert_eq!(dead.route, route("ns.dead", "job"));
+        let h = dead.properties.headers().as_ref().unwrap().inner();
+        assert!(
+            matches!(h.get(header::REASON), Some(AMQPValue::LongString(s)) if s.as_bytes() == b"failed")
+        );
+        assert!(matches!(
+            h.get(header::ATTEMPT),
+            Some(AMQPValue::LongLongInt(1))
+        ));
+        assert!(matches!(
+            h.get(header::DEAD_AT),
+            Some(AMQPValue::LongLongInt(42))
+        ));
+        assert!(h.get(header::WORKER).is_some());
+        assert!(h.get("x-death").is_none());
+    }
+
+    #[test]
+    fn a_replayed_copy_starts_over_and_counts_the_replay() {
+        let mut h = FieldTable::default();
+        h.insert(header::ATTEMPT.into(), AMQPValue::LongLongInt(3));
+        h.insert(
+            header::REASON.into(),
+            AMQPValue::LongString("failed".into()),
+        );
+        h.insert(header::ERROR.into(), AMQPValue::LongString("boom".into()));
+        h.insert(header::EXPIRES_AT.into(), AMQPValue::LongLongInt(1));
+        h.insert(header::REPLAYS.into(), AMQPValue::LongLongInt(1));
+        h.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        h.insert(
+            "x-first-death-reason".into(),
+            AMQPValue::LongString("rejected".into()),
+        );
+        h.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+        let props = BasicProperties::default()
+            .with_message_id("id-9".into())
+            .with_correlation_id("c".into())
+            .with_headers(h);
+        let out = replay("mail", &props, b"{}", route("ns.tasks", "mail"));
+        assert_eq!(out.route, route("ns.tasks", "mail"));
+        let h = out.properties.headers().as_ref().unwrap().inner();
+        let keys: BTreeSet<&str> = h.keys().map(|k| k.as_str()).collect();
+        // No attempt header: absent means 1, the replay starts over.
+        assert_eq!(keys, BTreeSet::from(["tenant", "warren-replays"]));
+        assert!(matches!(
+            h.get(header::REPLAYS),
+            Some(AMQPValue::LongLongInt(2))
+        ));
+        assert_eq!(
+            out.properties.message_id().as_ref().unwrap().as_str(),
+            "id-9"
+        );
+        assert_eq!(
+            out.properties.correlation_id().as_ref().unwrap().as_str(),
+            "c"
+        );
+    }
+
+    #[test]
+    fn long_errors_keep_their_tail() {
+        let long = format!("{}THE END", "x".repeat(5000));
+        let b = bounded(&long);
+        assert!(b.len() <= ERROR_TEXT_MAX + 3 && b.ends_with("THE END") && b.starts_with('…'));
+        assert_eq!(bounded("short"), "short");
+    }
+}

@@ -1,0 +1,341 @@
+//! Reading a message back: the envelope of a delivery, with the defaults a minimal foreign
+//! publisher relies on, and what a dead copy says about its death. Pure: no lapin calls.
+
+use std::time::SystemTime;
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+
+use super::{CONTENT_TYPE, Envelope, Reason, enqueued_at_ms, header, new_task_id, unix_ms};
+
+/// Why a delivery goes dead without running, and the text an operator reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// `warren-reason`.
+    pub reason: Reason,
+    /// `warren-error`.
+    pub error: String,
+}
+
+impl Rejection {
+    /// A rejection for `reason` saying `error`.
+    pub fn new(reason: Reason, error: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            error: error.into(),
+        }
+    }
+}
+
+/// An AMQP integer of any width as i64; `None` for any other type. Other clients write
+/// integer headers in whatever width they like; every reader here accepts them all.
+pub fn as_int(v: &AMQPValue) -> Option<i64> {
+    Some(match v {
+        AMQPValue::ShortShortInt(i) => i64::from(*i),
+        AMQPValue::ShortShortUInt(i) => i64::from(*i),
+        AMQPValue::ShortInt(i) => i64::from(*i),
+        AMQPValue::ShortUInt(i) => i64::from(*i),
+        AMQPValue::LongInt(i) => i64::from(*i),
+        AMQPValue::LongUInt(i) => i64::from(*i),
+        AMQPValue::LongLongInt(i) => *i,
+        _ => return None,
+    })
+}
+
+fn header<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a AMQPValue> {
+    props.headers().as_ref()?.inner().get(key)
+}
+
+/// Header `key` as an integer of any width.
+pub fn header_int(props: &BasicProperties, key: &str) -> Option<i64> {
+    header(props, key).and_then(as_int)
+}
+
+/// Header `key` as text (a long string; invalid UTF-8 is replaced).
+pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
+    match header(props, key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+/// A delivery's first enqueue time (unix ms), by [`enqueued_at_ms`]; now for a foreign
+/// publisher that gave neither a UUID v7 id nor a timestamp.
+pub fn enqueued_at(props: &BasicProperties) -> u64 {
+    enqueued_at_ms(
+        props.message_id().as_ref().map(|s| s.as_str()),
+        *props.timestamp(),
+    )
+    .unwrap_or_else(|| unix_ms(SystemTime::now()))
+}
+
+/// The message's task id, or a fresh one when a foreign publisher set none.
+fn id_of(props: &BasicProperties) -> String {
+    props
+        .message_id()
+        .as_ref()
+        .map_or_else(new_task_id, |s| s.to_string())
+}
+
+/// Reads the envelope of a delivery from queue `task` (the queue's task name).
+///
+/// Defaults for a minimal foreign publisher: no `message_id` gets a fresh id, no `type` means
+/// the queue's task, no attempt header means 1, no timestamp means now. Crashed deliveries
+/// count as attempts: quorum queues report them in `x-delivery-count`; classic queues only
+/// say `redelivered`, which counts as one.
+///
+/// # Errors
+/// A [`Rejection`] when the type is another task's, the content type is not JSON, or a
+/// Warren header has the wrong type or an impossible value.
+pub fn read_envelope(
+    task: &str,
+    props: &BasicProperties,
+    redelivered: bool,
+) -> Result<Envelope, Rejection> {
+    check_type(task, props)?;
+    check_content_type(props)?;
+    let headers = props.headers().as_ref().map(FieldTable::inner);
+    let get = |k: &str| headers.and_then(|h| h.get(k));
+    let attempt = attempt(get(header::ATTEMPT))?;
+    let crashes = match get("x-delivery-count").and_then(as_int) {
+        Some(n) => n.clamp(0, 1_000_000) as u32,
+        None => u32::from(redelivered),
+    };
+    Ok(Envelope {
+        id: id_of(props),
+        task: task.to_string(),
+        attempt: attempt.saturating_add(crashes),
+        enqueued_at_ms: enqueued_at(props),
+        expires_at_ms: expires_at(get(header::EXPIRES_AT))?,
+        correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
+        traceparent: header_str(props, header::TRACEPARENT),
+    })
+}
+
+/// The envelope a delivery that [`read_envelope`] rejected is dead-lettered with: the
+/// queue's task, the message's id (or a new one), its enqueue time, attempt 1.
+pub fn fallback_envelope(task: &str, props: &BasicProperties) -> Envelope {
+    let mut env = Envelope::new(id_of(props), task);
+    env.enqueued_at_ms = enqueued_at(props);
+    env
+}
+
+fn check_type(task: &str, props: &BasicProperties) -> Result<(), Rejection> {
+    match props.kind().as_ref() {
+        Some(kind) if kind.as_str() != task => Err(Rejection::new(
+            Reason::UnknownTask,
+            format!(
+                "type `{}` does not match this queue's task `{task}`; no handler for it here",
+                kind.as_str()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_content_type(props: &BasicProperties) -> Result<(), Rejection> {
+    match props.content_type().as_ref() {
+        Some(ct)
+            if !ct
+                .as_str()
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with(CONTENT_TYPE) =>
+        {
+            Err(Rejection::new(
+                Reason::Undecodable,
+                format!(
+                    "content type `{}` is not {CONTENT_TYPE}; Warren tasks are JSON",
+                    ct.as_str()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn attempt(value: Option<&AMQPValue>) -> Result<u32, Rejection> {
+    let Some(v) = value else { return Ok(1) };
+    match as_int(v) {
+        Some(n) if (1..=i64::from(u32::MAX / 2)).contains(&n) => Ok(n as u32),
+        Some(n) => Err(Rejection::new(
+            Reason::InvalidHeader,
+            format!("`{}` must be >= 1, got {n}", header::ATTEMPT),
+        )),
+        None => Err(Rejection::new(
+            Reason::InvalidHeader,
+            format!("`{}` must be an integer, got {v:?}", header::ATTEMPT),
+        )),
+    }
+}
+
+fn expires_at(value: Option<&AMQPValue>) -> Result<Option<u64>, Rejection> {
+    let Some(v) = value else { return Ok(None) };
+    match as_int(v) {
+        Some(ms) if ms >= 0 => Ok(Some(ms as u64)),
+        _ => Err(Rejection::new(
+            Reason::InvalidHeader,
+            format!(
+                "`{}` must be unix milliseconds (a non-negative integer), got {v:?}",
+                header::EXPIRES_AT
+            ),
+        )),
+    }
+}
+
+/// What a dead copy says about its death, as an operator reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Death {
+    /// `warren-reason`, else the broker's first death reason (`expired`, `delivery_limit`, …).
+    pub reason: Option<String>,
+    /// `warren-error`.
+    pub error: Option<String>,
+    /// `warren-attempt`: runs made.
+    pub attempts: Option<i64>,
+    /// `warren-dead-at`, unix ms.
+    pub dead_at_ms: Option<i64>,
+    /// `warren-replays`: times replayed before.
+    pub replays: Option<i64>,
+}
+
+impl Death {
+    /// Reads the death headers of a message from a dead queue.
+    pub fn read(props: &BasicProperties) -> Death {
+        Death {
+            reason: header_str(props, header::REASON)
+                .or_else(|| header_str(props, "x-first-death-reason")),
+            error: header_str(props, header::ERROR),
+            attempts: header_int(props, header::ATTEMPT),
+            // An AMQP timestamp (seconds) from a foreign tool is accepted too.
+            dead_at_ms: header_int(props, header::DEAD_AT).or_else(|| {
+                match header(props, header::DEAD_AT) {
+                    Some(AMQPValue::Timestamp(t)) => Some(*t as i64 * 1000),
+                    _ => None,
+                }
+            }),
+            replays: header_int(props, header::REPLAYS),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(headers: Vec<(&str, AMQPValue)>) -> BasicProperties {
+        let mut h = FieldTable::default();
+        for (k, v) in headers {
+            h.insert(k.into(), v);
+        }
+        BasicProperties::default()
+            .with_type("job".into())
+            .with_message_id("id-1".into())
+            .with_headers(h)
+    }
+
+    #[test]
+    fn a_minimal_foreign_message_gets_defaults() {
+        let env = read_envelope("job", &BasicProperties::default(), false).unwrap();
+        assert_eq!(env.attempt, 1);
+        assert_eq!(env.task, "job");
+        assert!(uuid::Uuid::parse_str(&env.id).is_ok());
+        assert_eq!(env.expires_at_ms, None);
+    }
+
+    #[test]
+    fn crashed_deliveries_count_as_attempts() {
+        let quorum = props(vec![
+            (header::ATTEMPT, AMQPValue::LongLongInt(2)),
+            ("x-delivery-count", AMQPValue::LongLongInt(3)),
+        ]);
+        assert_eq!(read_envelope("job", &quorum, true).unwrap().attempt, 5);
+        let classic = props(vec![(header::ATTEMPT, AMQPValue::LongLongInt(2))]);
+        assert_eq!(read_envelope("job", &classic, true).unwrap().attempt, 3);
+        assert_eq!(read_envelope("job", &classic, false).unwrap().attempt, 2);
+    }
+
+    #[test]
+    fn any_integer_width_is_an_attempt() {
+        for v in [
+            AMQPValue::ShortShortUInt(4),
+            AMQPValue::ShortInt(4),
+            AMQPValue::LongUInt(4),
+            AMQPValue::LongInt(4),
+        ] {
+            let p = props(vec![(header::ATTEMPT, v.clone())]);
+            assert_eq!(read_envelope("job", &p, false).unwrap().attempt, 4);
+            assert_eq!(Death::read(&p).attempts, Some(4), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn bad_headers_are_rejected_with_a_reason() {
+        let cases = [
+            (
+                header::ATTEMPT,
+                AMQPValue::LongString("2".into()),
+                "must be an integer",
+            ),
+            (header::ATTEMPT, AMQPValue::LongLongInt(0), "must be >= 1"),
+            (header::ATTEMPT, AMQPValue::LongLongInt(-3), "must be >= 1"),
+            (
+                header::ATTEMPT,
+                AMQPValue::LongLongInt(i64::MAX),
+                "must be >= 1",
+            ),
+            (
+                header::EXPIRES_AT,
+                AMQPValue::Boolean(true),
+                "unix milliseconds",
+            ),
+            (
+                header::EXPIRES_AT,
+                AMQPValue::LongLongInt(-1),
+                "unix milliseconds",
+            ),
+        ];
+        for (k, v, needle) in cases {
+            let err = read_envelope("job", &props(vec![(k, v)]), false).unwrap_err();
+            assert_eq!(err.reason, Reason::InvalidHeader);
+            assert!(err.error.contains(needle), "{}", err.error);
+        }
+    }
+
+    #[test]
+    fn a_type_that_is_not_the_queues_task_is_unknown() {
+        let p = BasicProperties::default().with_type("other".into());
+        let err = read_envelope("job", &p, false).unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownTask);
+        assert!(err.error.contains("`other`"));
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_by_its_content_type_is_undecodable() {
+        let p = BasicProperties::default().with_content_type("text/plain".into());
+        let err = read_envelope("job", &p, false).unwrap_err();
+        assert_eq!(err.reason, Reason::Undecodable);
+        let p =
+            BasicProperties::default().with_content_type("application/json; charset=utf-8".into());
+        assert!(read_envelope("job", &p, false).is_ok());
+    }
+
+    #[test]
+    fn a_broker_dead_lettered_message_shows_the_brokers_reason() {
+        let p = props(vec![(
+            "x-first-death-reason",
+            AMQPValue::LongString("expired".into()),
+        )]);
+        assert_eq!(Death::read(&p).reason.as_deref(), Some("expired"));
+        let p = props(vec![
+            (header::REASON, AMQPValue::LongString("failed".into())),
+            (
+                "x-first-death-reason",
+                AMQPValue::LongString("rejected".into()),
+            ),
+            (header::DEAD_AT, AMQPValue::Timestamp(7)),
+        ]);
+        let d = Death::read(&p);
+        assert_eq!(d.reason.as_deref(), Some("failed"));
+        assert_eq!(d.dead_at_ms, Some(7000));
+    }
+}

@@ -1,0 +1,148 @@
+//! One task type's consumer: a channel with `basic.qos(prefetch)` and a consumer on the work
+//! queue, rebuilt after a channel-level error (a consumer timeout, a deleted queue), until the
+//! session stops or its connection is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+use tokio_util::sync::CancellationToken;
+
+use super::handler::Registered;
+use super::{Shared, acks, delivery};
+use crate::broker::Session;
+
+/// A consumer of one work queue on one session.
+pub(super) struct QueueConsumer {
+    pub(super) session: Arc<Session>,
+    pub(super) task: Arc<Registered>,
+    pub(super) shared: Arc<Shared>,
+    /// Cancelled when the session ends (shutdown, or another consumer saw the connection go).
+    pub(super) stop: CancellationToken,
+}
+
+/// Why a channel's delivery loop ended.
+enum Ended {
+    /// The session is stopping, or the worker's semaphore closed: consume no more.
+    Stopped,
+    /// The channel or consumer failed: rebuild it if the connection still stands.
+    ChannelLost,
+}
+
+impl QueueConsumer {
+    /// Consumes until the session stops or the connection is lost, reopening the channel
+    /// with backoff after a channel-level error.
+    pub(super) async fn run(self) {
+        let queue = self.shared.routes.names().work_queue(&self.task.name);
+        let tag = consumer_tag(&self.shared.worker_name, &self.task.name);
+        let mut backoff = Duration::from_millis(200);
+        while !self.stop.is_cancelled() && self.session.is_connected() {
+            match self.open(&queue, &tag).await {
+                Ok((ch, deliveries)) => {
+                    backoff = Duration::from_millis(200);
+                    if let Ended::Stopped = self.deliver(&ch, deliveries, &queue).await {
+                        let _ = ch
+                            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                            .await;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %queue, error = %e, "cannot consume; retrying");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn open(&self, queue: &str, tag: &str) -> lapin::Result<(Channel, Consumer)> {
+        let ch = self.session.connection().create_channel().await?;
+        // Per consumer (global = false): quorum queues refuse global QoS.
+        ch.basic_qos(self.shared.prefetch, BasicQosOptions { global: false })
+            .await?;
+        let consumer = ch
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((ch, consumer))
+    }
+
+    /// Hands deliveries to handlers, one concurrency permit each, until the channel ends.
+    async fn deliver(&self, ch: &Channel, mut deliveries: Consumer, queue: &str) -> Ended {
+        // Acks go through the channel's settler (batched with `multiple`); its task owns a
+        // channel handle, so the channel stays open until the last running task settled.
+        let (settler, acking) = acks::Settler::start(ch.clone(), self.shared.prefetch);
+        self.shared.tracker.spawn(acking);
+        loop {
+            // Checked here and raced below only when waiting: `biased` selects never poll the
+            // cancellation while a permit or a delivery is ready, because polling it locks the
+            // token's mutex, which every consumer of the session shares.
+            if self.stop.is_cancelled() {
+                return Ended::Stopped;
+            }
+            // Take a permit first: while all handlers are busy, deliveries wait in the
+            // prefetch buffer rather than piling up as spawned tasks.
+            let Some(permit) = self.permit().await else {
+                return Ended::Stopped;
+            };
+            let next = tokio::select! {
+                biased;
+                next = deliveries.next() => next,
+                _ = self.stop.cancelled() => return Ended::Stopped,
+            };
+            match next {
+                Some(Ok(d)) => {
+                    let (shared, task) = (self.shared.clone(), self.task.clone());
+                    let run = delivery::process(shared, task, d, permit, settler.clone());
+                    self.shared.tracker.spawn(run);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(queue = %queue, error = %e, "consumer failed; rebuilding its channel");
+                    return Ended::ChannelLost;
+                }
+                None => {
+                    tracing::warn!(queue = %queue, "consumer ended (cancelled by the broker or connection lost)");
+                    return Ended::ChannelLost;
+                }
+            }
+        }
+    }
+
+    /// A concurrency permit; `None` when the session stops first or the semaphore closed.
+    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        let semaphore = &self.shared.semaphore;
+        match semaphore.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(TryAcquireError::Closed) => None,
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                biased;
+                p = semaphore.clone().acquire_owned() => p.ok(),
+                _ = self.stop.cancelled() => None,
+            },
+        }
+    }
+}
+
+/// `warren {host}:{pid}/{task}/{n}`: names the process and task type in the management UI;
+/// `n` keeps tags unique across reconnects.
+fn consumer_tag(connection: &str, task: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let host_pid = connection.rsplit(' ').next().unwrap_or(connection);
+    format!(
+        "warren {host_pid}/{task}/{}",
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,62 @@
+//! Registered handlers: a task type's name, policy and type-erased handler.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::context::TaskContext;
+use super::telemetry::Metrics;
+use crate::retry::TaskPolicy;
+use crate::task::{Task, TaskError};
+
+/// A handler's future.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
+
+/// A type-erased handler: decodes the body (or says why it cannot) and starts the run.
+pub(super) type ErasedHandler =
+    dyn Fn(&[u8], TaskContext) -> Result<HandlerFuture, String> + Send + Sync;
+
+/// One registered task type.
+pub(super) struct Registered {
+    pub(super) name: String,
+    pub(super) policy: TaskPolicy,
+    pub(super) handler: Box<ErasedHandler>,
+    /// Handles registered when the worker starts, so recording a task costs atomics only.
+    pub(super) metrics: Metrics,
+}
+
+impl Registered {
+    pub(super) fn new(name: &str, policy: TaskPolicy, handler: Box<ErasedHandler>) -> Registered {
+        Registered {
+            name: name.to_string(),
+            policy,
+            handler,
+            metrics: Metrics::new(name),
+        }
+    }
+}
+
+/// `handler` behind a decoder of `T`: a body that is not a valid `T` is refused with why.
+pub(super) fn typed<T, F, Fut>(handler: F) -> Box<ErasedHandler>
+where
+    T: Task,
+    F: Fn(T, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+{
+    Box::new(move |body: &[u8], ctx: TaskContext| {
+        let task: T = serde_json::from_slice(body)
+            .map_err(|e| format!("not a valid `{}` task: {e}", T::NAME))?;
+        Ok(Box::pin(handler(task, ctx)) as HandlerFuture)
+    })
+}
+
+/// `handler` of raw JSON bodies: a body that is not JSON is refused with why.
+pub(super) fn json<F>(handler: F) -> Box<ErasedHandler>
+where
+    F: Fn(Vec<u8>, TaskContext) -> HandlerFuture + Send + Sync + 'static,
+{
+    Box::new(move |body: &[u8], ctx: TaskContext| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .map_err(|e| format!("body is not JSON: {e}"))?;
+        Ok(handler(body.to_vec(), ctx))
+    })
+}

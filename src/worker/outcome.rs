@@ -1,0 +1,244 @@
+//! The outcome decision: what becomes of a delivery after its run (or instead of one).
+//! Pure: the clock and the random source come in as values, so every branch is unit-tested.
+//!
+//! A success is acked. A retryable failure becomes a retry copy into the delay ladder while
+//! attempts remain, else a dead copy (`failed`). A permanent failure, and a task refused as it
+//! arrived (expired, undecodable, a foreign type, a bad header), become a dead copy at once.
+//! The delivery shell publishes the copy with a confirm and acks only after it.
+
+use std::time::Duration;
+
+use crate::retry::{self, Decision, TaskPolicy};
+use crate::topology::Routes;
+use crate::wire::Reason;
+use crate::wire::copies::{Deathbed, Original, Outgoing};
+use crate::wire::decode::Rejection;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RunResult {
+    /// The handler returned `Ok`.
+    Success,
+    /// A retryable error, a panic or the time limit, with its text.
+    Retryable(String),
+    /// A permanent error, with its text.
+    Permanent(String),
+}
+
+/// What to do with the delivery.
+#[derive(Debug, Clone)]
+pub(crate) enum Action {
+    /// Ack it: the outcome needs nothing else in the broker.
+    Ack,
+    /// Publish `copy` into the ladder to run again after `delay`, then ack.
+    Retry {
+        delay: Duration,
+        error: String,
+        copy: Outgoing,
+    },
+    /// Publish `copy` to the dead queue, then ack.
+    Dead { why: Rejection, copy: Outgoing },
+}
+
+/// Everything the decision needs besides the task: its type's policy, the namespace's routes,
+/// who decides and when, and a random number in `[0, 1)` for the backoff's jitter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Judge<'a> {
+    pub(crate) policy: &'a TaskPolicy,
+    pub(crate) routes: &'a Routes,
+    pub(crate) max_delay: Duration,
+    pub(crate) worker: &'a str,
+    pub(crate) now_ms: u64,
+    pub(crate) unit_random: f64,
+}
+
+impl Judge<'_> {
+    /// Why `original` must not run: its expiry passed before it started.
+    pub(crate) fn expired(&self, original: &Original<'_>) -> Option<Rejection> {
+        let at = original.env.expires_at_ms?;
+        (self.now_ms > at).then(|| {
+            Rejection::new(
+                Reason::Expired,
+                format!(
+                    "not started before its expiry ({} ms past it)",
+                    self.now_ms - at
+                ),
+            )
+        })
+    }
+
+    /// The action after `original` ran with `result`.
+    pub(crate) fn after_run(&self, original: &Original<'_>, result: RunResult) -> Action {
+        let error = match result {
+            RunResult::Success => return Action::Ack,
+            RunResult::Permanent(error) => {
+                return self.refuse(original, Rejection::new(Reason::Permanent, error));
+            }
+            RunResult::Retryable(error) => error,
+        };
+        let attempt = original.env.attempt;
+        match retry::decide(self.policy, attempt, self.max_delay, self.unit_random) {
+            Decision::RetryAfter(delay) => Action::Retry {
+                copy: original.retry(self.routes.delayed(&original.env.task, delay.as_secs())),
+                delay,
+                error,
+            },
+            Decision::DeadLetter => {
+                let max = self.policy.max_attempts;
+                let error = format!("attempt {attempt}/{max}: {error}");
+                self.refuse(original, Rejection::new(Reason::Failed, error))
+            }
+        }
+    }
+
+    /// The action for a task that goes dead for `why`.
+    pub(crate) fn refuse(&self, original: &Original<'_>, why: Rejection) -> Action {
+        let bed = Deathbed {
+            worker: self.worker,
+            at_ms: self.now_ms,
+        };
+        let copy = original.dead(self.routes.dead(&original.env.task), &why, bed);
+        Action::Dead { why, copy }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::BasicProperties;
+
+    use super::*;
+    use crate::topology::{Ladder, Names};
+    use crate::wire::{Envelope, header};
+
+    fn routes() -> Routes {
+        Routes::new(
+            Names::new("ns"),
+            Ladder::for_max_delay(Duration::from_secs(60)),
+        )
+    }
+
+    fn policy(max_attempts: u32) -> TaskPolicy {
+        let mut p = TaskPolicy {
+            max_attempts,
+            ..TaskPolicy::default()
+        };
+        p.backoff.jitter = 0.0;
+        p.backoff.initial = Duration::from_secs(5);
+        p
+    }
+
+    fn judge<'a>(policy: &'a TaskPolicy, routes: &'a Routes) -> Judge<'a> {
+        Judge {
+            policy,
+            routes,
+            max_delay: Duration::from_secs(60),
+            worker: "warren worker h:1",
+            now_ms: 1_000_000,
+            unit_random: 0.5,
+        }
+    }
+
+    fn envelope(attempt: u32) -> Envelope {
+        let mut env = Envelope::new("id-1".into(), "job");
+        env.attempt = attempt;
+        env
+    }
+
+    fn reason_of(copy: &Outgoing) -> Option<String> {
+        crate::wire::decode::header_str(&copy.properties, header::REASON)
+    }
+
+    #[test]
+    fn a_success_is_acked_and_nothing_is_published() {
+        let (p, r, env, props) = (policy(3), routes(), envelope(1), BasicProperties::default());
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        assert!(matches!(
+            judge(&p, &r).after_run(&original, RunResult::Success),
+            Action::Ack
+        ));
+    }
+
+    #[test]
+    fn a_retryable_failure_goes_into_the_ladder_with_the_next_attempt() {
+        let (p, r, env, props) = (policy(3), routes(), envelope(1), BasicProperties::default());
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let action = judge(&p, &r).after_run(&original, RunResult::Retryable("boom".into()));
+        let Action::Retry { delay, error, copy } = action else {
+            panic!("expected a retry, got {action:?}")
+        };
+        assert_eq!((delay, error.as_str()), (Duration::from_secs(5), "boom"));
+        assert_eq!(copy.route, r.delayed("job", 5));
+        assert_eq!(
+            crate::wire::decode::header_int(&copy.properties, header::ATTEMPT),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn the_last_attempt_goes_dead_as_failed_with_its_count() {
+        let (p, r, env, props) = (policy(3), routes(), envelope(3), BasicProperties::default());
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let action = judge(&p, &r).after_run(&original, RunResult::Retryable("boom".into()));
+        let Action::Dead { why, copy } = action else {
+            panic!("expected a dead copy, got {action:?}")
+        };
+        assert_eq!(why.reason, Reason::Failed);
+        assert_eq!(why.error, "attempt 3/3: boom");
+        assert_eq!(copy.route, r.dead("job"));
+        assert_eq!(reason_of(&copy).as_deref(), Some("failed"));
+    }
+
+    #[test]
+    fn a_permanent_failure_goes_dead_at_once() {
+        let (p, r, env, props) = (policy(9), routes(), envelope(1), BasicProperties::default());
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let action = judge(&p, &r).after_run(&original, RunResult::Permanent("bad".into()));
+        let Action::Dead { why, copy } = action else {
+            panic!("expected a dead copy, got {action:?}")
+        };
+        assert_eq!((why.reason, why.error.as_str()), (Reason::Permanent, "bad"));
+        assert_eq!(reason_of(&copy).as_deref(), Some("permanent"));
+        assert_eq!(
+            crate::wire::decode::header_int(&copy.properties, header::DEAD_AT),
+            Some(1_000_000)
+        );
+    }
+
+    #[test]
+    fn a_task_past_its_expiry_is_refused_and_one_before_it_is_not() {
+        let (p, r, props) = (policy(3), routes(), BasicProperties::default());
+        let mut env = envelope(1);
+        env.expires_at_ms = Some(999_000);
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let why = judge(&p, &r).expired(&original).expect("expired");
+        assert_eq!(why.reason, Reason::Expired);
+        assert!(why.error.contains("1000 ms past it"), "{}", why.error);
+        env.expires_at_ms = Some(1_000_000);
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        assert!(judge(&p, &r).expired(&original).is_none());
+    }
+}

@@ -1,0 +1,155 @@
+//! The worker's life: sessions (connect, declare, consume) until shutdown, reconnecting after
+//! any broker failure, then the graceful drain.
+//!
+//! Shutdown order (dramatiq's `worker.stop`, River's soft and hard stop): consumers are
+//! cancelled, running handlers get the grace period to finish and ack, then they are told to
+//! stop at once; the connections close last, so heartbeats continue while handlers finish,
+//! and whatever is still unacked returns to its queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::consume::QueueConsumer;
+use super::handler::Registered;
+use crate::broker::Session;
+use crate::error::Result;
+use crate::topology::Plan;
+
+/// What one worker process runs: its handlers, the topology they need, what they share.
+pub(super) struct Running {
+    pub(super) tasks: Vec<Arc<Registered>>,
+    pub(super) plan: Plan,
+    pub(super) shared: Arc<Shared>,
+    pub(super) amqp_url: String,
+    pub(super) grace: Duration,
+}
+
+impl Running {
+    /// Serves sessions until `shutdown`, then drains.
+    ///
+    /// # Errors
+    /// [`crate::Error::TopologyConflict`] and other errors a reconnect cannot cure.
+    pub(super) async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        // Sessions stay referenced until the drain is over: in-flight deliveries ack on them.
+        let mut sessions: Vec<Arc<Session>> = Vec::new();
+        let mut backoff = Backoff::new();
+        while !shutdown.is_cancelled() {
+            let Some(session) = self.open(&shutdown, &mut backoff).await? else {
+                continue;
+            };
+            self.consume(&session, &shutdown).await;
+            sessions.retain(|s| s.is_connected());
+            sessions.push(session);
+        }
+        self.drain(sessions).await;
+        Ok(())
+    }
+
+    /// A connected session with the topology declared; `None` when shutdown came first or
+    /// the broker failed in a way a retry can cure (after waiting out the backoff).
+    async fn open(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<Option<Arc<Session>>> {
+        let name = &self.shared.worker_name;
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            s = Session::connect(&self.amqp_url, name, None) => s,
+        };
+        let session = match connected {
+            Ok(s) => s,
+            Err(e) if e.is_transient() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match session.apply(&self.plan).await {
+            Ok(_) => {
+                backoff.reset();
+                Ok(Some(Arc::new(session)))
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "declaring the topology failed; reconnecting");
+                session.close("declaring failed").await;
+                backoff.wait().await;
+                Ok(None)
+            }
+            Err(e) => {
+                session.close("topology conflict").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Consumes every task type on `session` until shutdown or until one consumer ends,
+    /// which only happens when the connection is gone; then stops the others.
+    async fn consume(&self, session: &Arc<Session>, shutdown: &CancellationToken) {
+        let stop = shutdown.child_token();
+        let mut consumers = tokio::task::JoinSet::new();
+        for task in &self.tasks {
+            let consumer = QueueConsumer {
+                session: session.clone(),
+                task: task.clone(),
+                shared: self.shared.clone(),
+                stop: stop.clone(),
+            };
+            consumers.spawn(consumer.run());
+        }
+        tracing::info!("consuming");
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = consumers.join_next() => {
+                metrics::counter!("warren_reconnects_total").increment(1);
+                tracing::warn!("connection to the broker lost; reconnecting");
+            }
+        }
+        stop.cancel();
+        while consumers.join_next().await.is_some() {}
+    }
+
+    /// Lets running handlers finish within the grace period, then stops them; closes.
+    async fn drain(&self, sessions: Vec<Arc<Session>>) {
+        let tracker = &self.shared.tracker;
+        tracker.close();
+        tracing::info!(running = tracker.len(), grace = %humantime::format_duration(self.grace), "shutting down: waiting for running tasks");
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                still_running = tracker.len(),
+                "grace period over; stopping running tasks (they return to their queue)"
+            );
+            self.shared.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        }
+        for session in sessions {
+            session.close("worker shutdown").await;
+        }
+        self.shared.producer.close().await;
+        tracing::info!("worker stopped");
+    }
+}
+
+/// The wait between failed declarations: 0.5 s doubling to 10 s, reset by a success.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new() -> Backoff {
+        Backoff(Backoff::FIRST)
+    }
+
+    fn reset(&mut self) {
+        self.0 = Backoff::FIRST;
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Backoff::MAX);
+    }
+}
