@@ -15,24 +15,42 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Se
 pub(super) type ErasedHandler =
     dyn Fn(&[u8], TaskContext) -> Result<HandlerFuture, String> + Send + Sync;
 
-/// One registered task type.
+/// One task type as registered on the builder.
+pub(super) struct Registration {
+    pub(super) name: String,
+    pub(super) policy: TaskPolicy,
+    pub(super) handler: Box<ErasedHandler>,
+}
+
+impl Registration {
+    pub(super) fn new(name: &str, policy: TaskPolicy, handler: Box<ErasedHandler>) -> Self {
+        Registration {
+            name: name.to_string(),
+            policy,
+            handler,
+        }
+    }
+
+    /// The running form, with its metric handles. Made when the worker starts, not when
+    /// the handler is registered: a program may install its metrics recorder in between, and
+    /// a handle taken before that would record nowhere.
+    pub(super) fn start(self) -> Registered {
+        Registered {
+            metrics: Metrics::new(&self.name),
+            name: self.name,
+            policy: self.policy,
+            handler: self.handler,
+        }
+    }
+}
+
+/// One task type of a running worker.
 pub(super) struct Registered {
     pub(super) name: String,
     pub(super) policy: TaskPolicy,
     pub(super) handler: Box<ErasedHandler>,
-    /// Handles registered when the worker starts, so recording a task costs atomics only.
+    /// Registered when the worker starts, so recording a task costs atomics only.
     pub(super) metrics: Metrics,
-}
-
-impl Registered {
-    pub(super) fn new(name: &str, policy: TaskPolicy, handler: Box<ErasedHandler>) -> Registered {
-        Registered {
-            name: name.to_string(),
-            policy,
-            handler,
-            metrics: Metrics::new(name),
-        }
-    }
 }
 
 /// `handler` behind a decoder of `T`: a body that is not a valid `T` is refused with why.

@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::producer::Producer;
 use crate::task::{Task, TaskError};
 use crate::topology::{Routes, validate_task_name};
-use handler::Registered;
+use handler::{Registered, Registration};
 
 /// What every delivery of this worker shares.
 struct Shared {
@@ -78,7 +78,7 @@ struct Shared {
 /// ```
 pub struct Worker {
     settings: Settings,
-    tasks: BTreeMap<String, Registered>,
+    tasks: BTreeMap<String, Registration>,
     concurrency: usize,
     prefetch: u16,
     grace: Duration,
@@ -124,7 +124,7 @@ impl Worker {
             panic!("Task::NAME of {}: {e}", std::any::type_name::<T>());
         }
         let policy = T::policy(self.settings.policy(T::NAME).clone());
-        let registered = Registered::new(T::NAME, policy, handler::typed(handler));
+        let registered = Registration::new(T::NAME, policy, handler::typed(handler));
         self.tasks.insert(T::NAME.to_string(), registered);
         self
     }
@@ -140,7 +140,7 @@ impl Worker {
     {
         validate_task_name(name).map_err(Error::Config)?;
         let policy = self.settings.policy(name).clone();
-        let registered = Registered::new(name, policy, handler::json(handler));
+        let registered = Registration::new(name, policy, handler::json(handler));
         self.tasks.insert(name.to_string(), registered);
         Ok(self)
     }
@@ -199,7 +199,9 @@ impl Worker {
         let plan = self
             .settings
             .plan_for(self.tasks.keys().map(String::as_str));
-        let tasks: Vec<Arc<Registered>> = self.tasks.into_values().map(Arc::new).collect();
+        let tasks: Vec<Arc<Registered>> = (self.tasks.into_values())
+            .map(|r| Arc::new(r.start()))
+            .collect();
         tracing::info!(connection = %name, broker = %broker::redact(&self.settings.amqp_url),
             tasks = ?tasks.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             concurrency = self.concurrency, prefetch = self.prefetch, "worker starting");

@@ -220,7 +220,7 @@ async fn a_queue_declared_with_other_arguments_gives_an_explained_conflict() {
     );
     let text = err.to_string();
     assert!(
-        text.contains("delete it") && text.contains("warren topology apply"),
+        text.contains("delete it") && text.contains("declare the topology again"),
         "{text}"
     );
     // and everything else was still declared
