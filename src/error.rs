@@ -20,7 +20,7 @@ pub enum Error {
     Config(String),
 
     /// The topology file could not be read.
-    #[error("cannot read topology file `{}`: {source}", path.display())]
+    #[error("invalid configuration: cannot read topology file `{}`: {source}", path.display())]
     TopologyFile {
         /// The file.
         path: PathBuf,
@@ -168,6 +168,8 @@ impl fmt::Display for AccessDenied {
     }
 }
 
+// One arm per variant, so a new variant must decide how it is copied (`std::io::Error` is
+// not `Clone`, so this cannot be derived); longer than our usual function for that reason.
 impl Clone for Error {
     /// Copies an error so one failure can be reported for each task of a batch it ended.
     fn clone(&self) -> Self {

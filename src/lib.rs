@@ -11,18 +11,25 @@
 //!         (level n holds 2^n s)          {ns}.dead ──▶ {ns}.{task}.dead
 //! ```
 //!
-//! Module map:
-//! - [`config`]: settings from `topology/warren.toml`, environment and flags (pure).
-//! - [`topology`]: names, the delay ladder and the declaration plan (pure), and `apply`.
-//! - [`wire`]: the message format: properties and headers (pure).
-//! - [`task`]: the [`Task`] trait and [`TaskError`].
-//! - [`broker`]: named connections, bounded retries, the pool.
-//! - [`producer`]: confirmed enqueue, delays, expiry, bulk.
-//! - [`retry`]: retry decisions from the attempt number (pure).
-//! - [`worker`]: consumers, handlers, acks after confirmed outcomes, reconnects, shutdown.
-//! - [`status`], [`dlq`]: what operators read and repair.
-//! - [`management`]: the RabbitMQ management HTTP API.
-//! - [`cli`]: the `warren` command.
+//! Module map (the library knows no command line; the `warren` binary in `src/bin/warren/`
+//! uses only what is public here):
+//!
+//! | module | owns | pure? |
+//! |---|---|---|
+//! | [`config`] | [`Settings`]: defaults < topology file < environment < flags, `validate` | yes |
+//! | [`task`] | the [`Task`] trait, [`TaskError`] | yes |
+//! | [`retry`] | [`retry::TaskPolicy`] and its backoff, `decide` after a failed attempt | yes |
+//! | [`wire`] | the message format: encode ([`wire::Envelope`]), [`wire::decode`], the retry, dead and replay [`wire::copies`], [`wire::Reason`] | yes |
+//! | [`topology`] | [`topology::names`], the delay [`topology::ladder`], every [`topology::routes`] route, the declaration [`topology::plan`]; [`topology::declare`] sends it | all but `declare` |
+//! | [`broker`] | named connections, bounded retries, [`broker::Session`] (connect, declare, one bounded close), the pool | no |
+//! | [`producer`] | [`Producer`]: message preparation (pure), the confirm pipeline | partly |
+//! | [`worker`] | [`Worker`]: sessions and reconnects, consumers, one delivery's shell, the outcome decision (pure), acks, metrics | partly |
+//! | [`ops`] | the management HTTP API, `status` and `dlq` as functions returning data | partly |
+//! | [`trace`] | W3C `traceparent` carried from producer to handler | yes |
+//! | [`error`] | [`Error`]: facts, no command-line advice; `is_transient`, `is_usage` | yes |
+//!
+//! lapin is called only from `broker`, `topology::declare`, `producer`, `worker` and
+//! `ops::dlq`. Performance figures live in `docs/performance.md`, not in comments.
 
 #![warn(
     missing_docs,

@@ -13,7 +13,10 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
-use super::{ArgValue, Destination, ExchangeKind, Plan};
+use super::plan::{
+    ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, Plan, QueueDecl,
+};
+use crate::broker::close_channel;
 use crate::error::{Conflict, Error, Result};
 
 /// What [`apply`] declared.
@@ -46,11 +49,42 @@ pub fn field_table(args: &[(&'static str, ArgValue)]) -> FieldTable {
 /// [`Error::TopologyConflict`] listing every object that exists with other arguments;
 /// [`Error::Declare`] for any other refusal or a lost connection.
 pub async fn apply(plan: &Plan, conn: &Connection, vhost: &str) -> Result<ApplyReport> {
-    let mut channel = open(conn).await?;
-    let mut report = ApplyReport::default();
-    let mut conflicts = Vec::new();
-
+    let mut run = Declaring {
+        conn,
+        vhost,
+        channel: open(conn).await?,
+        report: ApplyReport::default(),
+        conflicts: Vec::new(),
+    };
     for ex in &plan.exchanges {
+        run.exchange(ex).await?;
+    }
+    for q in &plan.queues {
+        run.queue(q).await?;
+    }
+    for b in &plan.bindings {
+        run.binding(b).await?;
+    }
+    close_channel(&run.channel, "topology applied").await;
+    if run.conflicts.is_empty() {
+        Ok(run.report)
+    } else {
+        Err(Error::TopologyConflict(run.conflicts))
+    }
+}
+
+/// One `apply` in progress: the channel in use (reopened after a conflict closes it), what
+/// was declared, and the conflicts found so far.
+struct Declaring<'a> {
+    conn: &'a Connection,
+    vhost: &'a str,
+    channel: Channel,
+    report: ApplyReport,
+    conflicts: Vec<Conflict>,
+}
+
+impl Declaring<'_> {
+    async fn exchange(&mut self, ex: &ExchangeDecl) -> Result<()> {
         let kind = match ex.kind {
             ExchangeKind::Direct => lapin::ExchangeKind::Direct,
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,
@@ -59,90 +93,84 @@ pub async fn apply(plan: &Plan, conn: &Connection, vhost: &str) -> Result<ApplyR
             durable: true,
             ..Default::default()
         };
-        match channel
+        let declared = self
+            .channel
             .exchange_declare(ex.name.as_str().into(), kind, opts, FieldTable::default())
-            .await
-        {
-            Ok(()) => report.exchanges.push(ex.name.clone()),
-            Err(source) => {
-                let conflict =
-                    conflict_of(&source, "exchange", &ex.name, vhost).ok_or_else(|| {
-                        Error::Declare {
-                            entity: "exchange",
-                            name: ex.name.clone(),
-                            source,
-                        }
-                    })?;
-                conflicts.push(conflict);
-                channel = open(conn).await?;
+            .await;
+        match declared {
+            Ok(()) => {
+                self.report.exchanges.push(ex.name.clone());
+                Ok(())
             }
+            Err(source) => self.conflict(source, "exchange", &ex.name).await,
         }
     }
-    for q in &plan.queues {
+
+    async fn queue(&mut self, q: &QueueDecl) -> Result<()> {
         let opts = QueueDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        match channel
+        let declared = self
+            .channel
             .queue_declare(q.name.as_str().into(), opts, field_table(&q.args))
-            .await
-        {
-            Ok(state) => report.queues.push((q.name.clone(), state.message_count())),
-            Err(source) => {
-                let conflict = conflict_of(&source, "queue", &q.name, vhost).ok_or_else(|| {
-                    Error::Declare {
-                        entity: "queue",
-                        name: q.name.clone(),
-                        source,
-                    }
-                })?;
-                conflicts.push(conflict);
-                channel = open(conn).await?;
+            .await;
+        match declared {
+            Ok(state) => {
+                self.report
+                    .queues
+                    .push((q.name.clone(), state.message_count()));
+                Ok(())
             }
+            Err(source) => self.conflict(source, "queue", &q.name).await,
         }
     }
-    for b in &plan.bindings {
+
+    async fn binding(&mut self, b: &BindingDecl) -> Result<()> {
         let (src, dst, key) = (
             b.source.as_str(),
             b.destination.as_str(),
             b.routing_key.as_str(),
         );
+        let (ch, args) = (&self.channel, FieldTable::default());
         let result = match b.kind {
             Destination::Queue => {
-                channel
-                    .queue_bind(
-                        dst.into(),
-                        src.into(),
-                        key.into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
+                let opts = QueueBindOptions::default();
+                ch.queue_bind(dst.into(), src.into(), key.into(), opts, args)
                     .await
             }
             Destination::Exchange => {
-                channel
-                    .exchange_bind(
-                        dst.into(),
-                        src.into(),
-                        key.into(),
-                        ExchangeBindOptions::default(),
-                        FieldTable::default(),
-                    )
+                let opts = ExchangeBindOptions::default();
+                ch.exchange_bind(dst.into(), src.into(), key.into(), opts, args)
                     .await
             }
         };
+        let name = format!("{src} -[{key}]-> {dst}");
         result.map_err(|source| Error::Declare {
             entity: "binding",
-            name: format!("{src} -[{key}]-> {dst}"),
+            name: name.clone(),
             source,
         })?;
-        report.bindings.push(format!("{src} -[{key}]-> {dst}"));
+        self.report.bindings.push(name);
+        Ok(())
     }
-    let _ = channel.close(200, "topology applied".into()).await;
-    if conflicts.is_empty() {
-        Ok(report)
-    } else {
-        Err(Error::TopologyConflict(conflicts))
+
+    /// Records a conflict and reopens the channel it closed; any other error is final.
+    async fn conflict(
+        &mut self,
+        source: lapin::Error,
+        entity: &'static str,
+        name: &str,
+    ) -> Result<()> {
+        let conflict =
+            conflict_of(&source, entity, name, self.vhost).ok_or_else(|| Error::Declare {
+                entity,
+                name: name.to_string(),
+                source,
+            })?;
+        self.conflicts.push(conflict);
+        self.channel = open(self.conn).await?;
+        Ok(())
     }
 }
 
@@ -180,7 +208,7 @@ pub async fn remove(plan: &Plan, conn: &Connection, extra: &[&str]) {
     for e in exchanges {
         let _ = ch.exchange_delete(e.into(), Default::default()).await;
     }
-    let _ = ch.close(200, "removed".into()).await;
+    close_channel(&ch, "removed").await;
 }
 
 async fn open(conn: &Connection) -> Result<Channel> {

@@ -23,11 +23,10 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::Notify;
 
 /// Longest a settled delivery waits for its ack to be sent. On a quorum queue every ack frame
-/// is a Raft command the broker writes and replicates: end to end on quorum queues a worker
-/// reached 0.72 of raw lapin (same wire format, acking every 250) at 5 ms and 0.86 at 25 ms
-/// (`warren bench`, 2026-11-22); classic queues showed no difference within the noise. Longer
-/// only widens the window of finished tasks that a crash runs again, which the quarter-prefetch
-/// batch bounds under load anyway.
+/// is a Raft command the broker writes and replicates, so fewer frames are faster end to end
+/// (the measurement that chose 25 ms over 5 ms is in `docs/performance.md`, "Ack batching");
+/// classic queues showed no difference. Longer only widens the window of finished tasks that
+/// a crash runs again, which the quarter-prefetch batch bounds under load anyway.
 pub(crate) const ACK_DELAY: Duration = Duration::from_millis(25);
 
 /// A settlement of one delivery.

@@ -233,8 +233,12 @@ fn publish_then_ack<'a>(
                 held.ack();
             }
             Err(err) => {
+                let what = match outcome {
+                    Outcome::Retry => "retry",
+                    _ => "dead",
+                };
                 tracing::error!(task.kind = %kind, task.id = %id, error = %err,
-                    "could not publish the outcome's copy; requeueing the delivery instead of acking it");
+                    "could not publish the {what} copy; requeueing the delivery instead of acking it");
                 // Don't spin: a broker that refuses now will likely refuse in the next ms.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 held.requeue();

@@ -41,8 +41,8 @@ impl Running {
                 continue;
             };
             self.consume(&session, &shutdown).await;
-            sessions.retain(|s| s.is_connected());
             sessions.push(session);
+            sessions.retain(|s| shutdown.is_cancelled() || s.is_connected());
         }
         self.drain(sessions).await;
         Ok(())

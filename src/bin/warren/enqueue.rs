@@ -9,6 +9,7 @@ use clap::Args;
 use warren::config::parse_duration;
 use warren::{EnqueueOptions, Error, Producer, Result, Settings};
 
+use crate::hints;
 use crate::progress::Progress;
 use crate::write_err;
 
@@ -153,7 +154,7 @@ async fn enqueue_in_chunks(
                 }
                 Err(e) => {
                     if failed == 0 {
-                        progress.println(&format!("error: {e}"));
+                        progress.println(&format!("error: {}", hints::explained(&e)));
                     }
                     failed += 1;
                 }
@@ -192,40 +193,10 @@ async fn enqueue_lines(
     let (mut ok, mut bad) = (0u64, 0u64);
     let mut lines = input.lines().enumerate().peekable();
     while lines.peek().is_some() {
-        let mut numbers = Vec::new();
-        let mut items = Vec::new();
-        for (i, line) in lines.by_ref().take(CHUNK) {
-            let n = i + 1;
-            let line = line.map_err(|source| Error::Io {
-                context: format!("reading stdin line {n}"),
-                source,
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match parse_payload(&line, &format!("line {n}")) {
-                Ok(body) => {
-                    numbers.push(n);
-                    let id = args.id.as_ref().map(|id| format!("{id}-{n}"));
-                    items.push((
-                        args.task.clone(),
-                        Ok(body),
-                        EnqueueOptions {
-                            id,
-                            ..options.clone()
-                        },
-                    ));
-                }
-                Err(e) => {
-                    bad += 1;
-                    eprintln!("error: {e}; line {n} NOT enqueued");
-                }
-            }
-        }
-        for (n, result) in numbers
-            .into_iter()
-            .zip(producer.enqueue_many_raw(items).await)
-        {
+        let chunk = read_chunk(&mut lines, args, &options)?;
+        bad += chunk.bad;
+        let results = producer.enqueue_many_raw(chunk.items).await;
+        for (n, result) in chunk.numbers.into_iter().zip(results) {
             match result {
                 Ok(id) => {
                     ok += 1;
@@ -233,7 +204,7 @@ async fn enqueue_lines(
                 }
                 Err(e) => {
                     bad += 1;
-                    eprintln!("error: line {n} NOT enqueued: {e}");
+                    eprintln!("error: line {n} NOT enqueued: {}", hints::explained(&e));
                 }
             }
         }
@@ -253,6 +224,52 @@ async fn enqueue_lines(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Up to [`CHUNK`] stdin lines parsed into tasks, with their line numbers; bad lines are
+/// reported on stderr and counted.
+struct Chunk {
+    numbers: Vec<usize>,
+    items: Vec<(String, Result<Vec<u8>>, EnqueueOptions)>,
+    bad: u64,
+}
+
+fn read_chunk(
+    lines: &mut impl Iterator<Item = (usize, std::io::Result<String>)>,
+    args: &EnqueueArgs,
+    options: &EnqueueOptions,
+) -> Result<Chunk> {
+    let mut chunk = Chunk {
+        numbers: Vec::new(),
+        items: Vec::new(),
+        bad: 0,
+    };
+    for (i, line) in lines.take(CHUNK) {
+        let n = i + 1;
+        let line = line.map_err(|source| Error::Io {
+            context: format!("reading stdin line {n}"),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_payload(&line, &format!("line {n}")) {
+            Ok(body) => {
+                let id = args.id.as_ref().map(|id| format!("{id}-{n}"));
+                let options = EnqueueOptions {
+                    id,
+                    ..options.clone()
+                };
+                chunk.numbers.push(n);
+                chunk.items.push((args.task.clone(), Ok(body), options));
+            }
+            Err(e) => {
+                chunk.bad += 1;
+                eprintln!("error: {e}; line {n} NOT enqueued");
+            }
+        }
+    }
+    Ok(chunk)
 }
 
 #[cfg(test)]

@@ -6,6 +6,14 @@
 use warren::Error;
 use warren::error::AccessDenied;
 
+/// `err`'s message with its advice on the next line, as the command prints errors.
+pub(crate) fn explained(err: &Error) -> String {
+    match for_error(err) {
+        Some(hint) => format!("{err}\n  {hint}"),
+        None => err.to_string(),
+    }
+}
+
 /// Advice for `err`, printed under its message; `None` when the message says it all.
 pub(crate) fn for_error(err: &Error) -> Option<String> {
     let hint = match err {

@@ -120,10 +120,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let _ = stdout.flush();
-            eprintln!("error: {e}");
-            if let Some(hint) = hints::for_error(&e) {
-                eprintln!("  {hint}");
-            }
+            eprintln!("error: {}", hints::explained(&e));
             ExitCode::from(if e.is_usage() { 2 } else { 1 })
         }
     }
@@ -176,6 +173,15 @@ async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Demo(args) => demo::command(&settings, args, out).await,
         Command::Bench(args) => bench::command(&settings, args, out).await,
         Command::BenchDrain(args) => bench::drain_command(&settings, args, out).await,
+    }
+}
+
+/// A failure of this command's own machinery (a child process that failed, a consumer that
+/// ended early, a timeout): a runtime failure, exit 1, never a usage error.
+pub(crate) fn failure(kind: std::io::ErrorKind, context: String, detail: String) -> Error {
+    Error::Io {
+        context,
+        source: std::io::Error::new(kind, detail),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Drains in a child process (`warren bench-drain`), so that their CPU time and peak RSS are
 //! the consumer's alone.
 
+use std::io::ErrorKind;
+
 use serde::{Deserialize, Serialize};
 use warren::topology::Names;
 use warren::{Error, Result, Settings};
@@ -8,6 +10,7 @@ use warren::{Error, Result, Settings};
 use super::BenchOptions;
 use super::raw::{raw_drain, raw_queue};
 use super::side::warren_drain;
+use crate::failure;
 
 /// Which consumer a `bench-drain` child runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -138,12 +141,14 @@ pub(super) async fn drain_in_child(
             source,
         })?;
     if !out.status.success() {
-        return Err(Error::InvalidInput(format!(
-            "bench-drain {side_name} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(failure(
+            ErrorKind::Other,
+            format!("bench-drain {side_name} exited with {}", out.status),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| {
-        Error::InvalidInput(format!("bench-drain {side_name} printed no figures: {e}"))
+        let context = format!("bench-drain {side_name} printed no figures");
+        failure(ErrorKind::InvalidData, context, e.to_string())
     })
 }

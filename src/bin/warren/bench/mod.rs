@@ -10,9 +10,8 @@
 //!
 //! A third side, `raw_wire`, is the same raw loop sending what Warren sends: its wire format
 //! (task id and type; see `wire::Envelope`), through a direct exchange with `mandatory`,
-//! and, end to end, on a connection of its own. RabbitMQ charges for each of these (measured
-//! with `examples/wire_cost.rs`: a direct exchange with `mandatory` costs about 15 % more
-//! broker CPU per publish than the default exchange without it), so `warren / raw` mixes two
+//! and, end to end, on a connection of its own. RabbitMQ charges for each of these (figures from
+//! `examples/wire_cost.rs` in `docs/performance.md`), so `warren / raw` mixes two
 //! costs: `warren / raw_wire` is Warren's code alone, `raw_wire / raw` the format's and the
 //! routing's.
 //!
@@ -22,10 +21,11 @@
 //! side's start-up (a worker connects and declares its topology) is counted as per-task cost.
 
 mod child;
-mod phases;
 mod raw;
+mod repetition;
 mod report;
 mod side;
+mod timing;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -33,19 +33,17 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
-use lapin::options::{ConfirmSelectOptions, QueuePurgeOptions};
-use lapin::{Channel, Connection};
+use lapin::options::ConfirmSelectOptions;
 use serde::{Deserialize, Serialize};
-use warren::broker::{Session, close_channel};
+use warren::broker::Session;
 use warren::config::parse_duration;
 use warren::topology::{self, Names};
 use warren::{Error, Producer, QueueType, Result, Settings, Task};
 
 use crate::write_err;
-use child::{DrainSide, drain_in_child, rusage};
-use phases::{confirm_channel, paced, settle, with_consumer};
-use raw::{Wire, declare_raw, raw_drain, raw_end_to_end, raw_publish};
-use side::{warren_drain, warren_enqueue};
+use child::DrainSide;
+use raw::declare_raw;
+use repetition::Bench;
 
 /// `warren bench ...`
 #[derive(Debug, Args)]
@@ -290,146 +288,20 @@ pub async fn run(
         .await
         .map_err(amqp("confirm select"))?;
     let raw = declare_raw(&ch, &settings).await?;
-    let result = repetitions(&settings, opts, conn, &ch, &raw, &mut progress).await;
+    let bench = Bench {
+        settings: &settings,
+        opts,
+        conn,
+        ch: &ch,
+        raw: &raw,
+        work: Names::new(&settings.namespace).work_queue("bench"),
+        producer: Producer::with_role(&settings, "bench-producer")?,
+    };
+    let result = bench.repetitions(&mut progress).await;
+    bench.producer.close().await;
     topology::declare::remove(&plan, conn, &[raw.as_str()]).await;
     session.close("bench done").await;
     result
-}
-
-async fn repetitions(
-    settings: &Settings,
-    opts: &BenchOptions,
-    conn: &Connection,
-    ch: &Channel,
-    raw: &str,
-    progress: &mut impl FnMut(&str),
-) -> Result<Vec<Figures>> {
-    let work = Names::new(&settings.namespace).work_queue("bench");
-    let producer = Producer::with_role(settings, "bench-producer")?;
-    let n = opts.count;
-    let rate = |secs: f64| n as f64 / secs.max(1e-9);
-    let mut all = Vec::new();
-    for rep in 1..=opts.repetitions {
-        let mut f = Figures::new();
-        let step = |p: &mut dyn FnMut(&str), what: &str| {
-            p(&format!("repetition {rep}/{}: {what}", opts.repetitions))
-        };
-        let purge = |q: String| async move {
-            ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())
-                .await
-                .map_err(amqp("purge"))
-        };
-
-        // Enqueue, then drain in a child process; the sides take turns going first.
-        purge(raw.to_string()).await?;
-        purge(work.clone()).await?;
-        for key in rotated(&ENQUEUE_SIDES, rep) {
-            // Warren's side publishes with its producer (`wire` = None).
-            let (wire, drains): (Option<Wire>, &[(&str, DrainSide)]) = match key {
-                "raw" => (
-                    Some(Wire::Bare),
-                    &[
-                        ("raw", DrainSide::Raw),
-                        ("raw_multiple", DrainSide::RawMultiple),
-                    ],
-                ),
-                "raw_wire" => (Some(Wire::Warren), &[("raw_wire", DrainSide::RawMultiple)]),
-                _ => (None, &[("warren", DrainSide::Warren)]),
-            };
-            let publish = || async {
-                match wire {
-                    Some(wire) => raw_publish(ch, raw, n, opts.size, 1024, wire).await,
-                    None => warren_enqueue(&producer, n, opts.size).await,
-                }
-            };
-            step(progress, &format!("{key} publish"));
-            settle().await;
-            let cpu = rusage().1;
-            let secs = publish().await?;
-            f.insert(format!("{key}.enqueue"), rate(secs));
-            f.insert(format!("{key}.enqueue_cpu_s"), rusage().1 - cpu);
-            for (i, (drain_key, side)) in drains.iter().enumerate() {
-                if i > 0 {
-                    publish().await?;
-                }
-                step(progress, &format!("{drain_key} drain"));
-                settle().await;
-                let d = drain_in_child(settings, opts, *side).await?;
-                f.insert(format!("{drain_key}.drain"), d.rate);
-                f.insert(format!("{drain_key}.drain_cpu_s"), d.cpu_secs);
-                f.insert(
-                    format!("{drain_key}.drain_rss_mib"),
-                    d.peak_rss_kib as f64 / 1024.0,
-                );
-            }
-        }
-
-        // End to end, both running in this process, timed from the first publish (the
-        // consumer is already up) to the last delivery; latencies at full load.
-        for key in rotated(&E2E_SIDES, rep) {
-            step(progress, &format!("{key} end to end"));
-            settle().await;
-            let cpu = rusage().1;
-            let (mut d, started) = match key {
-                "warren" => {
-                    let consumer = warren_drain(settings, n, opts.prefetch, opts.concurrency);
-                    with_consumer(ch, &work, consumer, || async {
-                        warren_enqueue(&producer, n, opts.size).await.map(drop)
-                    })
-                    .await?
-                }
-                _ => {
-                    let (multiple, wire) = match key {
-                        "raw" => (false, Wire::Bare),
-                        "raw_multiple" => (true, Wire::Bare),
-                        _ => (true, Wire::Warren),
-                    };
-                    raw_end_to_end(settings, conn, ch, raw, opts, multiple, wire).await?
-                }
-            };
-            f.insert(format!("{key}.e2e"), rate((d.last - started).as_secs_f64()));
-            f.insert(format!("{key}.e2e_cpu_s"), rusage().1 - cpu);
-            record_latency(&mut f, &format!("{key}.full"), &mut d.latencies);
-        }
-
-        // Paced: a steady rate, latency only.
-        step(progress, "paced latency");
-        let paced_n = (opts.paced_rate as f64 * opts.paced_for.as_secs_f64()).max(1.0) as u64;
-        settle().await;
-        let pch = confirm_channel(conn).await?;
-        let consumer = raw_drain(conn, raw, paced_n, opts.prefetch, false);
-        let (mut d, _) = with_consumer(ch, raw, consumer, || {
-            paced(paced_n, opts.paced_rate, |k| {
-                let pch = &pch;
-                async move {
-                    raw_publish(pch, raw, k, opts.size, 1024, Wire::Bare)
-                        .await
-                        .map(drop)
-                }
-            })
-        })
-        .await?;
-        close_channel(&pch, "bench").await;
-        record_latency(&mut f, "raw.paced", &mut d.latencies);
-        settle().await;
-        let consumer = warren_drain(settings, paced_n, opts.prefetch, opts.concurrency);
-        let (mut d, _) = with_consumer(ch, &work, consumer, || {
-            paced(paced_n, opts.paced_rate, |k| {
-                let producer = &producer;
-                async move {
-                    for r in producer.enqueue_many(tasks(k, opts.size)).await {
-                        r?;
-                    }
-                    Ok(())
-                }
-            })
-        })
-        .await?;
-        record_latency(&mut f, "warren.paced", &mut d.latencies);
-        all.push(f);
-    }
-    producer.close().await;
-    Ok(all)
 }
 
 /// The end-to-end sides. Each repetition runs them in another order ([`rotated`]): the

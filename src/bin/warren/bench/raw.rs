@@ -13,9 +13,9 @@ use lapin::{BasicProperties, Channel, Connection};
 use warren::broker::{close_channel, close_connection};
 use warren::topology::{self, Names};
 use warren::wire::{Envelope, new_task_id};
-use warren::{Error, Result, Settings, Task};
+use warren::{Result, Settings, Task};
 
-use super::phases::{confirm_channel, with_consumer};
+use super::timing::{confirm_channel, with_consumer};
 use super::{BenchOptions, BenchTask, Drained, amqp, now_us, tasks};
 
 /// The message properties of a raw publish.
@@ -38,9 +38,10 @@ pub(super) async fn raw_publish(
     queue: &str,
     n: u64,
     size: usize,
-    window: usize,
     wire: Wire,
 ) -> Result<f64> {
+    // The same window as Warren's producer: both sides keep as many confirms outstanding.
+    let window = warren::producer::CONFIRM_WINDOW_DEFAULT;
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
     let bare = BasicProperties::default()
@@ -86,9 +87,11 @@ pub(super) async fn raw_publish(
 pub(super) fn check_confirm(c: lapin::Result<lapin::Confirmation>) -> Result<()> {
     match c.map_err(amqp("raw confirm"))? {
         lapin::Confirmation::Ack(None) => Ok(()),
-        other => Err(Error::InvalidInput(format!(
-            "raw publish not confirmed: {other:?}"
-        ))),
+        other => Err(crate::failure(
+            std::io::ErrorKind::Other,
+            "a raw publish".into(),
+            format!("not confirmed: {other:?}"),
+        )),
     }
 }
 
@@ -122,7 +125,13 @@ pub(super) async fn raw_drain(
         let d = match consumer.next().await {
             Some(Ok(d)) => d,
             Some(Err(e)) => return Err(amqp("raw consume")(e)),
-            None => return Err(Error::InvalidInput("raw consumer ended".into())),
+            None => {
+                return Err(crate::failure(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("consuming {queue}"),
+                    "the raw consumer ended early".into(),
+                ));
+            }
         };
         first.get_or_insert_with(Instant::now);
         if let Ok(t) = serde_json::from_slice::<BenchTask>(&d.data) {
@@ -199,47 +208,56 @@ pub(super) async fn declare_raw(ch: &Channel, settings: &Settings) -> Result<Str
     Ok(name)
 }
 
-/// One raw end-to-end phase on `queue`: a raw consumer, then a raw publisher once it is up.
-pub(super) async fn raw_end_to_end(
-    settings: &Settings,
-    conn: &Connection,
-    ch: &Channel,
-    queue: &str,
-    opts: &BenchOptions,
-    multiple: bool,
-    wire: Wire,
-) -> Result<(Drained, Instant)> {
-    // raw_wire also takes Warren's connection layout: publishing on a connection of its
-    // own, as RabbitMQ advises (flow control blocks publishing connections).
-    let own = match wire {
-        Wire::Bare => None,
-        Wire::Warren => Some(
-            warren::broker::connect(
-                &settings.amqp_url,
-                "warren bench raw-publish",
-                Some(settings.connect_timeout),
-            )
-            .await?,
-        ),
-    };
-    let pch = confirm_channel(own.as_ref().unwrap_or(conn)).await?;
-    let n = opts.count;
-    let result = with_consumer(
-        ch,
-        queue,
-        raw_drain(conn, queue, n, opts.prefetch, multiple),
-        || async {
-            raw_publish(&pch, queue, n, opts.size, 1024, wire)
-                .await
-                .map(drop)
-        },
-    )
-    .await;
-    close_channel(&pch, "bench").await;
-    if let Some(c) = own {
-        close_connection(&c, "bench").await;
+/// One raw end-to-end phase: a raw consumer, then a raw publisher once it is up.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RawEndToEnd {
+    /// Ack with `multiple` (else each delivery).
+    pub(super) multiple: bool,
+    pub(super) wire: Wire,
+}
+
+impl RawEndToEnd {
+    /// Runs on `queue`; returns what the consumer saw and when publishing started.
+    pub(super) async fn run(
+        self,
+        settings: &Settings,
+        conn: &Connection,
+        ch: &Channel,
+        queue: &str,
+        opts: &BenchOptions,
+    ) -> Result<(Drained, Instant)> {
+        // raw_wire also takes Warren's connection layout: publishing on a connection of its
+        // own, as RabbitMQ advises (flow control blocks publishing connections).
+        let own = match self.wire {
+            Wire::Bare => None,
+            Wire::Warren => Some(
+                warren::broker::connect(
+                    &settings.amqp_url,
+                    "warren bench raw-publish",
+                    Some(settings.connect_timeout),
+                )
+                .await?,
+            ),
+        };
+        let pch = confirm_channel(own.as_ref().unwrap_or(conn)).await?;
+        let n = opts.count;
+        let result = with_consumer(
+            ch,
+            queue,
+            raw_drain(conn, queue, n, opts.prefetch, self.multiple),
+            || async {
+                raw_publish(&pch, queue, n, opts.size, self.wire)
+                    .await
+                    .map(drop)
+            },
+        )
+        .await;
+        close_channel(&pch, "bench").await;
+        if let Some(c) = own {
+            close_connection(&c, "bench").await;
+        }
+        result
     }
-    result
 }
 
 /// The raw side's queue (and direct exchange) in the benchmark's namespace.

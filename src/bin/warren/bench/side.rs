@@ -52,7 +52,7 @@ pub(super) async fn warren_drain(
     stop.cancel();
     running
         .await
-        .map_err(|e| Error::InvalidInput(format!("bench worker: {e}")))??;
+        .map_err(|e| Error::Internal(format!("the bench worker task failed: {e}")))??;
     let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     Ok(Drained {
         first: first.get().copied().unwrap_or(last),

@@ -6,27 +6,20 @@
 //! against the plan with throughput and latency. Deletes its queues afterwards unless kept.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
+
+mod drive;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
-use warren::broker::{Session, close_channel};
+use warren::broker::Session;
 use warren::config::parse_duration;
 use warren::topology::{self, Names};
-use warren::wire::unix_ms;
-use warren::{
-    EnqueueOptions, Error, Producer, QueueType, Result, Settings, Task, TaskContext, TaskError,
-    Worker,
-};
+use warren::{QueueType, Result, Settings, Task};
 
 use crate::progress::Progress;
 use crate::write_err;
@@ -188,7 +181,7 @@ impl Summary {
 }
 
 #[derive(Default)]
-struct Observed {
+pub(crate) struct Observed {
     /// seq -> end state
     ends: HashMap<u64, &'static str>,
     runs: u64,
@@ -234,207 +227,12 @@ pub async fn run(
     let session = Session::open(&settings, "demo").await?;
     let plan = settings.plan();
     session.apply(&plan).await?;
-    let result = drive(&settings, opts, &session, &names, &mut progress).await;
+    let result = drive::drive(&settings, opts, &session, &names, &mut progress).await;
     if !opts.keep {
         topology::declare::remove(&plan, session.connection(), &[]).await;
     }
     session.close("demo done").await;
     result
-}
-
-async fn drive(
-    settings: &Settings,
-    opts: &DemoOptions,
-    session: &Session,
-    names: &Names,
-    progress: &mut impl FnMut(u64, u64),
-) -> Result<Summary> {
-    let observed: Arc<Mutex<Observed>> = Arc::default();
-    let stop = CancellationToken::new();
-    let mut workers = Vec::new();
-    for i in 0..opts.workers.max(1) {
-        let seen = observed.clone();
-        let worker = Worker::new(settings)
-            .role(&format!("demo-worker-{i}"))
-            .concurrency(8)
-            .prefetch(16)
-            .handle(move |t: DemoTask, ctx: TaskContext| {
-                let seen = seen.clone();
-                async move {
-                    let now = unix_ms(SystemTime::now());
-                    let mut o = seen.lock().unwrap_or_else(|p| p.into_inner());
-                    o.runs += 1;
-                    if ctx.attempt == 1 && matches!(t.kind, Kind::Ok | Kind::Flaky | Kind::Doomed) {
-                        o.latencies.push(now.saturating_sub(t.sent_ms) as f64);
-                    }
-                    match t.kind {
-                        Kind::Flaky if ctx.attempt == 1 => {
-                            Err(TaskError::retry("flaky: first attempt fails"))
-                        }
-                        Kind::Doomed => Err(TaskError::retry("doomed: always fails")),
-                        Kind::Flaky => {
-                            o.ends.insert(t.seq, "succeeded after a retry");
-                            Ok(())
-                        }
-                        _ => {
-                            let end = if ctx.attempt == 1 {
-                                "succeeded first time"
-                            } else {
-                                "succeeded after a retry"
-                            };
-                            o.ends.entry(t.seq).or_insert(end);
-                            Ok(())
-                        }
-                    }
-                }
-            });
-        workers.push(tokio::spawn(worker.run(stop.clone())));
-    }
-
-    // The dead queue tells which tasks died and why.
-    let dead_ch = session
-        .connection()
-        .create_channel()
-        .await
-        .map_err(|source| Error::Amqp {
-            operation: "opening a channel".into(),
-            source,
-        })?;
-    let mut dead = dead_ch
-        .basic_consume(
-            names.dead_queue("demo").as_str().into(),
-            "warren demo dead-watch".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|source| Error::Amqp {
-            operation: "watching the dead queue".into(),
-            source,
-        })?;
-    let seen = observed.clone();
-    let dead_watch = tokio::spawn(async move {
-        while let Some(Ok(d)) = dead.next().await {
-            let reason = match d
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get("warren-reason"))
-            {
-                Some(AMQPValue::LongString(s)) => {
-                    String::from_utf8_lossy(s.as_bytes()).into_owned()
-                }
-                _ => "unknown".into(),
-            };
-            if let Ok(t) = serde_json::from_slice::<DemoTask>(&d.data) {
-                let end = match reason.as_str() {
-                    "failed" => "dead: failed",
-                    "expired" => "dead: expired",
-                    _ => "dead: other",
-                };
-                seen.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .ends
-                    .insert(t.seq, end);
-            }
-            let _ = d.ack(BasicAckOptions::default()).await;
-        }
-    });
-
-    let producer = Producer::with_role(settings, "demo-producer")?;
-    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    let mut plan: HashMap<u64, Kind> = HashMap::new();
-    let started = Instant::now();
-    // Batches of 25, each stamped when it is sent, so the latency measures the wait in the
-    // queue rather than the time to publish the whole run.
-    let seqs: Vec<u64> = (0..opts.tasks).collect();
-    for batch in seqs.chunks(25) {
-        let now_ms = unix_ms(SystemTime::now());
-        let tasks: Vec<(String, Result<Vec<u8>>, EnqueueOptions)> = batch
-            .iter()
-            .map(|&seq| {
-                let kind = Kind::for_seq(seq);
-                plan.insert(seq, kind);
-                *expected.entry(kind.expected().to_string()).or_default() += 1;
-                let options = match kind {
-                    Kind::Delayed => EnqueueOptions::default().delay(Duration::from_secs(2)),
-                    Kind::Expiring => EnqueueOptions::default()
-                        .delay(Duration::from_secs(2))
-                        .expires_in(Duration::from_secs(1)),
-                    _ => EnqueueOptions::default(),
-                };
-                let body = serde_json::to_vec(&DemoTask {
-                    seq,
-                    kind,
-                    sent_ms: now_ms,
-                })
-                .map_err(|e| Error::InvalidInput(e.to_string()));
-                ("demo".to_string(), body, options)
-            })
-            .collect();
-        if let Some(Err(e)) = producer
-            .enqueue_many_raw(tasks)
-            .await
-            .into_iter()
-            .find(|r| r.is_err())
-        {
-            stop.cancel();
-            return Err(e);
-        }
-    }
-    let enqueue_secs = started.elapsed().as_secs_f64();
-    producer.close().await;
-
-    let deadline = Instant::now() + opts.timeout;
-    loop {
-        let settled = observed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .ends
-            .len() as u64;
-        progress(settled, opts.tasks);
-        if settled >= opts.tasks || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.cancel();
-    for w in workers {
-        let _ = w.await;
-    }
-    dead_watch.abort();
-    close_channel(&dead_ch, "demo done").await;
-
-    let o = observed.lock().unwrap_or_else(|p| p.into_inner());
-    let mut actual: BTreeMap<String, u64> = BTreeMap::new();
-    let mut mismatched = 0;
-    for (seq, kind) in &plan {
-        match o.ends.get(seq) {
-            Some(end) => {
-                *actual.entry((*end).to_string()).or_default() += 1;
-                if *end != kind.expected() {
-                    mismatched += 1;
-                }
-            }
-            None => {
-                *actual.entry("never finished".to_string()).or_default() += 1;
-                mismatched += 1;
-            }
-        }
-    }
-    let mut lat = o.latencies.clone();
-    Ok(Summary {
-        namespace: settings.namespace.clone(),
-        expected,
-        actual,
-        mismatched,
-        runs: o.runs,
-        enqueue_rate: opts.tasks as f64 / enqueue_secs.max(1e-9),
-        throughput: o.ends.len() as f64 / elapsed.max(1e-9),
-        latency_ms: crate::stats::percentiles(&mut lat),
-        elapsed_s: elapsed,
-    })
 }
 
 /// The summary as text, with where to look in the management UI.

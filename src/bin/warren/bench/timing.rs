@@ -27,9 +27,11 @@ pub(super) async fn wait_for_consumer(ch: &Channel, queue: &str) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(Error::InvalidInput(format!(
-                "no consumer appeared on {queue} within 30 s"
-            )));
+            return Err(crate::failure(
+                std::io::ErrorKind::TimedOut,
+                format!("waiting for a consumer on {queue}"),
+                "none appeared within 30 s".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
