@@ -81,12 +81,13 @@ impl Routes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
 
-    fn routes() -> Routes {
+    /// The routes of namespace `ns` with a 60 s ladder (levels 5..0).
+    pub(crate) fn routes() -> Routes {
         Routes::new(
             Names::new("ns"),
             Ladder::for_max_delay(Duration::from_secs(60)),

@@ -152,17 +152,7 @@ mod tests {
     use super::*;
     use crate::wire::Reason;
     use crate::wire::decode::read_envelope;
-
-    fn props(headers: Vec<(&str, AMQPValue)>) -> BasicProperties {
-        let mut h = FieldTable::default();
-        for (k, v) in headers {
-            h.insert(k.into(), v);
-        }
-        BasicProperties::default()
-            .with_type("job".into())
-            .with_message_id("id-1".into())
-            .with_headers(h)
-    }
+    use crate::wire::tests::props;
 
     fn route(exchange: &str, key: &str) -> Route {
         Route {

@@ -221,17 +221,7 @@ impl Death {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn props(headers: Vec<(&str, AMQPValue)>) -> BasicProperties {
-        let mut h = FieldTable::default();
-        for (k, v) in headers {
-            h.insert(k.into(), v);
-        }
-        BasicProperties::default()
-            .with_type("job".into())
-            .with_message_id("id-1".into())
-            .with_headers(h)
-    }
+    use crate::wire::tests::props;
 
     #[test]
     fn a_minimal_foreign_message_gets_defaults() {

@@ -177,8 +177,20 @@ pub fn new_task_id() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Properties of a `job` task with id `id-1` and these headers.
+    pub(crate) fn props(headers: Vec<(&str, AMQPValue)>) -> BasicProperties {
+        let mut h = FieldTable::default();
+        for (k, v) in headers {
+            h.insert(k.into(), v);
+        }
+        BasicProperties::default()
+            .with_type("job".into())
+            .with_message_id("id-1".into())
+            .with_headers(h)
+    }
 
     #[test]
     fn a_first_enqueue_carries_the_design_properties() {

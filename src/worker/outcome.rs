@@ -107,15 +107,8 @@ mod tests {
     use lapin::BasicProperties;
 
     use super::*;
-    use crate::topology::{Ladder, Names};
+    use crate::topology::routes::tests::routes;
     use crate::wire::{Envelope, header};
-
-    fn routes() -> Routes {
-        Routes::new(
-            Names::new("ns"),
-            Ladder::for_max_delay(Duration::from_secs(60)),
-        )
-    }
 
     fn policy(max_attempts: u32) -> TaskPolicy {
         let mut p = TaskPolicy {
