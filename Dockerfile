@@ -7,13 +7,13 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so a source change does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src examples tests/it benches \
-    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir -p src/bin/warren examples tests/it benches \
+    && echo 'fn main() {}' > src/bin/warren/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > examples/thumbnails.rs && echo '' > tests/it/main.rs \
     && cargo build --release --locked --bin warren || true
 COPY src ./src
 COPY examples ./examples
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin warren
+RUN touch src/bin/warren/main.rs src/lib.rs && cargo build --release --locked --bin warren
 
 FROM debian:bookworm-slim
 RUN apt-get update \
