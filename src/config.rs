@@ -6,7 +6,7 @@
 //! this module one [`Overrides`] that already holds "flag, else environment". No lapin here.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -146,11 +146,8 @@ impl Settings {
     /// [`Error::Config`] naming the file, line and key when the file is unreadable or wrong,
     /// or the field when a value is out of range.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings> {
-        let mut settings = match path {
-            Some(p) => Settings::from_file(p)?,
-            None if Path::new(TOPOLOGY_PATH_DEFAULT).exists() => {
-                Settings::from_file(Path::new(TOPOLOGY_PATH_DEFAULT))?
-            }
+        let mut settings = match topology_file(path) {
+            Some(p) => Settings::from_file(&p)?,
             None => Settings::default(),
         };
         settings.apply(overrides);
@@ -478,6 +475,18 @@ impl FileSettings {
             tasks,
             worker,
             connect_timeout: self.connect_timeout.unwrap_or(base.connect_timeout),
+        }
+    }
+}
+
+/// The topology file [`Settings::load`] reads for `path`: `path` itself when given, else
+/// `topology/warren.toml` when it exists, else none (built-in defaults).
+pub fn topology_file(path: Option<&Path>) -> Option<PathBuf> {
+    match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => {
+            let default = Path::new(TOPOLOGY_PATH_DEFAULT);
+            default.exists().then(|| default.to_path_buf())
         }
     }
 }

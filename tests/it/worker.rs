@@ -753,6 +753,145 @@ async fn exec_handlers_follow_the_exit_code_contract() {
     );
 }
 
+/// Peak resident memory of process `pid` in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_handler_that_writes_much_before_reading_neither_hangs_nor_bloats_the_worker() {
+    // Given a handler that writes 128 KiB to stderr before it reads its 300 KB payload (two
+    // pipes' worth each way), and one that writes 200 MB to stderr, both then logging their id
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    let log = TempFile::path("log");
+    let script = format!(
+        "if [ \"$WARREN_CORRELATION_ID\" = big ]; then head -c 200000000 /dev/zero >&2; \
+         else head -c 131072 /dev/zero >&2; fi; cat >/dev/null; echo $WARREN_TASK_ID >> {}",
+        log.as_str()
+    );
+    let topo = exec_topology(&script, "time_limit = \"60s\"");
+    let mut worker = worker_process(&broker, &topo, &[]);
+    let idle_rss = {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak_rss_mib(worker.id())
+    };
+    // When each is enqueued
+    let producer = Producer::new(&settings).unwrap();
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(300_000)).into_bytes();
+    let opts = EnqueueOptions::default().correlation_id("feed");
+    let fed = producer.enqueue_raw("job", body, opts).await.unwrap();
+    let opts = EnqueueOptions::default().correlation_id("big");
+    let big = producer
+        .enqueue_raw("job", b"{}".to_vec(), opts)
+        .await
+        .unwrap();
+    // Then both finish on their first attempt (a deadlock would time out and retry)
+    wait_count(
+        Duration::from_secs(30),
+        "both handlers to finish",
+        2,
+        || log.lines().len(),
+    )
+    .await;
+    let ran: HashSet<String> = log.lines().into_iter().collect();
+    assert_eq!(ran, HashSet::from([fed, big]));
+    // And the worker kept a bounded tail of the 200 MB, not all of it
+    let peak = peak_rss_mib(worker.id());
+    assert!(
+        peak < idle_rss + 50,
+        "worker peak RSS {peak} MiB (idle {idle_rss} MiB)"
+    );
+    signal(&worker, "-TERM");
+    assert!(
+        wait_exit(&mut worker, Duration::from_secs(20))
+            .await
+            .success()
+    );
+    assert!(queue_is_empty(&broker, &ch, "t.job.dead").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_paths_resolve_from_the_topology_files_directory_wherever_the_worker_starts() {
+    // Given a topology file beside `handlers/ok.sh`, named by a relative path
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
+    let dir = TempFile::path("d");
+    std::fs::create_dir_all(dir.0.join("handlers")).unwrap();
+    let log = TempFile(dir.0.join("ran.log"));
+    std::fs::write(
+        dir.0.join("handlers/ok.sh"),
+        "#!/bin/sh\ncat >/dev/null\necho \"$WARREN_TASK_ID $(pwd)\" >> ran.log\n",
+    )
+    .unwrap();
+    let topo = dir.0.join("warren.toml");
+    std::fs::write(
+        &topo,
+        format!("{TOPOLOGY}exec = [\"sh\", \"handlers/ok.sh\"]\n"),
+    )
+    .unwrap();
+    // When a worker started in `/` runs a task
+    let mut worker = warren_bin();
+    worker
+        .current_dir("/")
+        .env("WARREN_AMQP_URL", broker.amqp_url())
+        .env("WARREN_NAMESPACE", "t")
+        .args(["--topology", topo.to_str().unwrap(), "worker"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut worker = worker.spawn().unwrap();
+    let id = Producer::new(&settings)
+        .unwrap()
+        .enqueue(&Job { n: 1 })
+        .await
+        .unwrap();
+    // Then the handler ran, in the topology file's directory
+    wait_count(Duration::from_secs(20), "the handler to run", 1, || {
+        log.lines().len()
+    })
+    .await;
+    let dir_shown = std::fs::canonicalize(&dir.0).unwrap();
+    assert_eq!(log.lines(), vec![format!("{id} {}", dir_shown.display())]);
+    signal(&worker, "-TERM");
+    assert!(
+        wait_exit(&mut worker, Duration::from_secs(20))
+            .await
+            .success()
+    );
+    let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+#[test]
+fn a_worker_whose_handler_cannot_run_refuses_to_start_naming_the_task_and_path() {
+    // Given handlers that name a missing script and a missing program
+    for (exec, needle) in [
+        ("[\"sh\", \"handlers/missing.sh\"]", "handlers/missing.sh"),
+        ("[\"./no-such-program\"]", "no-such-program"),
+    ] {
+        let topo = TempFile::with(&format!("[tasks.mail]\nexec = {exec}\n"));
+        // When the worker starts (no broker needed: it checks before connecting)
+        let out = warren_bin()
+            .env("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .args(["--topology", topo.as_str(), "worker"])
+            .output()
+            .unwrap();
+        // Then it exits 2 with the task and the path
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("[tasks.mail]") && err.contains(needle),
+            "{err}"
+        );
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}
+
 #[test]
 fn warren_worker_without_exec_handlers_says_how_to_add_one() {
     let topo = TempFile::with("[tasks.job]\n");

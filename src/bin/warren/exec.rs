@@ -4,74 +4,159 @@
 //! `WARREN_ATTEMPT`, `WARREN_MAX_ATTEMPTS`, `WARREN_CORRELATION_ID`; exit 0 = success,
 //! 65 (EX_DATAERR) = permanent failure, any other exit, a signal or the time limit =
 //! retryable failure. The tail of stderr becomes the recorded error.
+//!
+//! The program runs in the topology file's directory, and a relative program path resolves
+//! from there, so the same file works whatever directory the worker starts in. Whether the
+//! program can run is checked when the worker starts ([`ExecHandler::new`]): a worker that
+//! cannot run a handler refuses to start rather than burn every task's attempts.
+//!
+//! stdin is fed while stdout and stderr are drained, all at once: a program that writes a
+//! pipe's worth of output before it reads its input would otherwise wait for us forever.
+//! Of each output only a bounded tail is kept; the rest is read and dropped.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-
-use warren::TaskContext;
-use warren::TaskError;
 use warren::worker::HandlerFuture;
+use warren::{Error, Result, TaskContext, TaskError};
 
 /// Exit code that marks a permanent failure (sysexits' EX_DATAERR).
 pub const EXIT_PERMANENT: i32 = 65;
 
-/// Bytes of stderr kept as the error text.
+/// Bytes of stderr kept: the recorded error of a failed run, debug log lines of a good one.
 const STDERR_TAIL: usize = 2048;
 
-/// A handler that runs `argv` for each task.
-pub fn handler(
-    argv: Vec<String>,
-) -> impl Fn(Vec<u8>, TaskContext) -> HandlerFuture + Send + Sync + 'static {
-    move |body, ctx| {
-        let argv = argv.clone();
-        Box::pin(async move { run(&argv, body, &ctx).await })
+/// Bytes of stdout kept (logged at debug; the results issue makes it the task's result).
+const STDOUT_TAIL: usize = 2048;
+
+/// Script extensions whose first argument is checked at start: `["sh", "handlers/x.sh"]`
+/// fails on the script, not on `sh`, and is the common way to name a handler.
+const SCRIPT_EXTENSIONS: &[&str] = &["sh", "bash", "py", "rb", "pl", "js", "php"];
+
+/// One task type's program, resolved and checked.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecHandler {
+    program: PathBuf,
+    args: Vec<String>,
+    workdir: PathBuf,
+}
+
+impl ExecHandler {
+    /// The handler of task type `task` running `argv` in `workdir`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the task and the path when the program (or the script an
+    /// interpreter is given) does not exist or cannot be executed.
+    pub(crate) fn new(task: &str, argv: &[String], workdir: &Path) -> Result<ExecHandler> {
+        let refuse = |what: String| {
+            Error::Config(format!(
+                "[tasks.{task}] exec: {what}; relative paths resolve from the topology file's \
+                 directory `{}`",
+                workdir.display()
+            ))
+        };
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| refuse("the command is empty".into()))?;
+        let program = resolve_program(program, workdir).map_err(refuse)?;
+        if let Some(script) = args.first().filter(|a| is_script(a)) {
+            let path = workdir.join(script);
+            if !path.is_file() {
+                return Err(refuse(format!(
+                    "script `{}` does not exist",
+                    path.display()
+                )));
+            }
+        }
+        Ok(ExecHandler {
+            program,
+            args: args.to_vec(),
+            workdir: workdir.to_path_buf(),
+        })
+    }
+
+    /// The handler function for `Worker::handle_json`.
+    pub(crate) fn into_handler(
+        self,
+    ) -> impl Fn(Vec<u8>, TaskContext) -> HandlerFuture + Send + Sync + 'static {
+        move |body, ctx| {
+            let this = self.clone();
+            Box::pin(async move { this.run(body, &ctx).await })
+        }
+    }
+
+    async fn run(&self, body: Vec<u8>, ctx: &TaskContext) -> std::result::Result<(), TaskError> {
+        let shown = self.program.display().to_string();
+        let mut child = self
+            .command(ctx)
+            .spawn()
+            .map_err(|e| TaskError::retry(format!("cannot start `{shown}`: {e}")))?;
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let feed = async move {
+            if let Some(mut stdin) = stdin {
+                // A program that exits without reading its input is not an error of ours.
+                let _ = stdin.write_all(&body).await;
+            } // dropped here: the program sees the end of its input
+        };
+        let finished = async {
+            let ((), out, err) = tokio::join!(
+                feed,
+                read_tail(stdout, STDOUT_TAIL),
+                read_tail(stderr, STDERR_TAIL)
+            );
+            (child.wait().await, out, err)
+        };
+        let (status, out, err) = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(TaskError::retry("worker stopping; program killed")),
+            r = finished => r,
+        };
+        let status =
+            status.map_err(|e| TaskError::retry(format!("waiting for `{shown}` failed: {e}")))?;
+        outcome(status, &out, &err)
+    }
+
+    fn command(&self, ctx: &TaskContext) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .current_dir(&self.workdir)
+            .env("WARREN_TASK", &ctx.task)
+            .env("WARREN_TASK_ID", &ctx.id)
+            .env("WARREN_ATTEMPT", ctx.attempt.to_string())
+            .env("WARREN_MAX_ATTEMPTS", ctx.max_attempts.to_string())
+            .env(
+                "WARREN_CORRELATION_ID",
+                ctx.correlation_id.as_deref().unwrap_or(""),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // The time limit drops the run's future; the program must not outlive it.
+            .kill_on_drop(true);
+        cmd
     }
 }
 
-async fn run(argv: &[String], body: Vec<u8>, ctx: &TaskContext) -> Result<(), TaskError> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| TaskError::permanent("exec is empty"))?;
-    let mut child = Command::new(program)
-        .args(args)
-        .env("WARREN_TASK", &ctx.task)
-        .env("WARREN_TASK_ID", &ctx.id)
-        .env("WARREN_ATTEMPT", ctx.attempt.to_string())
-        .env("WARREN_MAX_ATTEMPTS", ctx.max_attempts.to_string())
-        .env(
-            "WARREN_CORRELATION_ID",
-            ctx.correlation_id.as_deref().unwrap_or(""),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        // The time limit drops this future; the program must not outlive it.
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| TaskError::retry(format!("cannot start `{program}`: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A program that exits without reading its input is not an error of ours.
-        let _ = stdin.write_all(&body).await;
-    }
-    let mut stderr = child.stderr.take();
-    let read_stderr = async {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_end(&mut buf).await;
-        }
-        buf
-    };
-    let (status, err) = tokio::select! {
-        _ = ctx.cancel.cancelled() => return Err(TaskError::retry("worker stopping; program killed")),
-        r = async { let buf = read_stderr.await; (child.wait().await, buf) } => r,
-    };
-    let status =
-        status.map_err(|e| TaskError::retry(format!("waiting for `{program}` failed: {e}")))?;
-    let tail = tail(&err);
+/// The run's result from the exit status; a good run's output goes to the debug log.
+fn outcome(
+    status: std::process::ExitStatus,
+    out: &[u8],
+    err: &[u8],
+) -> std::result::Result<(), TaskError> {
+    let tail = String::from_utf8_lossy(err).trim().to_string();
     match status.code() {
-        Some(0) => Ok(()),
+        Some(0) => {
+            for (stream, bytes) in [("stdout", out), ("stderr", err)] {
+                for line in String::from_utf8_lossy(bytes).lines() {
+                    // Inside the task's span, which names the task and its id.
+                    tracing::debug!(target: "warren::exec", stream, "{line}");
+                }
+            }
+            Ok(())
+        }
         Some(EXIT_PERMANENT) => Err(TaskError::permanent(format!(
             "exit code {EXIT_PERMANENT}: {tail}"
         ))),
@@ -86,7 +171,132 @@ async fn run(argv: &[String], body: Vec<u8>, ctx: &TaskContext) -> Result<(), Ta
     }
 }
 
-fn tail(bytes: &[u8]) -> String {
-    let start = bytes.len().saturating_sub(STDERR_TAIL);
-    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+/// Reads `pipe` to its end, keeping only its last `keep` bytes: memory stays within
+/// `2 × keep` plus one read buffer however much the program writes.
+async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> Vec<u8> {
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut tail = Vec::with_capacity(2 * keep);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * keep {
+                    tail.drain(..tail.len() - keep);
+                }
+            }
+        }
+    }
+    let start = tail.len().saturating_sub(keep);
+    tail.split_off(start)
+}
+
+/// `program` as a path to run: relative paths with a `/` against `workdir`, bare names
+/// through `PATH`; an error saying why it cannot run.
+fn resolve_program(program: &str, workdir: &Path) -> std::result::Result<PathBuf, String> {
+    if program.contains('/') {
+        let path = workdir.join(program);
+        return match executable(&path) {
+            Ok(()) => Ok(path),
+            Err(why) => Err(format!("program `{}` {why}", path.display())),
+        };
+    }
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path_var)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate).is_ok())
+        .ok_or_else(|| format!("program `{program}` is not on PATH"))
+}
+
+/// Whether `path` is a file someone may execute.
+fn executable(path: &Path) -> std::result::Result<(), &'static str> {
+    match std::fs::metadata(path) {
+        Err(_) => Err("does not exist"),
+        Ok(m) if !m.is_file() => Err("is not a file"),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+            Err("is not executable (chmod +x it, or name its interpreter first)")
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// True for an argument that names a script file (by its extension) rather than a flag.
+fn is_script(arg: &str) -> bool {
+    !arg.starts_with('-')
+        && Path::new(arg)
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| SCRIPT_EXTENSIONS.contains(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn a_bare_program_name_is_found_on_path() {
+        let h = ExecHandler::new("t", &argv(&["sh", "-c", "true"]), Path::new("/")).unwrap();
+        assert!(
+            h.program.is_absolute() && h.program.ends_with("sh"),
+            "{h:?}"
+        );
+    }
+
+    #[test]
+    fn missing_programs_and_scripts_are_refused_naming_the_task_and_path() {
+        let dir = std::env::temp_dir();
+        let err = ExecHandler::new("mail", &argv(&["handlers/nope.sh"]), &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[tasks.mail]") && err.contains("handlers/nope.sh"),
+            "{err}"
+        );
+        assert!(err.contains("does not exist"), "{err}");
+        let err = ExecHandler::new("mail", &argv(&["sh", "handlers/nope.sh"]), &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("script") && err.contains("handlers/nope.sh"),
+            "{err}"
+        );
+        let err = ExecHandler::new("mail", &argv(&["no-such-program-xyz"]), &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not on PATH"), "{err}");
+        assert!(ExecHandler::new("mail", &[], &dir).is_err());
+    }
+
+    #[test]
+    fn a_file_without_the_execute_bit_is_refused() {
+        let path = std::env::temp_dir().join(format!("warren-exec-{}.sh", std::process::id()));
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = resolve_program(path.to_str().unwrap(), Path::new("/")).unwrap_err();
+        assert!(err.contains("not executable"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(resolve_program(path.to_str().unwrap(), Path::new("/")).is_ok());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn flags_and_inline_code_are_not_taken_for_scripts() {
+        assert!(is_script("handlers/send_email.sh") && is_script("resize.py"));
+        assert!(!is_script("-c") && !is_script("cat >/dev/null") && !is_script("--x.sh"));
+    }
+
+    #[tokio::test]
+    async fn only_the_tail_of_a_long_output_is_kept() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let tail = read_tail(Some(&data[..]), 2048).await;
+        assert_eq!(tail, data[data.len() - 2048..]);
+        assert!(read_tail(Some(&b"short"[..]), 2048).await == b"short");
+    }
 }

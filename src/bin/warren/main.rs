@@ -19,7 +19,7 @@ mod topology;
 mod worker;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -143,6 +143,16 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
 }
 
 impl Cli {
+    /// Where `exec` handlers run and their relative paths resolve from: the loaded topology
+    /// file's directory, else the current directory.
+    fn workdir(&self) -> PathBuf {
+        let dir = warren::config::topology_file(self.topology.as_deref())
+            .and_then(|f| f.parent().map(Path::to_path_buf))
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        std::path::absolute(&dir).unwrap_or(dir)
+    }
+
     /// Settings after layering the file, environment and these flags.
     ///
     /// # Errors
@@ -164,10 +174,11 @@ impl Cli {
 /// Whatever the subcommand fails with; the caller prints it and picks the exit code.
 async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
     let settings = cli.settings()?;
+    let workdir = cli.workdir();
     match cli.command {
         Command::Topology(cmd) => topology::run(&settings, cmd, out).await,
         Command::Enqueue(args) => enqueue::run(&settings, args, out).await,
-        Command::Worker(args) => worker::run(&settings, args).await,
+        Command::Worker(args) => worker::run(&settings, args, &workdir).await,
         Command::Status(args) => status::run(&settings, args, out).await,
         Command::Dlq(cmd) => dlq::run(&settings, cmd, out).await,
         Command::Demo(args) => demo::command(&settings, args, out).await,

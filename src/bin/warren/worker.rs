@@ -1,5 +1,6 @@
 //! `warren worker`: runs the `exec` handlers of the topology file until SIGTERM/SIGINT.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -7,6 +8,8 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use warren::config::parse_duration;
 use warren::{Error, Result, Settings};
+
+use crate::exec::ExecHandler;
 
 /// `warren worker ...`
 #[derive(Debug, Args)]
@@ -54,7 +57,10 @@ fn shutdown_on_signals() -> Result<CancellationToken> {
 }
 
 /// `warren worker ...`
-pub(crate) async fn run(settings: &Settings, args: WorkerArgs) -> Result<ExitCode> {
+///
+/// `exec` programs run in `workdir` (the topology file's directory) and are checked before
+/// the worker connects.
+pub(crate) async fn run(settings: &Settings, args: WorkerArgs, workdir: &Path) -> Result<ExitCode> {
     let with_exec: Vec<&String> = settings
         .tasks
         .iter()
@@ -79,7 +85,8 @@ pub(crate) async fn run(settings: &Settings, args: WorkerArgs) -> Result<ExitCod
                 if with_exec.is_empty() { "none".to_string() } else { with_exec.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
             ))
         })?;
-        worker = worker.handle_json(name, crate::exec::handler(exec))?;
+        let handler = ExecHandler::new(name, &exec, workdir)?;
+        worker = worker.handle_json(name, handler.into_handler())?;
     }
     if let Some(n) = args.concurrency {
         worker = worker.concurrency(n as usize);
