@@ -35,7 +35,8 @@ pub struct EnqueueOptions {
     pub expires_in: Option<Duration>,
     /// Never start after this moment. `expires_in` wins when both are set.
     pub expires_at: Option<SystemTime>,
-    /// Task id to use instead of a new UUID v7 (for idempotent enqueues).
+    /// Task id to use instead of a new UUID v7, e.g. your own record's id so handlers can
+    /// deduplicate. Warren does not deduplicate enqueues: two with one id are two tasks.
     pub id: Option<String>,
     /// Caller's correlation id, carried through retries.
     pub correlation_id: Option<String>,

@@ -53,6 +53,8 @@ struct Shared {
     prefetch: u16,
     /// Bounds the handlers running at once in this process.
     semaphore: Arc<Semaphore>,
+    /// The semaphore's size: `concurrency - available permits` handlers are running.
+    concurrency: usize,
     /// Every running handler and acking task, waited for on shutdown.
     tracker: TaskTracker,
     /// Cancelled when running handlers must stop at once.
@@ -205,6 +207,8 @@ impl Worker {
         tracing::info!(connection = %name, broker = %broker::redact(&self.settings.amqp_url),
             tasks = ?tasks.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             concurrency = self.concurrency, prefetch = self.prefetch, "worker starting");
+        // Registered at zero, so a dashboard sees the series before the first reconnect.
+        metrics::counter!("warren_reconnects_total").increment(0);
         let shared = Shared {
             producer,
             routes: self.settings.routes(),
@@ -212,6 +216,7 @@ impl Worker {
             worker_name: name,
             prefetch: self.prefetch,
             semaphore: Arc::new(Semaphore::new(self.concurrency)),
+            concurrency: self.concurrency,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
         };

@@ -113,13 +113,13 @@ impl Running {
     async fn drain(&self, sessions: Vec<Arc<Session>>) {
         let tracker = &self.shared.tracker;
         tracker.close();
-        tracing::info!(running = tracker.len(), grace = %humantime::format_duration(self.grace), "shutting down: waiting for running tasks");
+        tracing::info!(running = self.running_handlers(), grace = %humantime::format_duration(self.grace), "shutting down: waiting for running tasks");
         if tokio::time::timeout(self.grace, tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                still_running = tracker.len(),
+                still_running = self.running_handlers(),
                 "grace period over; stopping running tasks (they return to their queue)"
             );
             self.shared.hard_stop.cancel();
@@ -130,6 +130,15 @@ impl Running {
         }
         self.shared.producer.close().await;
         tracing::info!("worker stopped");
+    }
+}
+
+impl Running {
+    /// Handlers running now (the tracker also holds each channel's acking task).
+    fn running_handlers(&self) -> usize {
+        let s = &self.shared;
+        s.concurrency
+            .saturating_sub(s.semaphore.available_permits())
     }
 }
 

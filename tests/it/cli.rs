@@ -177,3 +177,60 @@ fn bad_flags_are_usage_errors() {
         assert!(!stderr(&out).is_empty());
     }
 }
+
+#[test]
+fn flag_mistakes_get_messages_that_name_the_fix() {
+    // Each: the arguments, and what stderr must say (all are usage errors, exit 2)
+    let cases: [(&[&str], &[&str]); 5] = [
+        // a negative delay written with a space reads like the `=` form, not like a flag
+        (
+            &["enqueue", "job", "--delay", "-5s"],
+            &["invalid duration `-5s`"],
+        ),
+        (
+            &["enqueue", "job", "--delay=-5s"],
+            &["invalid duration `-5s`"],
+        ),
+        // replay without a selection names both ways to select
+        (&["dlq", "replay", "job"], &["--id", "--all"]),
+        // a watch interval under a second would hammer the management API
+        (&["status", "--watch", "100ms"], &["below 1s"]),
+        (&["status", "--watch=0s"], &["below 1s"]),
+    ];
+    for (args, needles) in cases {
+        let out = warren_bin()
+            .args(["--topology", "/dev/null"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: missing {n:?} in {err}");
+        }
+        assert!(
+            !err.contains("use '--"),
+            "{args:?}: clap's misleading tip: {err}"
+        );
+    }
+}
+
+#[test]
+fn enqueue_of_a_task_the_topology_does_not_declare_names_the_closest_one() {
+    // Given a topology file that declares `send_email` (no broker needed: refused first)
+    let topo = TempFile::with("[tasks.send_email]\n[tasks.resize_image]\n");
+    // When `send_mail` is enqueued
+    let out = warren_bin()
+        .env("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .args(["--topology", topo.as_str(), "enqueue", "send_mail"])
+        .output()
+        .unwrap();
+    // Then it is a usage error that names the file and the likely intended task
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("no task `send_mail` in {}", topo.as_str()))
+            && err.contains("did you mean `send_email`?"),
+        "{err}"
+    );
+}

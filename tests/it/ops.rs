@@ -401,6 +401,30 @@ async fn the_metrics_endpoint_serves_task_series() {
         "{body}"
     );
     assert!(body.contains("# TYPE warren_tasks_total counter"), "{body}");
+    // Registered at zero, before any reconnect happened
+    assert!(body.contains("warren_reconnects_total 0"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_without_a_value_refreshes_every_two_seconds() {
+    // Given an applied namespace
+    let broker = TestBroker::new();
+    let (_settings, _conn, _ch) = applied(&broker).await;
+    // When `warren status --watch` runs for 5 s (not a terminal: one table per refresh)
+    let mut watch = warren_bin()
+        .env("WARREN_AMQP_URL", broker.amqp_url())
+        .env("WARREN_NAMESPACE", "t")
+        .args(["--topology", "/dev/null", "status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    // Then it printed the table at 0, 2 and 4 s: three times (tolerance: 2 to 4)
+    let tables = stdout(&out).matches("namespace `t` in vhost").count();
+    assert!((2..=4).contains(&tables), "{tables} tables in 5 s");
 }
 
 #[test]

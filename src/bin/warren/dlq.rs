@@ -27,11 +27,12 @@ pub enum DlqCommand {
         json: bool,
     },
     /// Send dead tasks back to their work queue (attempts reset), confirmed before removal.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all"])))]
     Replay {
         /// Task name.
         task: String,
         /// Replay the task with this id (repeatable).
-        #[arg(long = "id", required_unless_present = "all", conflicts_with = "all")]
+        #[arg(long = "id", conflicts_with = "all")]
         ids: Vec<String>,
         /// Replay every dead task of this type.
         #[arg(long)]

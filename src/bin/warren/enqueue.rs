@@ -1,7 +1,7 @@
 //! `warren enqueue`: one task, `--count` copies, or one task per stdin line, each confirmed.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -28,10 +28,11 @@ pub struct EnqueueArgs {
     #[arg(long, conflicts_with = "stdin")]
     pub payload_file: Option<PathBuf>,
     /// Run no earlier than this from now, e.g. `90s`, `10m`, `2h` (whole seconds, rounded up).
-    #[arg(long, value_parser = parse_duration)]
+    // Hyphen values are taken, so `--delay -5s` gets the same message as `--delay=-5s`.
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub delay: Option<Duration>,
     /// Never start after this long from now, e.g. `10m`.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub expires_in: Option<Duration>,
     /// Task id (default: a new UUID v7); with --count or stdin, each task gets `ID-N`.
     #[arg(long)]
@@ -44,19 +45,65 @@ pub struct EnqueueArgs {
     pub count: Option<u64>,
 }
 
+/// A task name the loaded topology file does not declare is a typo far more often than an
+/// unapplied topology: say so first, with the closest declared name. A file that declares no
+/// task types (or none loaded) checks nothing.
+fn check_declared(settings: &Settings, task: &str, topology: Option<&Path>) -> Result<()> {
+    if settings.tasks.is_empty() || settings.tasks.contains_key(task) {
+        return Ok(());
+    }
+    let file = topology.map_or_else(|| "the topology".to_string(), |p| p.display().to_string());
+    let closest = settings
+        .tasks
+        .keys()
+        .map(|name| (edit_distance(task, name), name))
+        .min()
+        .filter(|(d, name)| *d <= 2.max(name.len() / 4));
+    Err(Error::InvalidInput(match closest {
+        Some((_, name)) => format!("no task `{task}` in {file}; did you mean `{name}`?"),
+        None => format!(
+            "no task `{task}` in {file}; it declares {}",
+            settings
+                .tasks
+                .keys()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }))
+}
+
+/// Levenshtein distance between `a` and `b`, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
 fn parse_payload(text: &str, origin: &str) -> Result<Vec<u8>> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| Error::InvalidInput(format!("{origin} is not valid JSON: {e}")))?;
     serde_json::to_vec(&value).map_err(|e| Error::InvalidInput(format!("{origin}: {e}")))
 }
 
-/// `warren enqueue ...`
+/// `warren enqueue ...`; `topology` is the file the settings came from, if any.
 pub(crate) async fn run(
     settings: &Settings,
     args: EnqueueArgs,
+    topology: Option<&Path>,
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
     warren::topology::validate_task_name(&args.task).map_err(Error::InvalidInput)?;
+    check_declared(settings, &args.task, topology)?;
     let options = EnqueueOptions {
         delay: args.delay,
         expires_in: args.expires_in,
@@ -275,6 +322,36 @@ fn read_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_and_substitutions() {
+        assert_eq!(edit_distance("send_mail", "send_email"), 1);
+        assert_eq!(edit_distance("resize", "resize_image"), 6);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn an_undeclared_task_is_refused_with_the_closest_name() {
+        let s = Settings::from_toml("[tasks.send_email]\n[tasks.resize_image]\n").unwrap();
+        let file = Path::new("topology/warren.toml");
+        let err = check_declared(&s, "send_mail", Some(file))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "no task `send_mail` in topology/warren.toml; did you mean `send_email`?"
+        );
+        let err = check_declared(&s, "zzz", Some(file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("declares `resize_image`, `send_email`"),
+            "{err}"
+        );
+        check_declared(&s, "send_email", Some(file)).unwrap();
+        check_declared(&Settings::default(), "anything", None).unwrap();
+    }
 
     #[test]
     fn a_payload_must_be_json() {

@@ -175,9 +175,12 @@ impl Cli {
 async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
     let settings = cli.settings()?;
     let workdir = cli.workdir();
+    let topology_file = warren::config::topology_file(cli.topology.as_deref());
     match cli.command {
         Command::Topology(cmd) => topology::run(&settings, cmd, out).await,
-        Command::Enqueue(args) => enqueue::run(&settings, args, out).await,
+        Command::Enqueue(args) => {
+            enqueue::run(&settings, args, topology_file.as_deref(), out).await
+        }
         Command::Worker(args) => worker::run(&settings, args, &workdir).await,
         Command::Status(args) => status::run(&settings, args, out).await,
         Command::Dlq(cmd) => dlq::run(&settings, cmd, out).await,

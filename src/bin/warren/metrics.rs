@@ -22,11 +22,12 @@ const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
 ];
 
-/// Installs the process-wide recorder and serves it on `addr`; returns the bound address.
+/// Installs the process-wide recorder and serves it on `addr` (`HOST:PORT`; a host name is
+/// resolved, e.g. `localhost:9464`); returns the bound address.
 ///
 /// # Errors
 /// [`Error::Config`] when a recorder is already installed or the address cannot be bound.
-pub async fn serve(addr: SocketAddr) -> Result<SocketAddr> {
+pub async fn serve(addr: &str) -> Result<SocketAddr> {
     let handle = PrometheusBuilder::new()
         .set_buckets(DURATION_BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)

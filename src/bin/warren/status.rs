@@ -17,9 +17,23 @@ pub struct StatusArgs {
     /// Print JSON (figures the broker has not reported yet are null).
     #[arg(long)]
     pub json: bool,
-    /// Refresh every interval, e.g. `2s` (in place on a terminal).
-    #[arg(long, value_parser = parse_duration)]
+    /// Refresh every interval, at least 1s [`--watch` alone: 2s] (in place on a terminal).
+    #[arg(long, value_parser = parse_watch, num_args = 0..=1, default_missing_value = "2s")]
     pub watch: Option<Duration>,
+}
+
+/// Shortest `--watch` interval: the management API recomputes its statistics every 5 s, and a
+/// tighter loop only loads it (a 0 s watch queried it ~150 times a second).
+const WATCH_MIN: Duration = Duration::from_secs(1);
+
+fn parse_watch(text: &str) -> std::result::Result<Duration, String> {
+    let every = parse_duration(text)?;
+    if every < WATCH_MIN {
+        return Err(format!(
+            "a watch interval of `{text}` is below 1s; the broker's statistics change every 5s"
+        ));
+    }
+    Ok(every)
 }
 
 /// `warren status ...`

@@ -26,9 +26,9 @@ pub struct WorkerArgs {
     /// Time running tasks get to finish on SIGTERM, e.g. `30s` [default: `[worker] grace`].
     #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
-    /// Serve Prometheus metrics on this address, e.g. `127.0.0.1:9464`.
+    /// Serve Prometheus metrics on this address, e.g. `127.0.0.1:9464` or `localhost:9464`.
     #[arg(long)]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: Option<String>,
 }
 
 /// Cancels the returned token on the first SIGTERM or SIGINT; exits the process at once on
@@ -98,7 +98,7 @@ pub(crate) async fn run(settings: &Settings, args: WorkerArgs, workdir: &Path) -
         worker = worker.grace(g);
     }
     if let Some(addr) = args.metrics_addr {
-        crate::metrics::serve(addr).await?;
+        crate::metrics::serve(&addr).await?;
     }
     let shutdown = shutdown_on_signals()?;
     worker.run(shutdown).await?;
