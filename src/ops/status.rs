@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::management::{Management, enc};
 use crate::topology::names::Names;
 
@@ -25,7 +25,7 @@ pub struct Row {
     /// Consumers on the work queue.
     pub consumers: Option<u64>,
     /// Waiting in the delay ladder; the ladder is shared by the namespace, so this is the
-    /// namespace's total, repeated per row.
+    /// namespace's total, repeated per row (also [`Status::delayed`], once).
     pub delayed_in_namespace: Option<u64>,
     /// In the dead queue.
     pub dead: Option<u64>,
@@ -42,6 +42,10 @@ pub struct Status {
     pub namespace: String,
     /// Virtual host.
     pub vhost: String,
+    /// Queues of the namespace found on the broker; 0 when it was never applied here.
+    pub queues: usize,
+    /// Waiting in the namespace's delay ladder (shared by every task type).
+    pub delayed: Option<u64>,
     /// One row per task type (declared in the topology file or found on the broker).
     pub tasks: Vec<Row>,
 }
@@ -77,22 +81,7 @@ pub fn rows(ns: &str, declared: &[String], queues: &[Value]) -> Vec<Row> {
         }
     }
     tasks.sort();
-    let ladder: Vec<&&Value> = by_name
-        .iter()
-        .filter(|(n, _)| {
-            n.strip_prefix(&format!("{ns}.delay."))
-                .is_some_and(|l| l.parse::<u32>().is_ok())
-        })
-        .map(|(_, q)| q)
-        .collect();
-    let delayed = if ladder.is_empty() {
-        None
-    } else {
-        ladder
-            .iter()
-            .map(|q| uint(q, &["messages"]))
-            .sum::<Option<u64>>()
-    };
+    let delayed = delayed_total(ns, queues);
     tasks
         .into_iter()
         .map(|task| {
@@ -113,6 +102,25 @@ pub fn rows(ns: &str, declared: &[String], queues: &[Value]) -> Vec<Row> {
         .collect()
 }
 
+/// Messages waiting in namespace `ns`'s delay ladder (`{ns}.delay.N` queues), from the API's
+/// queue list; `None` when the ladder is not there or a level's count is not reported yet.
+pub fn delayed_total(ns: &str, queues: &[Value]) -> Option<u64> {
+    let prefix = format!("{ns}.delay.");
+    let levels: Vec<&Value> = queues
+        .iter()
+        .filter(|q| {
+            q["name"]
+                .as_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|l| l.parse::<u32>().is_ok())
+        })
+        .collect();
+    if levels.is_empty() {
+        return None;
+    }
+    levels.iter().map(|q| uint(q, &["messages"])).sum()
+}
+
 /// Reads the status of `settings`' namespace.
 ///
 /// # Errors
@@ -131,7 +139,13 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
             enc(&vhost),
             enc(&regex)
         );
-        let body = mgmt.get(&path)?;
+        // The API answers 404 for a vhost it does not have: say that, not the URL.
+        let body = mgmt.get_opt(&path)?.ok_or_else(|| {
+            Error::Management(format!(
+                "vhost `{vhost}` does not exist on the broker at {}",
+                mgmt.base()
+            ))
+        })?;
         queues.extend(body["items"].as_array().cloned().unwrap_or_default());
         if page >= body["page_count"].as_u64().unwrap_or(1) {
             break;
@@ -139,10 +153,13 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
         page += 1;
     }
     let declared: Vec<String> = settings.tasks.keys().cloned().collect();
+    let tasks = rows(ns, &declared, &queues);
     Ok(Status {
         namespace: ns.clone(),
         vhost,
-        tasks: rows(ns, &declared, &queues),
+        queues: queues.len(),
+        delayed: delayed_total(ns, &queues),
+        tasks,
     })
 }
 

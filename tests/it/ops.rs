@@ -153,7 +153,47 @@ async fn status_rows_match_the_queues_once_the_stats_settle() {
         .find(|l| l.starts_with("job "))
         .expect("a job row");
     let cells: Vec<&str> = job_line.split_whitespace().collect();
-    assert_eq!(&cells[..6], &["job", "3", "0", "0", "1", "2"], "{text}");
+    assert_eq!(&cells[..5], &["job", "3", "0", "0", "2"], "{text}");
+    assert!(
+        text.contains("delayed (the namespace's delay ladder): 1"),
+        "{text}"
+    );
+    assert_eq!(rows["delayed"], 1, "{rows}");
+}
+
+#[test]
+fn status_of_a_namespace_without_queues_or_a_missing_vhost_says_so_in_one_line() {
+    // Given a vhost where namespace `nothing` was never applied
+    let broker = TestBroker::new();
+    let out = broker.cli_with(
+        &["--namespace", "nothing", "status"],
+        &[("WARREN_TOPOLOGY", "/dev/null")],
+        None,
+    );
+    // Then status exits 1 and says the namespace has no queues, with the fix
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("namespace `nothing` has no queues") && err.contains("warren topology apply"),
+        "{err}"
+    );
+    // And a vhost that does not exist is named in one line, without the API's URL and body
+    let out = warren_bin()
+        .env(
+            "WARREN_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/no-such-vhost-for-status",
+        )
+        .args(["--topology", "/dev/null", "status"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("vhost `no-such-vhost-for-status` does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("/api/"), "{err}");
 }
 
 #[test]

@@ -49,6 +49,20 @@ pub(crate) async fn run(
         let status = tokio::task::spawn_blocking(move || warren::ops::status::fetch(&s, &m))
             .await
             .map_err(|e| Error::Management(format!("status query failed: {e}")))??;
+        if status.queues == 0 && !args.json {
+            let missing = format!(
+                "namespace `{}` has no queues in vhost `{}`: apply its topology with `warren \
+                 topology apply`, or check --namespace and the AMQP URL's vhost",
+                status.namespace, status.vhost
+            );
+            match args.watch {
+                None => {
+                    eprintln!("error: {missing}");
+                    return Ok(ExitCode::from(1));
+                }
+                Some(_) => writeln!(out, "{missing}").map_err(write_err)?,
+            }
+        }
         let text = if args.json {
             serde_json::to_string(&status).unwrap_or_default() + "\n"
         } else {
@@ -82,25 +96,23 @@ pub(crate) fn table(status: &Status) -> String {
         "READY",
         "RUNNING",
         "CONSUMERS",
-        "DELAYED(ns)",
         "DEAD",
         "PUBLISH",
         "ACK",
     ];
-    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_string)];
+    let mut rows: Vec<[String; 7]> = vec![header.map(str::to_string)];
     for r in &status.tasks {
         rows.push([
             r.task.clone(),
             cell(r.ready),
             cell(r.running),
             cell(r.consumers),
-            cell(r.delayed_in_namespace),
             cell(r.dead),
             rate(r.publish_rate),
             rate(r.ack_rate),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = format!(
@@ -127,6 +139,11 @@ pub(crate) fn table(status: &Status) -> String {
             "(no task types: declare some under [tasks] and run `warren topology apply`)\n",
         );
     }
+    // The ladder is shared by every task type of the namespace: one figure, not one per row.
+    out.push_str(&format!(
+        "delayed (the namespace's delay ladder): {}\n",
+        cell(status.delayed)
+    ));
     if status
         .tasks
         .iter()
@@ -144,18 +161,28 @@ mod tests {
 
     #[test]
     fn the_table_marks_unknown_figures() {
+        let row = |task: &str| Row {
+            task: task.into(),
+            ready: Some(3),
+            delayed_in_namespace: Some(7),
+            ..Row::default()
+        };
         let status = Status {
             namespace: "ns".into(),
             vhost: "/".into(),
-            tasks: vec![Row {
-                task: "mail".into(),
-                ready: Some(3),
-                ..Row::default()
-            }],
+            queues: 30,
+            delayed: Some(7),
+            tasks: vec![row("mail"), row("resize")],
         };
         let t = table(&status);
         assert!(t.contains("TASK") && t.contains("mail"), "{t}");
         assert!(t.lines().nth(2).unwrap().contains('?'), "{t}");
         assert!(t.contains("not reported by the broker yet"));
+        // The namespace-wide ladder figure is shown once, not on every row
+        assert_eq!(t.matches('7').count(), 1, "{t}");
+        assert!(
+            t.contains("delayed (the namespace's delay ladder): 7"),
+            "{t}"
+        );
     }
 }
