@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use backoff::ExponentialBackoffBuilder;
+use backoff::backoff::Backoff as _;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::{Channel, Connection, ConnectionProperties};
 
@@ -140,20 +141,59 @@ fn classify(url: &str, err: lapin::Error) -> backoff::Error<Error> {
 /// [`Error::Refused`] at once for bad credentials or an unknown vhost; [`Error::Connect`]
 /// when the broker stayed unreachable until the deadline.
 pub async fn connect(url: &str, name: &str, deadline: Option<Duration>) -> Result<Connection> {
-    let policy = ExponentialBackoffBuilder::new()
+    retry_until(deadline, || async {
+        Connection::connect(url, properties(name))
+            .await
+            .map_err(|e| classify(url, e))
+    })
+    .await
+}
+
+/// Runs `attempt` with exponential backoff (200 ms doubling to 5 s, with the `backoff`
+/// crate's jitter) until it succeeds, fails for good, or `deadline` has passed (never, when
+/// `None`). No wait runs past the deadline and no attempt is cut off midway (cancelling a
+/// connect leaves lapin's I/O loop to panic). The first retry is logged at `warn`, the rest
+/// at `debug`: one line says the broker is not there, not one per attempt.
+async fn retry_until<T, F, Fut>(deadline: Option<Duration>, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, backoff::Error<Error>>>,
+{
+    let mut waits = ExponentialBackoffBuilder::new()
         .with_initial_interval(Duration::from_millis(200))
         .with_multiplier(2.0)
         .with_max_interval(Duration::from_secs(5))
-        .with_max_elapsed_time(deadline)
+        .with_max_elapsed_time(None)
         .build();
-    backoff::future::retry_notify(
-        policy,
-        || async { Connection::connect(url, properties(name)).await.map_err(|e| classify(url, e)) },
-        |err: Error, wait: Duration| {
-            tracing::warn!(error = %err.to_string().lines().next().unwrap_or_default(), retry_in = ?wait, "broker not reachable yet");
-        },
-    )
-    .await
+    let started = tokio::time::Instant::now();
+    for retry in 0u32.. {
+        let err = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(backoff::Error::Permanent(err)) => return Err(err),
+            Err(backoff::Error::Transient { err, .. }) => err,
+        };
+        let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(err);
+        }
+        let wait = waits
+            .next_backoff()
+            .unwrap_or(Duration::from_secs(5))
+            .min(left.unwrap_or(Duration::MAX));
+        let line = err
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if retry == 0 {
+            tracing::warn!(error = %line, retry_in = ?wait, "broker not reachable yet; retrying");
+        } else {
+            tracing::debug!(error = %line, retry_in = ?wait, "broker not reachable yet; retrying");
+        }
+        tokio::time::sleep(wait).await;
+    }
+    unreachable!("the retry loop returns from inside")
 }
 
 /// How long a close waits for the broker's close-ok. A close that races a dying connection
@@ -311,26 +351,24 @@ impl Pool {
     /// # Errors
     /// As [`connect`].
     pub async fn get(&self) -> Result<deadpool_lapin::Connection> {
-        let policy = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(200))
-            .with_max_interval(Duration::from_secs(5))
-            .with_max_elapsed_time(self.deadline)
-            .build();
-        backoff::future::retry_notify(
-            policy,
-            || async {
-                self.inner.get().await.map_err(|e| match e {
-                    deadpool_lapin::PoolError::Backend(err) => classify(&self.url, err),
-                    other => backoff::Error::transient(Error::Connect {
-                        url: redact(&self.url),
-                        reason: other.to_string(),
-                    }),
-                })
-            },
-            |err: Error, wait: Duration| {
-                tracing::warn!(error = %err.to_string().lines().next().unwrap_or_default(), retry_in = ?wait, "broker not reachable yet");
-            },
-        )
+        self.get_within(self.deadline).await
+    }
+
+    /// As [`Pool::get`], giving up after `limit` (never, when `None`): a caller with a
+    /// deadline of its own passes what is left of it.
+    ///
+    /// # Errors
+    /// As [`connect`].
+    pub async fn get_within(&self, limit: Option<Duration>) -> Result<deadpool_lapin::Connection> {
+        retry_until(limit, || async {
+            self.inner.get().await.map_err(|e| match e {
+                deadpool_lapin::PoolError::Backend(err) => classify(&self.url, err),
+                other => backoff::Error::transient(Error::Connect {
+                    url: redact(&self.url),
+                    reason: other.to_string(),
+                }),
+            })
+        })
         .await
     }
 

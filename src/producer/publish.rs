@@ -63,6 +63,11 @@ impl<I: Iterator<Item = Result<Outgoing>>> Run<I> {
 }
 
 impl<I> Run<I> {
+    /// How many items have a definite result so far.
+    fn settled(&self) -> usize {
+        self.results.iter().filter(|r| r.is_some()).count()
+    }
+
     fn set(&mut self, i: usize, result: Result<String>) {
         if self.results.len() <= i {
             self.results.resize_with(i + 1, || None);
@@ -98,7 +103,7 @@ impl Publisher {
     }
 
     /// The confirm channel, opening one (and a connection) when there is none or it died.
-    async fn channel(&self) -> Result<Channel> {
+    async fn channel(&self, deadline: tokio::time::Instant) -> Result<Channel> {
         let mut slot = self.channel.lock().await;
         if let Some((_, ch)) = slot.as_ref()
             && ch.status().connected()
@@ -106,7 +111,8 @@ impl Publisher {
             return Ok(ch.clone());
         }
         *slot = None;
-        let conn = self.pool.get().await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let conn = self.pool.get_within(Some(left)).await?;
         let ch = conn.create_channel().await.map_err(|source| Error::Amqp {
             operation: "opening a channel".into(),
             source,
@@ -143,14 +149,31 @@ impl Publisher {
             again: VecDeque::new(),
             results: Vec::new(),
         };
-        let started = tokio::time::Instant::now();
+        // A lost connection is retried for `retry_for` from the moment it was lost (a round
+        // that settles something starts the clock again); the reconnect inside a round gets
+        // only what is left of that, so the whole wait keeps to the deadline.
+        let mut lost_at: Option<tokio::time::Instant> = None;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.publish_round(&mut run).await {
+            let now = tokio::time::Instant::now();
+            let deadline = lost_at.unwrap_or(now) + self.retry_for;
+            let settled = run.settled();
+            match self.publish_round(&mut run, deadline).await {
                 Ok(()) => break,
-                Err(err) if err.is_transient() && started.elapsed() < self.retry_for => {
-                    tracing::warn!(error = %err, unconfirmed = run.again.len(), retry_in = ?backoff,
-                        "publishing interrupted; publishing the unconfirmed tasks again");
+                Err(err) if err.is_transient() && tokio::time::Instant::now() < deadline => {
+                    // Lost midway (something settled first): the clock starts now; else it
+                    // started when this round did, or at an earlier loss.
+                    lost_at = Some(if run.settled() > settled {
+                        tokio::time::Instant::now()
+                    } else {
+                        lost_at.unwrap_or(now)
+                    });
+                    if run.again.is_empty() {
+                        tracing::debug!(error = %err, retry_in = ?backoff, "publishing interrupted; retrying");
+                    } else {
+                        tracing::warn!(error = %err, unconfirmed = run.again.len(), retry_in = ?backoff,
+                            "publishing interrupted; publishing the unconfirmed tasks again");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -184,8 +207,9 @@ impl Publisher {
     async fn publish_round<I: Iterator<Item = Result<Outgoing>>>(
         &self,
         run: &mut Run<I>,
+        deadline: tokio::time::Instant,
     ) -> Result<()> {
-        let ch = self.channel().await?;
+        let ch = self.channel(deadline).await?;
         let mut inflight = FuturesUnordered::new();
         let mut failure: Option<Error> = None;
         loop {

@@ -126,6 +126,37 @@ fn an_unreachable_broker_fails_after_the_connect_timeout_with_a_how_to() {
 }
 
 #[test]
+fn an_unreachable_broker_keeps_the_deadline_and_says_so_once() {
+    // Given no broker on the port, for both the direct connect and the producer's pool
+    for command in [&["topology", "apply"][..], &["enqueue", "job"][..]] {
+        let started = std::time::Instant::now();
+        let out = warren_bin()
+            .args([
+                "--topology",
+                "/dev/null",
+                "--amqp-url",
+                "amqp://guest:guest@127.0.0.1:1/%2f",
+                "--connect-timeout",
+                "2s",
+            ])
+            .args(command)
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let err = stderr(&out);
+        // Then it gives up at the deadline (tolerance: process start and the last attempt)
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {err}");
+        assert!(
+            took < std::time::Duration::from_millis(2800),
+            "{command:?} took {took:?}"
+        );
+        // With one warning for the retries, and no republish of nothing
+        assert_eq!(err.matches(" WARN ").count(), 1, "{command:?}: {err}");
+        assert!(!err.contains("unconfirmed=0"), "{command:?}: {err}");
+    }
+}
+
+#[test]
 fn wrong_credentials_are_refused_at_once_without_echoing_the_password() {
     let out = warren_bin()
         .args([
