@@ -10,7 +10,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin/warren examples tests/it benches \
     && echo 'fn main() {}' > src/bin/warren/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > examples/thumbnails.rs && echo '' > tests/it/main.rs \
-    && cargo build --release --locked --bin warren || true
+    && cargo build --release --locked --bin warren
 COPY src ./src
 COPY examples ./examples
 RUN touch src/bin/warren/main.rs src/lib.rs && cargo build --release --locked --bin warren

@@ -489,15 +489,29 @@ fn the_compose_file_runs_a_broker_topology_three_workers_and_a_producer() {
         .iter()
         .filter_map(Yaml::as_str)
         .collect();
-    assert!(
-        ports.iter().any(|p| p.starts_with("15672:"))
-            && ports.iter().any(|p| p.starts_with("5672:"))
-    );
+    // Published on host ports that do not clash with a local RabbitMQ (5672, 15672)
+    assert_eq!(ports, ["5673:5672", "15673:15672"]);
     assert_eq!(
         services["topology"]["depends_on"]["rabbitmq"]["condition"].as_str(),
         Some("service_healthy")
     );
     assert_eq!(services["worker"]["deploy"]["replicas"].as_i64(), Some(3));
+    // The stop grace outlasts the worker's own 30 s grace, so a deploy drains, not kills
+    let stop_grace = services["worker"]["stop_grace_period"].as_str().unwrap();
+    assert!(
+        warren::config::parse_duration(stop_grace).unwrap() > std::time::Duration::from_secs(30)
+    );
+    let worker_ports: Vec<&str> = services["worker"]["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert_eq!(
+        worker_ports,
+        ["9464"],
+        "metrics on an ephemeral host port per replica"
+    );
     assert_eq!(
         services["worker"]["depends_on"]["topology"]["condition"].as_str(),
         Some("service_completed_successfully")
@@ -527,17 +541,31 @@ fn the_compose_file_runs_a_broker_topology_three_workers_and_a_producer() {
             assert!(root.join(src).exists(), "Dockerfile copies missing {src}");
         }
     }
+    // Exec paths resolve from the topology file's directory (as in the image's /app/topology)
     let settings = Settings::from_file(&root.join("topology/warren.toml")).unwrap();
+    let mut scripts = 0;
     for (name, task) in &settings.tasks {
         if let Some(exec) = &task.exec {
-            for arg in exec.iter().filter(|a| a.starts_with("topology/")) {
+            for arg in exec.iter().filter(|a| a.ends_with(".sh")) {
+                scripts += 1;
                 assert!(
-                    root.join(arg).exists(),
+                    root.join("topology").join(arg).is_file(),
                     "[tasks.{name}] exec refers to missing {arg}"
                 );
             }
         }
     }
+    assert!(
+        scripts >= 2,
+        "the shipped topology runs its handler scripts"
+    );
+    assert!(
+        std::fs::read_to_string(root.join(".dockerignore"))
+            .unwrap()
+            .lines()
+            .any(|l| l.trim() == "target/"),
+        "the build context leaves out target/"
+    );
     assert!(
         settings.tasks.contains_key("send_email"),
         "the compose producer enqueues send_email"
