@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use warren::broker::Session;
+use warren::topology::{Teardown, teardown};
 use warren::{EnqueueOptions, Producer, Settings, Task, TaskContext, TaskError, Worker};
 
 /// The task: which image to shrink and to what width. Small payload: a path, not pixels.
@@ -109,6 +110,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     shutdown.cancel();
     running.await??;
+    producer.close().await;
     println!("all 10 thumbnails made");
+
+    // Leave nothing behind: the example's namespace goes (`warren topology delete` does the
+    // same, refusing while tasks wait unless told otherwise).
+    let session = Session::open(&settings, "example").await?;
+    let plan = settings.plan();
+    let removed = teardown(&plan, session.connection(), Teardown::RefuseUnlessEmpty).await;
+    session.close("deleted").await;
+    removed?;
     Ok(())
 }

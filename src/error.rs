@@ -40,6 +40,14 @@ pub enum Error {
         queue: String,
     },
 
+    /// Deleting a namespace would lose tasks: these queues (name, ready tasks, consumers) are
+    /// not empty or have consumers. Nothing was deleted.
+    #[error("{}", format_not_empty(.queues))]
+    NotEmpty {
+        /// Each queue that is not empty: name, ready tasks, consumers.
+        queues: Vec<(String, u32, u32)>,
+    },
+
     /// The broker could not be reached within the connect deadline.
     #[error("cannot connect to RabbitMQ at {url}: {reason}")]
     Connect {
@@ -183,6 +191,9 @@ impl Clone for Error {
             Error::MissingQueue { queue } => Error::MissingQueue {
                 queue: queue.clone(),
             },
+            Error::NotEmpty { queues } => Error::NotEmpty {
+                queues: queues.clone(),
+            },
             Error::Connect { url, reason } => Error::Connect {
                 url: url.clone(),
                 reason: reason.clone(),
@@ -253,6 +264,7 @@ impl Error {
             | Error::TopologyFile { .. }
             | Error::InvalidInput(_)
             | Error::MissingQueue { .. }
+            | Error::NotEmpty { .. }
             | Error::Refused { .. }
             | Error::TopologyConflict(_)
             | Error::Unroutable { .. }
@@ -272,7 +284,8 @@ impl Error {
             Error::Config(_)
             | Error::TopologyFile { .. }
             | Error::InvalidInput(_)
-            | Error::MissingQueue { .. } => true,
+            | Error::MissingQueue { .. }
+            | Error::NotEmpty { .. } => true,
             Error::Connect { .. }
             | Error::Refused { .. }
             | Error::Declare { .. }
@@ -337,6 +350,18 @@ impl fmt::Display for Conflict {
             self.entity, self.name, self.vhost, self.argument, self.existing, self.wanted
         )
     }
+}
+
+fn format_not_empty(queues: &[(String, u32, u32)]) -> String {
+    let each: Vec<String> = queues
+        .iter()
+        .map(|(name, tasks, consumers)| format!("`{name}` ({tasks} tasks, {consumers} consumers)"))
+        .collect();
+    format!(
+        "nothing deleted: {} queue(s) still hold tasks or have consumers: {}",
+        queues.len(),
+        each.join(", ")
+    )
 }
 
 fn format_conflicts(conflicts: &[Conflict]) -> String {

@@ -1,5 +1,7 @@
 //! The `warren` command: topology apply/export and its errors for bad input.
 
+use warren::ops::management::enc;
+
 use crate::support::{TempFile, TestBroker, stderr, stdout, warren_bin};
 
 fn write_topology(text: &str) -> TempFile {
@@ -264,4 +266,61 @@ fn enqueue_of_a_task_the_topology_does_not_declare_names_the_closest_one() {
             && err.contains("did you mean `send_email`?"),
         "{err}"
     );
+}
+
+#[test]
+fn topology_delete_refuses_to_lose_tasks_and_removes_only_its_own_namespace() {
+    // Given namespace `t` with one waiting `job` task, and namespace `t.keep` beside it
+    let broker = TestBroker::new();
+    let topo = TempFile::with(
+        "max_delay = \"8s\"\nqueue_type = \"classic\"\n[tasks.job]\n[tasks.other]\n",
+    );
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--topology", topo.as_str()];
+        all.extend_from_slice(args);
+        broker.cli(&all)
+    };
+    assert!(cli(&["topology", "apply"]).status.success());
+    assert!(
+        cli(&["--namespace", "t.keep", "topology", "apply"])
+            .status
+            .success()
+    );
+    assert!(cli(&["enqueue", "job"]).status.success());
+    let exists = |queue: &str| broker.mgmt.queue(&broker.vhost, queue).unwrap().is_some();
+    let exchange_exists = |name: &str| {
+        let path = format!("exchanges/{}/{}", enc(&broker.vhost), enc(name));
+        broker.mgmt.get_opt(&path).unwrap().is_some()
+    };
+
+    // When it is deleted without a flag, then nothing is deleted and the busy queue is named
+    let refused = cli(&["topology", "delete"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("`t.job` (1 tasks, 0 consumers)"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(stderr(&refused).contains("--if-empty") && stderr(&refused).contains("--yes"));
+    assert!(exists("t.other") && exists("t.job"));
+
+    // When only the empty queues go, then `t.job` and the exchanges stay (exit 1: not all gone)
+    let partial = cli(&["topology", "delete", "--if-empty"]);
+    assert_eq!(partial.status.code(), Some(1), "{}", stderr(&partial));
+    assert!(stdout(&partial).contains("kept queue        t.job  (1 tasks, 0 consumers)"));
+    assert!(!exists("t.other") && !exists("t.delay.0") && exists("t.job"));
+    assert!(exchange_exists("t.tasks"));
+
+    // When --yes, then the rest goes, tasks included
+    let all = cli(&["topology", "delete", "--yes"]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert!(
+        stdout(&all).contains("deleted queue     t.job  (1 messages)"),
+        "{}",
+        stdout(&all)
+    );
+    assert!(!exists("t.job") && !exchange_exists("t.tasks") && !exchange_exists("t.dead"));
+
+    // And the namespace that shares the prefix is untouched
+    assert!(exists("t.keep.job") && exists("t.keep.delay.0") && exchange_exists("t.keep.tasks"));
 }

@@ -49,6 +49,10 @@ pub(crate) fn for_error(err: &Error) -> Option<String> {
             "Check the task name and --namespace, or run `warren topology apply`.".to_string()
         }
         Error::Refusal { .. } => "Retry later and check `warren status`.".to_string(),
+        Error::NotEmpty { .. } => "Stop the workers, then add --if-empty to delete only the \
+            empty queues, or --yes to delete the tasks with them (see them first with `warren \
+            status` and `warren dlq list`)."
+            .to_string(),
         Error::ManagementUnreachable { .. } => "Enable it with `rabbitmq-plugins enable \
             rabbitmq_management` (scripts/broker.sh does), or point Warren at it with \
             --management-url / WARREN_MANAGEMENT_URL."

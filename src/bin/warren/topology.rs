@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::Subcommand;
 use warren::broker::{Session, redact};
+use warren::topology::{Teardown, teardown};
 use warren::{Error, Result, Settings};
 
 use crate::write_err;
@@ -23,6 +24,16 @@ pub enum TopologyCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Delete the namespace's queues and exchanges (those the topology file plans). Refuses
+    /// while a queue holds tasks or has consumers, unless told otherwise.
+    Delete {
+        /// Delete the queues with the tasks they hold.
+        #[arg(long, conflicts_with = "if_empty")]
+        yes: bool,
+        /// Delete only the empty queues; keep the others and the exchanges.
+        #[arg(long)]
+        if_empty: bool,
+    },
 }
 
 /// `warren topology ...`
@@ -34,7 +45,60 @@ pub(crate) async fn run(
     match cmd {
         TopologyCommand::Apply => apply(settings, out).await,
         TopologyCommand::Export { output } => export(settings, output, out),
+        TopologyCommand::Delete { yes, if_empty } => {
+            let mode = match (yes, if_empty) {
+                (true, _) => Teardown::Everything,
+                (false, true) => Teardown::OnlyEmpty,
+                (false, false) => Teardown::RefuseUnlessEmpty,
+            };
+            delete(settings, mode, out).await
+        }
     }
+}
+
+async fn delete(settings: &Settings, mode: Teardown, out: &mut dyn Write) -> Result<ExitCode> {
+    let session = Session::open(settings, "cli").await?;
+    let result = teardown(&settings.plan(), session.connection(), mode).await;
+    session.close("done").await;
+    let report = result?;
+    for q in &report.deleted_queues {
+        writeln!(
+            out,
+            "deleted queue     {}  ({} messages)",
+            q.name, q.messages
+        )
+        .map_err(write_err)?;
+    }
+    for e in &report.deleted_exchanges {
+        writeln!(out, "deleted exchange  {e}").map_err(write_err)?;
+    }
+    for q in &report.kept_queues {
+        writeln!(
+            out,
+            "kept queue        {}  ({} tasks, {} consumers)",
+            q.name, q.messages, q.consumers
+        )
+        .map_err(write_err)?;
+    }
+    writeln!(
+        out,
+        "namespace `{}`: deleted {} queues and {} exchanges; kept {} queues{}",
+        settings.namespace,
+        report.deleted_queues.len(),
+        report.deleted_exchanges.len(),
+        report.kept_queues.len(),
+        if report.missing.is_empty() {
+            String::new()
+        } else {
+            format!("; {} were not there", report.missing.len())
+        }
+    )
+    .map_err(write_err)?;
+    Ok(if report.kept_queues.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {

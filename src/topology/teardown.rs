@@ -1,0 +1,192 @@
+//! Deleting a namespace: the inverse of [`super::declare::apply`], refusing to lose tasks.
+//!
+//! Only the objects the plan names are deleted, never everything that shares the prefix:
+//! namespace `shop` must not take `shop.test`'s queues with it. Queues that still hold tasks
+//! or have consumers are kept unless the caller says otherwise. A classic queue found empty is
+//! deleted with `if-empty`, so a task that arrives after the check is not lost; quorum queues
+//! refuse that flag (RabbitMQ 3.10 answers `NOT_IMPLEMENTED` and closes the connection), so
+//! for them a task enqueued between the check and the delete is lost: stop the producers
+//! first.
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::{Channel, Connection};
+
+use super::declare::inspect;
+use super::plan::{ArgValue, Plan, QueueDecl};
+use crate::broker::close_channel;
+use crate::error::{Error, Result};
+
+/// What to do with queues that are not empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    /// Delete nothing if any queue holds tasks or has consumers ([`Error::NotEmpty`]).
+    RefuseUnlessEmpty,
+    /// Delete the empty queues, keep the others (and the exchanges, which they need).
+    OnlyEmpty,
+    /// Delete everything, with whatever the queues hold.
+    Everything,
+}
+
+/// One queue as the teardown found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueState {
+    /// Queue name.
+    pub name: String,
+    /// Ready messages.
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// What [`teardown`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TeardownReport {
+    /// Queues deleted, with the messages they held.
+    pub deleted_queues: Vec<QueueState>,
+    /// Queues kept because they were not empty.
+    pub kept_queues: Vec<QueueState>,
+    /// Exchanges deleted.
+    pub deleted_exchanges: Vec<String>,
+    /// Planned queues that did not exist.
+    pub missing: Vec<String>,
+}
+
+/// Deletes `plan`'s queues and exchanges on `conn` as `mode` allows.
+///
+/// # Errors
+/// [`Error::NotEmpty`] (nothing deleted) when `mode` is [`Teardown::RefuseUnlessEmpty`] and a
+/// queue holds tasks or has consumers; [`Error::Amqp`] when the broker fails.
+pub async fn teardown(plan: &Plan, conn: &Connection, mode: Teardown) -> Result<TeardownReport> {
+    let mut run = Tearing {
+        conn,
+        channel: open(conn).await?,
+        report: TeardownReport::default(),
+    };
+    let mut found = Vec::new();
+    for q in &plan.queues {
+        if let Some(state) = run.state(&q.name).await? {
+            found.push((q, state));
+        }
+    }
+    let busy: Vec<QueueState> = found
+        .iter()
+        .map(|(_, state)| state)
+        .filter(|q| q.messages > 0 || q.consumers > 0)
+        .cloned()
+        .collect();
+    if mode == Teardown::RefuseUnlessEmpty && !busy.is_empty() {
+        close_channel(&run.channel, "nothing deleted").await;
+        return Err(Error::NotEmpty {
+            queues: busy
+                .into_iter()
+                .map(|q| (q.name, q.messages, q.consumers))
+                .collect(),
+        });
+    }
+    for (decl, state) in found {
+        run.delete_queue(decl, state, mode).await?;
+    }
+    if run.report.kept_queues.is_empty() {
+        for e in &plan.exchanges {
+            run.delete_exchange(&e.name).await?;
+        }
+    }
+    close_channel(&run.channel, "namespace deleted").await;
+    Ok(run.report)
+}
+
+/// One teardown in progress: the channel (reopened after the broker closes it) and the report.
+struct Tearing<'a> {
+    conn: &'a Connection,
+    channel: Channel,
+    report: TeardownReport,
+}
+
+impl Tearing<'_> {
+    /// The queue's counts; `None` (recorded as missing) when it does not exist.
+    async fn state(&mut self, name: &str) -> Result<Option<QueueState>> {
+        match inspect(&self.channel, name).await {
+            Ok(q) => Ok(Some(QueueState {
+                name: name.to_string(),
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            })),
+            Err(e) if soft(&e, AMQPSoftError::NOTFOUND) => {
+                self.report.missing.push(name.to_string());
+                self.channel = open(self.conn).await?;
+                Ok(None)
+            }
+            Err(source) => Err(Error::Amqp {
+                operation: format!("reading queue `{name}`"),
+                source,
+            }),
+        }
+    }
+
+    async fn delete_queue(
+        &mut self,
+        decl: &QueueDecl,
+        q: QueueState,
+        mode: Teardown,
+    ) -> Result<()> {
+        let busy = q.messages > 0 || q.consumers > 0;
+        if busy && mode == Teardown::OnlyEmpty {
+            self.report.kept_queues.push(q);
+            return Ok(());
+        }
+        // `if_empty` unless everything goes: a task that arrived after the check stays.
+        // Classic queues only: quorum queues refuse the flag.
+        let classic = decl.arg("x-queue-type") == Some(&ArgValue::Str("classic".into()));
+        let opts = QueueDeleteOptions {
+            if_empty: classic && mode != Teardown::Everything,
+            ..Default::default()
+        };
+        match self
+            .channel
+            .queue_delete(q.name.as_str().into(), opts)
+            .await
+        {
+            Ok(messages) => {
+                self.report
+                    .deleted_queues
+                    .push(QueueState { messages, ..q });
+                Ok(())
+            }
+            Err(e) if soft(&e, AMQPSoftError::PRECONDITIONFAILED) => {
+                self.report.kept_queues.push(q);
+                self.channel = open(self.conn).await?;
+                Ok(())
+            }
+            Err(source) => Err(Error::Amqp {
+                operation: format!("deleting queue `{}`", q.name),
+                source,
+            }),
+        }
+    }
+
+    async fn delete_exchange(&mut self, name: &str) -> Result<()> {
+        let opts = ExchangeDeleteOptions::default();
+        self.channel
+            .exchange_delete(name.into(), opts)
+            .await
+            .map_err(|source| Error::Amqp {
+                operation: format!("deleting exchange `{name}`"),
+                source,
+            })?;
+        self.report.deleted_exchanges.push(name.to_string());
+        Ok(())
+    }
+}
+
+fn soft(err: &lapin::Error, kind: AMQPSoftError) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if amqp.kind() == &AMQPErrorKind::Soft(kind))
+}
+
+async fn open(conn: &Connection) -> Result<Channel> {
+    conn.create_channel().await.map_err(|source| Error::Amqp {
+        operation: "opening a channel".into(),
+        source,
+    })
+}
