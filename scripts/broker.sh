@@ -43,7 +43,13 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
 fi
 
 if ! port_open "$AMQP_PORT"; then
-  say "starting rabbitmq-server"
+  # The open-file limit RabbitMQ's own systemd unit sets (65536), or the hard limit if lower:
+  # the node's file handle budget follows it, and at 1024 a 3.10 node stops accepting
+  # connections at ~400 quorum queues (two namespaces of 100 task types).
+  hard=$(ulimit -Hn)
+  if [ "$hard" = unlimited ] || [ "$hard" -ge 65536 ]; then nofile=65536; else nofile=$hard; fi
+  ulimit -n "$nofile"
+  say "starting rabbitmq-server with an open-file limit of $nofile"
   rabbitmq-server -detached
   wait_for 90 "RabbitMQ to accept AMQP connections" port_open "$AMQP_PORT"
   rabbitmqctl await_startup >/dev/null 2>&1 || true

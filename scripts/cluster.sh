@@ -17,6 +17,14 @@ set -euo pipefail
 DIR=${WARREN_CLUSTER_DIR:-/tmp/warren-cluster}
 SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
 say() { printf 'cluster.sh: %s\n' "$*" >&2; }
+# Open files for each node: RabbitMQ's own systemd unit uses 65536. A node's file handle
+# budget follows this limit, and quorum queues use it up: at 1024 a 3.10 node stops accepting
+# connections at ~400 quorum queues. Raised up to the hard limit when that is lower.
+NOFILE_WANTED=65536
+nofile() {
+  local hard; hard=$(ulimit -Hn)
+  if [ "$hard" = unlimited ] || [ "$hard" -ge "$NOFILE_WANTED" ]; then echo "$NOFILE_WANTED"; else echo "$hard"; fi
+}
 node() { echo "warren-c$1@localhost"; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -81,7 +89,7 @@ export RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins
 export RABBITMQ_PID_FILE=$d/pid
 ENV
   chown -R rabbitmq:rabbitmq "$d"
-  su rabbitmq -s /bin/sh -c ". $d/env.sh; nohup $SERVER > $d/stdout.log 2>&1 &"
+  su rabbitmq -s /bin/sh -c "ulimit -n $(nofile); . $d/env.sh; nohup $SERVER > $d/stdout.log 2>&1 &"
 }
 
 wait_node() {
@@ -114,7 +122,7 @@ up() {
     until curl -fsS -o /dev/null -u guest:guest "http://127.0.0.1:$((15680 + i))/api/overview"; do sleep 1; done
   done
   echo "$n" > "$DIR/size"
-  say "up: $n node(s) on AMQP ports $(seq -s ' ' 5681 $((5680 + n)))"
+  say "up: $n node(s) on AMQP ports $(seq -s ' ' 5681 $((5680 + n))), open-file limit $(nofile)"
 }
 
 down() {

@@ -489,6 +489,8 @@ fn the_compose_file_runs_a_broker_topology_three_workers_and_a_producer() {
         .iter()
         .filter_map(Yaml::as_str)
         .collect();
+    // Enough open files for many quorum queues (RabbitMQ's own systemd unit sets 65536)
+    assert_eq!(rabbit["ulimits"]["nofile"]["soft"].as_i64(), Some(65536));
     // Published on host ports that do not clash with a local RabbitMQ (5672, 15672)
     assert_eq!(ports, ["5673:5672", "15673:15672"]);
     assert_eq!(
