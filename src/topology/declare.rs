@@ -211,7 +211,8 @@ pub async fn remove(plan: &Plan, conn: &Connection, extra: &[&str]) {
     close_channel(&ch, "removed").await;
 }
 
-async fn open(conn: &Connection) -> Result<Channel> {
+/// A new channel on `conn`.
+pub(super) async fn open(conn: &Connection) -> Result<Channel> {
     conn.create_channel().await.map_err(|source| Error::Amqp {
         operation: "opening a channel".into(),
         source,

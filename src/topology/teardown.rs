@@ -12,7 +12,7 @@ use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{Channel, Connection};
 
-use super::declare::inspect;
+use super::declare::{inspect, open};
 use super::plan::{ArgValue, Plan, QueueDecl};
 use crate::broker::close_channel;
 use crate::error::{Error, Result};
@@ -182,11 +182,4 @@ impl Tearing<'_> {
 fn soft(err: &lapin::Error, kind: AMQPSoftError) -> bool {
     matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp)
         if amqp.kind() == &AMQPErrorKind::Soft(kind))
-}
-
-async fn open(conn: &Connection) -> Result<Channel> {
-    conn.create_channel().await.map_err(|source| Error::Amqp {
-        operation: "opening a channel".into(),
-        source,
-    })
 }
