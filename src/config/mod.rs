@@ -4,16 +4,20 @@
 //! (`WARREN_AMQP_URL`, `WARREN_NAMESPACE`, `WARREN_MANAGEMENT_URL`) < CLI flags. The CLI
 //! declares each flag together with its environment variable (clap's `env`), so it hands
 //! this module one [`Overrides`] that already holds "flag, else environment". No lapin here.
+//!
+//! `file.rs` is the topology file's format, `validate.rs` the range checks; this file holds
+//! the settings themselves, their layering, and the plan and routes they imply.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+mod file;
+mod validate;
 
 use crate::error::{Error, Result};
-use crate::retry::{BackoffPolicy, TaskPolicy};
-use crate::topology::{self, Ladder, Layout, Names, Plan, QueueType, Routes, TaskQueues};
+use crate::retry::TaskPolicy;
+use crate::topology::{Ladder, Layout, Names, Plan, QueueType, Routes, TaskQueues};
 
 /// Broker URL used when nothing else is configured: the local RabbitMQ's default vhost.
 pub const AMQP_URL_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -176,8 +180,7 @@ impl Settings {
     /// # Errors
     /// [`Error::Config`] with TOML's line and column for syntax errors and unknown keys.
     pub fn from_toml(text: &str) -> Result<Settings> {
-        let file: FileSettings = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
-        Ok(file.into_settings())
+        file::parse(text)
     }
 
     /// Applies environment/flag overrides (they win over the file).
@@ -230,253 +233,6 @@ impl Settings {
         let Layout { names, ladder, .. } = self.layout();
         Routes::new(names, ladder)
     }
-
-    /// Rejects settings that cannot work, naming the field and the accepted range.
-    ///
-    /// # Errors
-    /// [`Error::Config`] describing every problem found, one per line.
-    pub fn validate(&self) -> Result<()> {
-        let mut problems = Vec::new();
-        if let Err(e) = topology::validate_namespace(&self.namespace) {
-            problems.push(e);
-        }
-        if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
-            problems.push(format!(
-                "`amqp_url` must start with amqp:// or amqps://, got `{}`",
-                crate::broker::redact(&self.amqp_url)
-            ));
-        }
-        let max_delay = self.max_delay.as_secs();
-        let ladder_limit = (1u64 << LADDER_LEVELS_MAX) - 1;
-        if max_delay < 1 || max_delay > ladder_limit || self.max_delay.subsec_nanos() != 0 {
-            problems.push(format!(
-                "`max_delay` must be a whole number of seconds from 1s to {} ({ladder_limit}s, the \
-                 delay ladder's {LADDER_LEVELS_MAX} levels), got {}",
-                humantime::format_duration(Duration::from_secs(ladder_limit)),
-                humantime::format_duration(self.max_delay)
-            ));
-        }
-        if self.max_payload_bytes == 0 {
-            problems.push("`max_payload_bytes` must be at least 1".to_string());
-        }
-        check_policy("[defaults]", &self.defaults, &mut problems);
-        for (name, task) in &self.tasks {
-            if let Err(e) = topology::validate_task_name(name) {
-                problems.push(format!("[tasks.{name}]: {e}"));
-            }
-            check_policy(&format!("[tasks.{name}]"), &task.policy, &mut problems);
-            if let Some(exec) = &task.exec
-                && exec.first().is_none_or(|p| p.trim().is_empty())
-            {
-                problems.push(format!(
-                    "[tasks.{name}] `exec` must name a program, e.g. exec = [\"python3\", \"handlers/{name}.py\"]"
-                ));
-            }
-        }
-        let w = &self.worker;
-        if w.concurrency == 0 || w.concurrency > 10_000 {
-            problems.push(format!(
-                "[worker] `concurrency` must be 1..=10000, got {}",
-                w.concurrency
-            ));
-        }
-        if w.prefetch == 0 {
-            problems.push("[worker] `prefetch` must be 1..=65535, got 0".to_string());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Config(problems.join("\n  ")))
-        }
-    }
-}
-
-fn check_policy(table: &str, p: &TaskPolicy, problems: &mut Vec<String>) {
-    if p.max_attempts == 0 || p.max_attempts > 1000 {
-        problems.push(format!(
-            "{table} `max_attempts` must be 1..=1000, got {}",
-            p.max_attempts
-        ));
-    }
-    if p.delivery_limit == 0 {
-        problems.push(format!("{table} `delivery_limit` must be at least 1"));
-    }
-    if p.time_limit.is_zero() {
-        problems.push(format!("{table} `time_limit` must be longer than 0s"));
-    } else if p.time_limit >= CONSUMER_TIMEOUT_DEFAULT {
-        problems.push(format!(
-            "{table} `time_limit` = {} reaches RabbitMQ's default consumer_timeout (30m), which \
-             closes the channel under a running task; lower it (or raise consumer_timeout on \
-             the broker and keep this below it)",
-            humantime::format_duration(p.time_limit)
-        ));
-    }
-    if p.expires.is_some_and(|e| e.is_zero()) {
-        problems.push(format!(
-            "{table} `expires` must be longer than 0s (omit it for no expiry)"
-        ));
-    }
-    let b = &p.backoff;
-    if b.initial.is_zero() {
-        problems.push(format!("{table} `backoff.initial` must be longer than 0s"));
-    }
-    if !(b.multiplier.is_finite() && b.multiplier >= 1.0) {
-        problems.push(format!(
-            "{table} `backoff.multiplier` must be >= 1.0, got {}",
-            b.multiplier
-        ));
-    }
-    if !(0.0..=1.0).contains(&b.jitter) {
-        problems.push(format!(
-            "{table} `backoff.jitter` must be within 0.0..=1.0, got {}",
-            b.jitter
-        ));
-    }
-    if b.max < b.initial {
-        problems.push(format!(
-            "{table} `backoff.max` must be >= `backoff.initial`"
-        ));
-    }
-}
-
-// ---- the file format -------------------------------------------------------------------
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    amqp_url: Option<String>,
-    management_url: Option<String>,
-    namespace: Option<String>,
-    queue_type: Option<QueueType>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    max_delay: Option<Duration>,
-    max_payload_bytes: Option<usize>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    connect_timeout: Option<Duration>,
-    #[serde(default)]
-    defaults: PolicyFile,
-    #[serde(default)]
-    worker: WorkerFile,
-    #[serde(default)]
-    tasks: BTreeMap<String, TaskFile>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyFile {
-    max_attempts: Option<u32>,
-    #[serde(default)]
-    backoff: BackoffFile,
-    #[serde(default, deserialize_with = "opt_duration")]
-    time_limit: Option<Duration>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    expires: Option<Duration>,
-    delivery_limit: Option<u32>,
-}
-
-/// A task table: the policy keys plus `exec`. (serde's `flatten` does not combine with
-/// `deny_unknown_fields`, so the policy keys are repeated here.)
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TaskFile {
-    max_attempts: Option<u32>,
-    #[serde(default)]
-    backoff: BackoffFile,
-    #[serde(default, deserialize_with = "opt_duration")]
-    time_limit: Option<Duration>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    expires: Option<Duration>,
-    delivery_limit: Option<u32>,
-    exec: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackoffFile {
-    #[serde(default, deserialize_with = "opt_duration")]
-    initial: Option<Duration>,
-    multiplier: Option<f64>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    max: Option<Duration>,
-    jitter: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WorkerFile {
-    concurrency: Option<usize>,
-    prefetch: Option<u16>,
-    #[serde(default, deserialize_with = "opt_duration")]
-    grace: Option<Duration>,
-}
-
-impl BackoffFile {
-    fn over(&self, base: &BackoffPolicy) -> BackoffPolicy {
-        BackoffPolicy {
-            initial: self.initial.unwrap_or(base.initial),
-            multiplier: self.multiplier.unwrap_or(base.multiplier),
-            max: self.max.unwrap_or(base.max),
-            jitter: self.jitter.unwrap_or(base.jitter),
-        }
-    }
-}
-
-impl PolicyFile {
-    fn over(&self, base: &TaskPolicy) -> TaskPolicy {
-        TaskPolicy {
-            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
-            backoff: self.backoff.over(&base.backoff),
-            time_limit: self.time_limit.unwrap_or(base.time_limit),
-            expires: self.expires.or(base.expires),
-            delivery_limit: self.delivery_limit.unwrap_or(base.delivery_limit),
-        }
-    }
-}
-
-impl TaskFile {
-    fn into_task(self, defaults: &TaskPolicy) -> TaskSettings {
-        let policy = PolicyFile {
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-            time_limit: self.time_limit,
-            expires: self.expires,
-            delivery_limit: self.delivery_limit,
-        }
-        .over(defaults);
-        TaskSettings {
-            policy,
-            exec: self.exec,
-        }
-    }
-}
-
-impl FileSettings {
-    fn into_settings(self) -> Settings {
-        let base = Settings::default();
-        let defaults = self.defaults.over(&base.defaults);
-        let worker = WorkerSettings {
-            concurrency: self.worker.concurrency.unwrap_or(base.worker.concurrency),
-            prefetch: self.worker.prefetch.unwrap_or(base.worker.prefetch),
-            grace: self.worker.grace.unwrap_or(base.worker.grace),
-        };
-        let tasks = self
-            .tasks
-            .into_iter()
-            .map(|(name, t)| (name, t.into_task(&defaults)))
-            .collect();
-        Settings {
-            amqp_url: self.amqp_url.unwrap_or(base.amqp_url),
-            management_url: self.management_url.or(base.management_url),
-            namespace: self.namespace.unwrap_or(base.namespace),
-            queue_type: self.queue_type.unwrap_or(base.queue_type),
-            max_delay: self.max_delay.unwrap_or(base.max_delay),
-            max_payload_bytes: self.max_payload_bytes.unwrap_or(base.max_payload_bytes),
-            defaults,
-            tasks,
-            worker,
-            connect_timeout: self.connect_timeout.unwrap_or(base.connect_timeout),
-        }
-    }
 }
 
 /// The topology file [`Settings::load`] reads for `path`: `path` itself when given, else
@@ -501,35 +257,9 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     })
 }
 
-fn opt_duration<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const EXAMPLE: &str = include_str!("../topology/warren.toml");
-
-    #[test]
-    fn the_shipped_example_file_is_valid() {
-        let s = Settings::from_toml(EXAMPLE).expect("example parses");
-        s.validate().expect("example validates");
-        assert!(!s.tasks.is_empty());
-    }
-
-    #[test]
-    fn built_in_defaults_are_valid_and_quorum() {
-        let s = Settings::default();
-        s.validate().unwrap();
-        assert_eq!(s.queue_type, QueueType::Quorum);
-        assert_eq!(s.max_delay, Duration::from_secs(30 * 86400));
-    }
 
     #[test]
     fn a_task_table_overrides_only_the_keys_it_sets() {
@@ -602,36 +332,6 @@ mod tests {
     }
 
     #[test]
-    fn max_delay_above_the_ladder_limit_is_refused() {
-        let s = Settings::from_toml("max_delay = \"10years\"").unwrap();
-        let err = s.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("max_delay") && err.contains("268435455s"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn sub_second_max_delay_is_refused() {
-        let s = Settings::from_toml("max_delay = \"1500ms\"").unwrap();
-        assert!(
-            s.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("whole number of seconds")
-        );
-    }
-
-    #[test]
-    fn bad_task_names_are_refused() {
-        for bad in ["Send", "a.b", "with space", "ünï", &"x".repeat(65)] {
-            let s = Settings::from_toml(&format!("[tasks.\"{bad}\"]\n")).unwrap();
-            let err = s.validate().unwrap_err().to_string();
-            assert!(err.contains("task name"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
     fn a_duplicate_task_table_is_refused_by_the_parser() {
         let err = Settings::from_toml("[tasks.a]\n[tasks.a]\n")
             .unwrap_err()
@@ -640,32 +340,5 @@ mod tests {
             err.contains("duplicate") || err.contains("redefin"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn policy_ranges_are_checked_with_the_table_named() {
-        let s = Settings::from_toml(
-            "[tasks.a]\nmax_attempts = 0\ntime_limit = \"45m\"\n[tasks.a.backoff]\njitter = 1.5\nmultiplier = 0.5\n",
-        )
-        .unwrap();
-        let err = s.validate().unwrap_err().to_string();
-        for needle in [
-            "[tasks.a] `max_attempts`",
-            "consumer_timeout",
-            "`backoff.jitter`",
-            "`backoff.multiplier`",
-        ] {
-            assert!(err.contains(needle), "missing {needle}: {err}");
-        }
-    }
-
-    #[test]
-    fn an_amqp_url_with_another_scheme_is_refused_without_its_password() {
-        let s = Settings {
-            amqp_url: "http://user:secret@host/".into(),
-            ..Default::default()
-        };
-        let err = s.validate().unwrap_err().to_string();
-        assert!(err.contains("amqp://") && !err.contains("secret"), "{err}");
     }
 }

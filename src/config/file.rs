@@ -1,0 +1,165 @@
+//! The topology file's format: what `topology/warren.toml` may say, layered over the
+//! built-in defaults. Unknown keys are errors, with TOML's line and column.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::{Settings, TaskSettings, WorkerSettings, parse_duration};
+use crate::error::{Error, Result};
+use crate::retry::{BackoffPolicy, TaskPolicy};
+use crate::topology::QueueType;
+
+/// Parses topology TOML over the built-in defaults, without validating.
+pub(super) fn parse(text: &str) -> Result<Settings> {
+    let file: FileSettings = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+    Ok(file.into_settings())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    amqp_url: Option<String>,
+    management_url: Option<String>,
+    namespace: Option<String>,
+    queue_type: Option<QueueType>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    max_delay: Option<Duration>,
+    max_payload_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default)]
+    defaults: PolicyFile,
+    #[serde(default)]
+    worker: WorkerFile,
+    #[serde(default)]
+    tasks: BTreeMap<String, TaskFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    backoff: BackoffFile,
+    #[serde(default, deserialize_with = "opt_duration")]
+    time_limit: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    expires: Option<Duration>,
+    delivery_limit: Option<u32>,
+}
+
+/// A task table: the policy keys plus `exec`. (serde's `flatten` does not combine with
+/// `deny_unknown_fields`, so the policy keys are repeated here.)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskFile {
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    backoff: BackoffFile,
+    #[serde(default, deserialize_with = "opt_duration")]
+    time_limit: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    expires: Option<Duration>,
+    delivery_limit: Option<u32>,
+    exec: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackoffFile {
+    #[serde(default, deserialize_with = "opt_duration")]
+    initial: Option<Duration>,
+    multiplier: Option<f64>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    max: Option<Duration>,
+    jitter: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerFile {
+    concurrency: Option<usize>,
+    prefetch: Option<u16>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    grace: Option<Duration>,
+}
+
+impl BackoffFile {
+    fn over(&self, base: &BackoffPolicy) -> BackoffPolicy {
+        BackoffPolicy {
+            initial: self.initial.unwrap_or(base.initial),
+            multiplier: self.multiplier.unwrap_or(base.multiplier),
+            max: self.max.unwrap_or(base.max),
+            jitter: self.jitter.unwrap_or(base.jitter),
+        }
+    }
+}
+
+impl PolicyFile {
+    fn over(&self, base: &TaskPolicy) -> TaskPolicy {
+        TaskPolicy {
+            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
+            backoff: self.backoff.over(&base.backoff),
+            time_limit: self.time_limit.unwrap_or(base.time_limit),
+            expires: self.expires.or(base.expires),
+            delivery_limit: self.delivery_limit.unwrap_or(base.delivery_limit),
+        }
+    }
+}
+
+impl TaskFile {
+    fn into_task(self, defaults: &TaskPolicy) -> TaskSettings {
+        let policy = PolicyFile {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            time_limit: self.time_limit,
+            expires: self.expires,
+            delivery_limit: self.delivery_limit,
+        }
+        .over(defaults);
+        TaskSettings {
+            policy,
+            exec: self.exec,
+        }
+    }
+}
+
+impl FileSettings {
+    fn into_settings(self) -> Settings {
+        let base = Settings::default();
+        let defaults = self.defaults.over(&base.defaults);
+        let worker = WorkerSettings {
+            concurrency: self.worker.concurrency.unwrap_or(base.worker.concurrency),
+            prefetch: self.worker.prefetch.unwrap_or(base.worker.prefetch),
+            grace: self.worker.grace.unwrap_or(base.worker.grace),
+        };
+        let tasks = self
+            .tasks
+            .into_iter()
+            .map(|(name, t)| (name, t.into_task(&defaults)))
+            .collect();
+        Settings {
+            amqp_url: self.amqp_url.unwrap_or(base.amqp_url),
+            management_url: self.management_url.or(base.management_url),
+            namespace: self.namespace.unwrap_or(base.namespace),
+            queue_type: self.queue_type.unwrap_or(base.queue_type),
+            max_delay: self.max_delay.unwrap_or(base.max_delay),
+            max_payload_bytes: self.max_payload_bytes.unwrap_or(base.max_payload_bytes),
+            defaults,
+            tasks,
+            worker,
+            connect_timeout: self.connect_timeout.unwrap_or(base.connect_timeout),
+        }
+    }
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}

@@ -1,0 +1,198 @@
+//! Checking settings: every value that cannot work is named with its field and the accepted
+//! range, all problems at once. Pure.
+
+use std::time::Duration;
+
+use super::{CONSUMER_TIMEOUT_DEFAULT, LADDER_LEVELS_MAX, Settings};
+use crate::error::{Error, Result};
+use crate::retry::TaskPolicy;
+use crate::topology;
+
+impl Settings {
+    /// Rejects settings that cannot work, naming the field and the accepted range.
+    ///
+    /// # Errors
+    /// [`Error::Config`] describing every problem found, one per line.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if let Err(e) = topology::validate_namespace(&self.namespace) {
+            problems.push(e);
+        }
+        if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
+            problems.push(format!(
+                "`amqp_url` must start with amqp:// or amqps://, got `{}`",
+                crate::broker::redact(&self.amqp_url)
+            ));
+        }
+        let max_delay = self.max_delay.as_secs();
+        let ladder_limit = (1u64 << LADDER_LEVELS_MAX) - 1;
+        if max_delay < 1 || max_delay > ladder_limit || self.max_delay.subsec_nanos() != 0 {
+            problems.push(format!(
+                "`max_delay` must be a whole number of seconds from 1s to {} ({ladder_limit}s, the \
+                 delay ladder's {LADDER_LEVELS_MAX} levels), got {}",
+                humantime::format_duration(Duration::from_secs(ladder_limit)),
+                humantime::format_duration(self.max_delay)
+            ));
+        }
+        if self.max_payload_bytes == 0 {
+            problems.push("`max_payload_bytes` must be at least 1".to_string());
+        }
+        check_policy("[defaults]", &self.defaults, &mut problems);
+        for (name, task) in &self.tasks {
+            if let Err(e) = topology::validate_task_name(name) {
+                problems.push(format!("[tasks.{name}]: {e}"));
+            }
+            check_policy(&format!("[tasks.{name}]"), &task.policy, &mut problems);
+            if let Some(exec) = &task.exec
+                && exec.first().is_none_or(|p| p.trim().is_empty())
+            {
+                problems.push(format!(
+                    "[tasks.{name}] `exec` must name a program, e.g. exec = [\"python3\", \"handlers/{name}.py\"]"
+                ));
+            }
+        }
+        let w = &self.worker;
+        if w.concurrency == 0 || w.concurrency > 10_000 {
+            problems.push(format!(
+                "[worker] `concurrency` must be 1..=10000, got {}",
+                w.concurrency
+            ));
+        }
+        if w.prefetch == 0 {
+            problems.push("[worker] `prefetch` must be 1..=65535, got 0".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(problems.join("\n  ")))
+        }
+    }
+}
+
+fn check_policy(table: &str, p: &TaskPolicy, problems: &mut Vec<String>) {
+    if p.max_attempts == 0 || p.max_attempts > 1000 {
+        problems.push(format!(
+            "{table} `max_attempts` must be 1..=1000, got {}",
+            p.max_attempts
+        ));
+    }
+    if p.delivery_limit == 0 {
+        problems.push(format!("{table} `delivery_limit` must be at least 1"));
+    }
+    if p.time_limit.is_zero() {
+        problems.push(format!("{table} `time_limit` must be longer than 0s"));
+    } else if p.time_limit >= CONSUMER_TIMEOUT_DEFAULT {
+        problems.push(format!(
+            "{table} `time_limit` = {} reaches RabbitMQ's default consumer_timeout (30m), which \
+             closes the channel under a running task; lower it (or raise consumer_timeout on \
+             the broker and keep this below it)",
+            humantime::format_duration(p.time_limit)
+        ));
+    }
+    if p.expires.is_some_and(|e| e.is_zero()) {
+        problems.push(format!(
+            "{table} `expires` must be longer than 0s (omit it for no expiry)"
+        ));
+    }
+    let b = &p.backoff;
+    if b.initial.is_zero() {
+        problems.push(format!("{table} `backoff.initial` must be longer than 0s"));
+    }
+    if !(b.multiplier.is_finite() && b.multiplier >= 1.0) {
+        problems.push(format!(
+            "{table} `backoff.multiplier` must be >= 1.0, got {}",
+            b.multiplier
+        ));
+    }
+    if !(0.0..=1.0).contains(&b.jitter) {
+        problems.push(format!(
+            "{table} `backoff.jitter` must be within 0.0..=1.0, got {}",
+            b.jitter
+        ));
+    }
+    if b.max < b.initial {
+        problems.push(format!(
+            "{table} `backoff.max` must be >= `backoff.initial`"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::QueueType;
+
+    const EXAMPLE: &str = include_str!("../../topology/warren.toml");
+
+    #[test]
+    fn the_shipped_example_file_is_valid() {
+        let s = Settings::from_toml(EXAMPLE).expect("example parses");
+        s.validate().expect("example validates");
+        assert!(!s.tasks.is_empty());
+    }
+
+    #[test]
+    fn built_in_defaults_are_valid_and_quorum() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        assert_eq!(s.queue_type, QueueType::Quorum);
+        assert_eq!(s.max_delay, Duration::from_secs(30 * 86400));
+    }
+
+    #[test]
+    fn max_delay_above_the_ladder_limit_is_refused() {
+        let s = Settings::from_toml("max_delay = \"10years\"").unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("max_delay") && err.contains("268435455s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sub_second_max_delay_is_refused() {
+        let s = Settings::from_toml("max_delay = \"1500ms\"").unwrap();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("whole number of seconds")
+        );
+    }
+
+    #[test]
+    fn bad_task_names_are_refused() {
+        for bad in ["Send", "a.b", "with space", "ünï", &"x".repeat(65)] {
+            let s = Settings::from_toml(&format!("[tasks.\"{bad}\"]\n")).unwrap();
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains("task name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn policy_ranges_are_checked_with_the_table_named() {
+        let s = Settings::from_toml(
+            "[tasks.a]\nmax_attempts = 0\ntime_limit = \"45m\"\n[tasks.a.backoff]\njitter = 1.5\nmultiplier = 0.5\n",
+        )
+        .unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        for needle in [
+            "[tasks.a] `max_attempts`",
+            "consumer_timeout",
+            "`backoff.jitter`",
+            "`backoff.multiplier`",
+        ] {
+            assert!(err.contains(needle), "missing {needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_amqp_url_with_another_scheme_is_refused_without_its_password() {
+        let s = Settings {
+            amqp_url: "http://user:secret@host/".into(),
+            ..Default::default()
+        };
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("amqp://") && !err.contains("secret"), "{err}");
+    }
+}
