@@ -2,7 +2,7 @@
 //! travels through them.
 //!
 //! Everything here is pure except [`declare`], the only place that sends declarations to
-//! RabbitMQ, and [`teardown`], which deletes them again: [`names`] builds every name, [`ladder`] the delay arithmetic, [`routes`] every
+//! RabbitMQ, and [`mod@teardown`], which deletes them again: [`names`] builds every name, [`ladder`] the delay arithmetic, [`routes`] every
 //! route a message takes, [`plan`] every declaration with its arguments. It knows nothing of
 //! settings files: [`crate::Settings::plan`] and [`crate::Settings::routes`] build these from
 //! the settings. See the README's names table and delay ladder.
