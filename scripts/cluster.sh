@@ -20,8 +20,10 @@ say() { printf 'cluster.sh: %s\n' "$*" >&2; }
 # Open files for each node: RabbitMQ's own systemd unit uses 65536. A node's file handle
 # budget follows this limit, and quorum queues use it up: at 1024 a 3.10 node stops accepting
 # connections at ~400 quorum queues. Raised up to the hard limit when that is lower.
+# WARREN_CLUSTER_NOFILE sets it instead, for the test of a node with a small budget.
 NOFILE_WANTED=65536
 nofile() {
+  if [ -n "${WARREN_CLUSTER_NOFILE:-}" ]; then echo "$WARREN_CLUSTER_NOFILE"; return; fi
   local hard; hard=$(ulimit -Hn)
   if [ "$hard" = unlimited ] || [ "$hard" -ge "$NOFILE_WANTED" ]; then echo "$NOFILE_WANTED"; else echo "$hard"; fi
 }

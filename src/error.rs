@@ -120,6 +120,11 @@ pub enum Error {
         source: lapin::Error,
     },
 
+    /// Applying the plan would take the broker past the quorum queues its file handle budget
+    /// holds: a node past it stops accepting connections. Nothing was declared.
+    #[error("applying would exhaust the broker's file handles: {}", .0.describe())]
+    WouldNotFit(Box<crate::ops::capacity::Capacity>),
+
     /// The management HTTP API could not be reached.
     #[error("the RabbitMQ management API at {base} is unreachable ({reason})")]
     ManagementUnreachable {
@@ -238,6 +243,7 @@ impl Clone for Error {
                 user: user.clone(),
             },
             Error::Management(s) => Error::Management(s.clone()),
+            Error::WouldNotFit(c) => Error::WouldNotFit(c.clone()),
             Error::Io { context, source } => Error::Io {
                 context: context.clone(),
                 source: copy_io(source),
@@ -272,6 +278,7 @@ impl Error {
             | Error::ManagementUnreachable { .. }
             | Error::ManagementRefused { .. }
             | Error::Management(_)
+            | Error::WouldNotFit(_)
             | Error::Io { .. }
             | Error::Internal(_) => false,
         }
@@ -297,6 +304,7 @@ impl Error {
             | Error::ManagementUnreachable { .. }
             | Error::ManagementRefused { .. }
             | Error::Management(_)
+            | Error::WouldNotFit(_)
             | Error::Io { .. }
             | Error::Internal(_) => false,
         }

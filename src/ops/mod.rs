@@ -2,6 +2,7 @@
 //!
 //! Library functions that return data; printing it is the `warren` binary's job.
 
+pub mod capacity;
 pub mod dlq;
 pub mod management;
 pub mod status;

@@ -90,6 +90,14 @@ impl QueueDecl {
     pub fn arg(&self, key: &str) -> Option<&ArgValue> {
         self.args.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
+
+    /// Its type: quorum when declared `x-queue-type = quorum`, classic otherwise.
+    pub fn queue_type(&self) -> QueueType {
+        match self.arg("x-queue-type") {
+            Some(ArgValue::Str(t)) if t == QueueType::Quorum.as_str() => QueueType::Quorum,
+            _ => QueueType::Classic,
+        }
+    }
 }
 
 /// What a binding points at.

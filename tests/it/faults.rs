@@ -623,3 +623,79 @@ async fn faults_a_consumer_timeout_rebuilds_the_channel_and_work_goes_on() {
     // the redelivered run counts as a later attempt (quorum x-delivery-count)
     assert!(r.iter().any(|(n, a)| *n == 0 && *a >= 2), "{r:?}");
 }
+
+/// Task types such that the plan adds `quorum_queues` quorum queues or more (two per type,
+/// plus the ladder of a 7 s max_delay), in namespace `ns`.
+fn many_types_topology(ns: &str, types: u64) -> String {
+    let mut toml = format!("namespace = \"{ns}\"\nqueue_type = \"quorum\"\nmax_delay = \"7s\"\n");
+    for i in 0..types {
+        toml.push_str(&format!("[tasks.t{i}]\n"));
+    }
+    toml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh up 3 with a small open-file limit: run by scripts/test.sh"]
+async fn faults_apply_refuses_a_namespace_that_would_exhaust_the_file_handles() {
+    let urls = cluster();
+    let v = ClusterVhost::new(15681);
+    let url = v.url(&urls[0]);
+    let nodes = v.mgmt.get("nodes").unwrap();
+    let fd_total = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["fd_total"].as_u64())
+        .min()
+        .expect("fd_total of the cluster's nodes");
+    assert!(
+        fd_total <= 4096,
+        "this scenario needs nodes with a small open-file limit (got {fd_total}): \
+         WARREN_CLUSTER_NOFILE=1024 scripts/cluster.sh up 3 (scripts/test.sh does)"
+    );
+    let limit = warren::ops::capacity::quorum_queue_limit(fd_total, 3);
+    let apply = |toml: &TempFile, extra: &[&str]| {
+        warren_bin()
+            .env("WARREN_AMQP_URL", &url)
+            .env("WARREN_MANAGEMENT_URL", "http://127.0.0.1:15681")
+            .env("WARREN_TOPOLOGY", toml.as_str())
+            .env("RUST_LOG", "warn")
+            .args(["--connect-timeout", "10s", "topology", "apply"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Twice the node's capacity: refused with the figures, and nothing declared.
+    let too_big = TempFile::with(&many_types_topology("fdbig", limit));
+    let refused = apply(&too_big, &[]);
+    let err = crate::support::stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    for part in [
+        "would hold",
+        &format!("open-file limit of {fd_total}"),
+        &format!("about {limit}"),
+        "LimitNOFILE",
+        "--skip-capacity-check",
+    ] {
+        assert!(err.contains(part), "`{part}` missing from: {err}");
+    }
+    let queues = v.mgmt.get(&format!("queues/{}", enc(&v.vhost))).unwrap();
+    assert_eq!(queues.as_array().map(Vec::len), Some(0), "{queues}");
+    // The node still takes connections, and a namespace that fits applies without a word.
+    let small = TempFile::with(&many_types_topology("fdsmall", 3));
+    let applied = apply(&small, &[]);
+    let err = crate::support::stderr(&applied);
+    assert!(applied.status.success(), "{err}");
+    assert!(!err.contains("file handle"), "{err}");
+    // A namespace that takes the node past 80 % of what it holds applies with a warning.
+    let tight = TempFile::with(&many_types_topology("fdtight", limit * 85 / 200));
+    let warned = apply(&tight, &[]);
+    let err = crate::support::stderr(&warned);
+    assert!(warned.status.success(), "{err}");
+    assert!(err.contains("nearly full"), "{err}");
+    // Re-applying it adds nothing, so it is not refused even on a nearly full node.
+    let again = apply(&tight, &[]);
+    assert!(again.status.success(), "{}", crate::support::stderr(&again));
+    assert!(!crate::support::stderr(&again).contains("nearly full"));
+    eprintln!("capacity: fd_total {fd_total}, limit {limit} quorum queues; refused {limit} types");
+}

@@ -57,6 +57,9 @@ pub(crate) fn for_error(err: &Error) -> Option<String> {
             rabbitmq_management` (scripts/broker.sh does), or point Warren at it with \
             --management-url / WARREN_MANAGEMENT_URL."
             .to_string(),
+        Error::WouldNotFit(_) => "Nothing was declared. To apply anyway (on a node whose \
+            limit the API misreports), pass --skip-capacity-check."
+            .to_string(),
         Error::ManagementRefused { .. } => "Check the credentials, or pass --management-url \
             http://USER:PASSWORD@HOST:15672."
             .to_string(),

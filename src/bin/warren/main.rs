@@ -228,7 +228,9 @@ mod tests {
         assert_eq!(cli.amqp_url.as_deref(), Some("amqp://h/"));
         assert!(matches!(
             cli.command,
-            Command::Topology(TopologyCommand::Apply)
+            Command::Topology(TopologyCommand::Apply {
+                skip_capacity_check: false
+            })
         ));
     }
 

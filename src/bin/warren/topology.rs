@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Subcommand;
-use warren::broker::{Session, redact};
+use warren::broker::{Session, redact, url_parts};
+use warren::ops::capacity::{self, Verdict};
+use warren::ops::management::Management;
 use warren::topology::{Teardown, teardown};
 use warren::{Error, Result, Settings};
 
@@ -16,7 +18,14 @@ use crate::write_err;
 #[derive(Debug, Subcommand)]
 pub enum TopologyCommand {
     /// Declare everything the topology file describes; safe to run again.
-    Apply,
+    ///
+    /// First checks, through the management API, that the broker's file handle budget holds
+    /// the quorum queues this adds (a RabbitMQ node past it stops accepting connections).
+    Apply {
+        /// Apply even when the namespace would not fit the broker's file handle budget.
+        #[arg(long)]
+        skip_capacity_check: bool,
+    },
     /// Print RabbitMQ definitions JSON for the namespace (import it per vhost in the
     /// management UI, or `POST /api/definitions/{vhost}`).
     Export {
@@ -43,7 +52,14 @@ pub(crate) async fn run(
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
     match cmd {
-        TopologyCommand::Apply => apply(settings, out).await,
+        TopologyCommand::Apply {
+            skip_capacity_check,
+        } => {
+            if !skip_capacity_check {
+                check_capacity(settings)?;
+            }
+            apply(settings, out).await
+        }
         TopologyCommand::Export { output } => export(settings, output, out),
         TopologyCommand::Delete { yes, if_empty } => {
             let mode = match (yes, if_empty) {
@@ -99,6 +115,31 @@ async fn delete(settings: &Settings, mode: Teardown, out: &mut dyn Write) -> Res
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Refuses a plan that would not fit the broker's file handle budget, warns when it nearly
+/// does. A management API that cannot be read skips the check with a warning: it must not
+/// stand between a user and a broker that takes AMQP.
+fn check_capacity(settings: &Settings) -> Result<()> {
+    let figures = Management::from_settings(settings).and_then(|mgmt| {
+        let vhost = url_parts(&settings.amqp_url)?.vhost;
+        capacity::check(&mgmt, &vhost, &settings.plan())
+    });
+    let figures = match figures {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("cannot check the broker's file handle budget, applying anyway: {e}");
+            return Ok(());
+        }
+    };
+    match figures.verdict() {
+        Verdict::Fits => Ok(()),
+        Verdict::Tight => {
+            tracing::warn!("the broker is nearly full: {}", figures.describe());
+            Ok(())
+        }
+        Verdict::WouldNotFit => Err(Error::WouldNotFit(Box::new(figures))),
+    }
 }
 
 async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
