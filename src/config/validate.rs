@@ -30,8 +30,8 @@ impl Settings {
             problems.push(format!(
                 "`max_delay` must be a whole number of seconds from 1s to {} ({ladder_limit}s, the \
                  delay ladder's {LADDER_LEVELS_MAX} levels), got {}",
-                humantime::format_duration(Duration::from_secs(ladder_limit)),
-                humantime::format_duration(self.max_delay)
+                crate::config::duration_text(Duration::from_secs(ladder_limit)),
+                crate::config::duration_text(self.max_delay)
             ));
         }
         if self.max_payload_bytes == 0 {
@@ -86,7 +86,7 @@ fn check_policy(table: &str, p: &TaskPolicy, problems: &mut Vec<String>) {
             "{table} `time_limit` = {} reaches RabbitMQ's default consumer_timeout (30m), which \
              closes the channel under a running task; lower it (or raise consumer_timeout on \
              the broker and keep this below it)",
-            humantime::format_duration(p.time_limit)
+            crate::config::duration_text(p.time_limit)
         ));
     }
     if p.expires.is_some_and(|e| e.is_zero()) {

@@ -105,8 +105,8 @@ fn check_delay(delay_secs: u64, max_delay: Duration) -> Result<()> {
     Err(Error::InvalidInput(format!(
         "a delay of {} is above max_delay ({}); raise max_delay in the topology file \
          (and re-apply it) or schedule the task later",
-        humantime::format_duration(Duration::from_secs(delay_secs)),
-        humantime::format_duration(max_delay)
+        crate::config::duration_text(Duration::from_secs(delay_secs)),
+        crate::config::duration_text(max_delay)
     )))
 }
 

@@ -126,11 +126,13 @@ async fn run_and_settle(
             return settle(shared, task, held, action).await;
         }
     };
-    let action = match run(task, future, trace).await {
+    let (result, took) = run(task, future, trace).await;
+    let action = match result {
         RunResult::Success => Action::Ack,
         failed => judge(shared, task).after_run(&original, failed),
     };
     settle(shared, task, held, action).await;
+    finished(took);
 }
 
 /// The decision's inputs as of now.
@@ -159,9 +161,17 @@ fn context(shared: &Shared, task: &Registered, env: &Envelope, trace: String) ->
     }
 }
 
+/// The one line per finished run, inside the task span (task, id, attempt, outcome): what a
+/// worker did, at `info` under the span's own target, so `RUST_LOG=...,warren::task=warn`
+/// keeps only failures (the retry and dead-letter lines are warnings). Logged when the
+/// outcome is settled (acked, or its copy confirmed), not when the handler returned.
+fn finished(took: Duration) {
+    tracing::info!(target: "warren::task", took_ms = took.as_millis() as u64, "finished");
+}
+
 /// Runs the handler's future under the type's time limit, inside its trace context; a panic
-/// and the time limit count as retryable failures.
-async fn run(task: &Registered, future: HandlerFuture, trace: String) -> RunResult {
+/// and the time limit count as retryable failures. Returns the result and how long it ran.
+async fn run(task: &Registered, future: HandlerFuture, trace: String) -> (RunResult, Duration) {
     task.metrics.started();
     let started = Instant::now();
     let limit = task.policy.time_limit;
@@ -173,11 +183,12 @@ async fn run(task: &Registered, future: HandlerFuture, trace: String) -> RunResu
         Ok(Err(panic)) => RunResult::Retryable(format!("handler panicked: {}", panic_text(&panic))),
         Err(_) => RunResult::Retryable(format!(
             "time limit of {} exceeded",
-            humantime::format_duration(limit)
+            crate::config::duration_text(limit)
         )),
     };
-    task.metrics.finished(started.elapsed());
-    result
+    let took = started.elapsed();
+    task.metrics.finished(took);
+    (result, took)
 }
 
 /// Carries out `action`: an ack, or the copy published with a confirm and then an ack.
@@ -191,7 +202,7 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
         }
         Action::Retry { delay, error, copy } => {
             span.record("outcome", "retry");
-            tracing::warn!(error = %error, retry_in = %humantime::format_duration(delay), "attempt failed; retrying");
+            tracing::warn!(error = %error, retry_in = %crate::config::duration_text(delay), "attempt failed; retrying");
             publish_then_ack(shared, task, held, copy, Outcome::Retry).await;
         }
         Action::Dead { why, copy } => {

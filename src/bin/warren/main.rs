@@ -27,32 +27,36 @@ use clap::{Parser, Subcommand, ValueEnum};
 use warren::config::{Overrides, parse_duration};
 use warren::{Error, Result, Settings};
 
+/// The help heading of the options every subcommand takes, so that a subcommand's own
+/// options stand apart from them.
+const GLOBAL: &str = "Global options";
+
 /// Warren: typed tasks on RabbitMQ with broker-held delays, retries and dead letters.
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, about, long_about = None)]
 pub struct Cli {
     /// Broker URL, vhost included (`%2f` is the default vhost `/`).
-    #[arg(long, global = true, env = "WARREN_AMQP_URL", hide_env_values = true)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "WARREN_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
     /// Prefix of every exchange and queue name.
-    #[arg(long, global = true, env = "WARREN_NAMESPACE")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "WARREN_NAMESPACE")]
     pub namespace: Option<String>,
     /// Topology file [default: topology/warren.toml when it exists].
-    #[arg(long, global = true, env = "WARREN_TOPOLOGY")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "WARREN_TOPOLOGY")]
     pub topology: Option<PathBuf>,
     /// Management API URL [default: http://{amqp host}:15672].
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = GLOBAL,
         env = "WARREN_MANAGEMENT_URL",
         hide_env_values = true
     )]
     pub management_url: Option<String>,
     /// How long to keep trying to reach the broker, e.g. `15s`.
-    #[arg(long, global = true, env = "WARREN_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "WARREN_CONNECT_TIMEOUT", value_parser = parse_duration)]
     pub connect_timeout: Option<Duration>,
     /// Log format on stderr; `RUST_LOG` sets the level.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
@@ -107,7 +111,8 @@ fn main() -> ExitCode {
         Command::Demo(_) => "error,lapin=off",
         _ => "warn,lapin=off,warren=info",
     };
-    init_tracing(cli.log_format, default_filter);
+    let drop_task_lines = matches!(cli.command, Command::Bench(_));
+    init_tracing(cli.log_format, default_filter, drop_task_lines);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -126,16 +131,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat, default_filter: &str) {
+/// Logging to stderr. `warren bench` formats the per-task lines of its in-process workers (a
+/// cost a worker pays) but writes them nowhere: 20 000 tasks a phase would bury its report.
+/// Its drains run in child processes that write them into a pipe, as a worker would.
+fn init_tracing(format: LogFormat, default_filter: &str, drop_task_lines: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let writer = if drop_task_lines {
+        BoxMakeWriter::new(
+            std::io::stderr
+                .with_filter(|m| m.target() != "warren::task")
+                .or_else(std::io::sink),
+        )
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
     // Colours only on a terminal: escape codes in a log file or journal are noise, and
     // writing them is a measurable part of a worker's per-task span cost.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -232,6 +250,28 @@ mod tests {
                 skip_capacity_check: false
             })
         ));
+    }
+
+    #[test]
+    fn subcommand_help_puts_the_global_options_under_a_heading_of_their_own() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build();
+        let help = cmd
+            .find_subcommand_mut("enqueue")
+            .unwrap()
+            .render_help()
+            .to_string();
+        let (own, global) = help.split_once("Global options:").expect(&help);
+        assert!(
+            own.contains("--payload") && !own.contains("--amqp-url"),
+            "{help}"
+        );
+        assert!(
+            global.contains("--amqp-url") && global.contains("--log-format"),
+            "{help}"
+        );
+        assert!(!global.contains("--payload"), "{help}");
     }
 
     #[test]
