@@ -134,29 +134,59 @@ fn classify(url: &str, err: lapin::Error) -> backoff::Error<Error> {
     })
 }
 
+/// Longest one connection attempt may take: TCP, TLS and the AMQP handshake up to
+/// `connection.open-ok`. A port that accepts TCP but never speaks AMQP (a node out of file
+/// handles, another service, a half-open load balancer) otherwise holds a client forever.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Opens one named connection, retrying with exponential backoff until `deadline` has passed
-/// (or forever when `None`).
+/// (or forever when `None`). Each attempt is bounded by [`ATTEMPT_TIMEOUT`] and by the time
+/// left.
 ///
 /// # Errors
 /// [`Error::Refused`] at once for bad credentials or an unknown vhost; [`Error::Connect`]
-/// when the broker stayed unreachable until the deadline.
+/// when the broker stayed unreachable, or silent, until the deadline.
 pub async fn connect(url: &str, name: &str, deadline: Option<Duration>) -> Result<Connection> {
-    retry_until(deadline, || async {
-        Connection::connect(url, properties(name))
-            .await
-            .map_err(|e| classify(url, e))
+    retry_until(deadline, |left| {
+        bounded(url, left, async {
+            Connection::connect(url, properties(name))
+                .await
+                .map_err(|e| classify(url, e))
+        })
     })
     .await
 }
 
+/// One connection attempt to `url`, given at most [`ATTEMPT_TIMEOUT`] or `left`, whichever
+/// is shorter; running out of time is a transient [`Error::Connect`] that says what a silent
+/// port means.
+async fn bounded<T>(
+    url: &str,
+    left: Option<Duration>,
+    attempt: impl std::future::Future<Output = std::result::Result<T, backoff::Error<Error>>>,
+) -> std::result::Result<T, backoff::Error<Error>> {
+    let bound = left.map_or(ATTEMPT_TIMEOUT, |l| l.min(ATTEMPT_TIMEOUT));
+    match tokio::time::timeout(bound, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(backoff::Error::transient(Error::Connect {
+            url: redact(url),
+            reason: format!(
+                "no AMQP handshake within {}: the port accepts connections but does not answer \
+                 as RabbitMQ (a node out of file handles, or another service)",
+                crate::config::duration_text(bound)
+            ),
+        })),
+    }
+}
+
 /// Runs `attempt` with exponential backoff (200 ms doubling to 5 s, with the `backoff`
 /// crate's jitter) until it succeeds, fails for good, or `deadline` has passed (never, when
-/// `None`). No wait runs past the deadline and no attempt is cut off midway (cancelling a
-/// connect leaves lapin's I/O loop to panic). The first retry is logged at `warn`, the rest
-/// at `debug`: one line says the broker is not there, not one per attempt.
+/// `None`). No wait runs past the deadline, and each attempt is told the time left, to
+/// bound itself with. The first retry is logged at `warn`, the rest at `debug`: one line says
+/// the broker is not there, not one per attempt.
 async fn retry_until<T, F, Fut>(deadline: Option<Duration>, mut attempt: F) -> Result<T>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Option<Duration>) -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, backoff::Error<Error>>>,
 {
     let mut waits = ExponentialBackoffBuilder::new()
@@ -167,7 +197,8 @@ where
         .build();
     let started = tokio::time::Instant::now();
     for retry in 0u32.. {
-        let err = match attempt().await {
+        let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
+        let err = match attempt(left).await {
             Ok(value) => return Ok(value),
             Err(backoff::Error::Permanent(err)) => return Err(err),
             Err(backoff::Error::Transient { err, .. }) => err,
@@ -360,13 +391,15 @@ impl Pool {
     /// # Errors
     /// As [`connect`].
     pub async fn get_within(&self, limit: Option<Duration>) -> Result<deadpool_lapin::Connection> {
-        retry_until(limit, || async {
-            self.inner.get().await.map_err(|e| match e {
-                deadpool_lapin::PoolError::Backend(err) => classify(&self.url, err),
-                other => backoff::Error::transient(Error::Connect {
-                    url: redact(&self.url),
-                    reason: other.to_string(),
-                }),
+        retry_until(limit, |left| {
+            bounded(&self.url, left, async {
+                self.inner.get().await.map_err(|e| match e {
+                    deadpool_lapin::PoolError::Backend(err) => classify(&self.url, err),
+                    other => backoff::Error::transient(Error::Connect {
+                        url: redact(&self.url),
+                        reason: other.to_string(),
+                    }),
+                })
             })
         })
         .await

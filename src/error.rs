@@ -125,6 +125,10 @@ pub enum Error {
     #[error("applying would exhaust the broker's file handles: {}", .0.describe())]
     WouldNotFit(Box<crate::ops::capacity::Capacity>),
 
+    /// The broker is older than Warren supports (`ops::version::MINIMUM`).
+    #[error("{0}")]
+    UnsupportedBroker(String),
+
     /// The management HTTP API could not be reached.
     #[error("the RabbitMQ management API at {base} is unreachable ({reason})")]
     ManagementUnreachable {
@@ -244,6 +248,7 @@ impl Clone for Error {
             },
             Error::Management(s) => Error::Management(s.clone()),
             Error::WouldNotFit(c) => Error::WouldNotFit(c.clone()),
+            Error::UnsupportedBroker(s) => Error::UnsupportedBroker(s.clone()),
             Error::Io { context, source } => Error::Io {
                 context: context.clone(),
                 source: copy_io(source),
@@ -279,6 +284,7 @@ impl Error {
             | Error::ManagementRefused { .. }
             | Error::Management(_)
             | Error::WouldNotFit(_)
+            | Error::UnsupportedBroker(_)
             | Error::Io { .. }
             | Error::Internal(_) => false,
         }
@@ -305,6 +311,7 @@ impl Error {
             | Error::ManagementRefused { .. }
             | Error::Management(_)
             | Error::WouldNotFit(_)
+            | Error::UnsupportedBroker(_)
             | Error::Io { .. }
             | Error::Internal(_) => false,
         }

@@ -50,6 +50,11 @@ pub struct TaskPolicy {
     /// a task with reason `delivery_limit`. Guards against tasks that crash their worker.
     /// Defaults to 10.
     pub delivery_limit: u32,
+    /// Runs a worker's shutdown may interrupt without using up an attempt (the task goes back
+    /// to its work queue with the same attempt number). Past it, an interruption counts as a
+    /// failed attempt, so a task that outlives every grace period ends dead rather than
+    /// looping through deploys forever. Defaults to 10; 0 counts every interruption.
+    pub max_interruptions: u32,
 }
 
 impl Default for TaskPolicy {
@@ -60,6 +65,7 @@ impl Default for TaskPolicy {
             time_limit: Duration::from_secs(300),
             expires: None,
             delivery_limit: 10,
+            max_interruptions: 10,
         }
     }
 }

@@ -48,6 +48,7 @@ struct PolicyFile {
     #[serde(default, deserialize_with = "opt_duration")]
     expires: Option<Duration>,
     delivery_limit: Option<u32>,
+    max_interruptions: Option<u32>,
 }
 
 /// A task table: the policy keys plus `exec`. (serde's `flatten` does not combine with
@@ -63,6 +64,7 @@ struct TaskFile {
     #[serde(default, deserialize_with = "opt_duration")]
     expires: Option<Duration>,
     delivery_limit: Option<u32>,
+    max_interruptions: Option<u32>,
     exec: Option<Vec<String>>,
 }
 
@@ -105,6 +107,7 @@ impl PolicyFile {
             time_limit: self.time_limit.unwrap_or(base.time_limit),
             expires: self.expires.or(base.expires),
             delivery_limit: self.delivery_limit.unwrap_or(base.delivery_limit),
+            max_interruptions: self.max_interruptions.unwrap_or(base.max_interruptions),
         }
     }
 }
@@ -117,6 +120,7 @@ impl TaskFile {
             time_limit: self.time_limit,
             expires: self.expires,
             delivery_limit: self.delivery_limit,
+            max_interruptions: self.max_interruptions,
         }
         .over(defaults);
         TaskSettings {

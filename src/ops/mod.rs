@@ -6,3 +6,4 @@ pub mod capacity;
 pub mod dlq;
 pub mod management;
 pub mod status;
+pub mod version;

@@ -52,6 +52,17 @@ impl Original<'_> {
         self.copy(&next, merged(&next, self.props), route)
     }
 
+    /// The copy of a run a worker's shutdown interrupted, on `route` (its work queue): the
+    /// same attempt, one more interruption. A fresh message, so neither the broker's
+    /// `x-delivery-count` nor `redelivered` counts the interrupted run as a crash.
+    pub(crate) fn interrupted(&self, route: Route) -> Outgoing {
+        let again = Envelope {
+            interruptions: self.env.interruptions + 1,
+            ..self.env.clone()
+        };
+        self.copy(&again, merged(&again, self.props), route)
+    }
+
     /// The dead copy, saying why, when and by whom.
     pub(crate) fn dead(&self, route: Route, why: &Rejection, bed: Deathbed<'_>) -> Outgoing {
         let mut h = merged(self.env, self.props);
@@ -98,6 +109,7 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
             .map_or_else(new_task_id, |s| s.to_string()),
         task: task.to_string(),
         attempt: 1,
+        interruptions: 0,
         enqueued_at_ms: enqueued_at(props),
         expires_at_ms: None,
         correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),

@@ -105,6 +105,10 @@ pub fn read_envelope(
         id: id_of(props),
         task: task.to_string(),
         attempt: attempt.saturating_add(crashes),
+        // A counter, not a contract: an unreadable one counts as none.
+        interruptions: get(header::INTERRUPTED)
+            .and_then(as_int)
+            .map_or(0, |n| n.clamp(0, 1_000_000) as u32),
         enqueued_at_ms: enqueued_at(props),
         expires_at_ms: expires_at(get(header::EXPIRES_AT))?,
         correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),

@@ -37,6 +37,9 @@ pub mod header {
     pub const WORKER: &str = "warren-worker";
     /// How many times the task was replayed from its dead queue (integer).
     pub const REPLAYS: &str = "warren-replays";
+    /// How many runs a worker's shutdown interrupted (integer; absent means none). Such runs
+    /// do not count as attempts, up to the type's `max_interruptions`.
+    pub const INTERRUPTED: &str = "warren-interrupted";
 }
 
 /// Content type of every task body.
@@ -51,6 +54,8 @@ pub struct Envelope {
     pub task: String,
     /// Attempt number, 1 on the first run.
     pub attempt: u32,
+    /// Runs a worker's shutdown interrupted (they did not count as attempts).
+    pub interruptions: u32,
     /// First enqueue time, unix ms.
     pub enqueued_at_ms: u64,
     /// Unix ms after which the task must not start.
@@ -68,6 +73,7 @@ impl Envelope {
             id,
             task: task.to_string(),
             attempt: 1,
+            interruptions: 0,
             enqueued_at_ms: unix_ms(SystemTime::now()),
             expires_at_ms: None,
             correlation_id: None,
@@ -84,6 +90,12 @@ impl Envelope {
             h.insert(
                 header::ATTEMPT.into(),
                 AMQPValue::LongLongInt(i64::from(self.attempt)),
+            );
+        }
+        if self.interruptions > 0 {
+            h.insert(
+                header::INTERRUPTED.into(),
+                AMQPValue::LongLongInt(i64::from(self.interruptions)),
             );
         }
         if let Some(at) = self.expires_at_ms {

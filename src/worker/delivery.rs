@@ -126,7 +126,7 @@ async fn run_and_settle(
             return settle(shared, task, held, action).await;
         }
     };
-    let (result, took) = run(task, future, trace).await;
+    let (result, took) = run(task, future, trace, &shared.hard_stop).await;
     let action = match result {
         RunResult::Success => Action::Ack,
         failed => judge(shared, task).after_run(&original, failed),
@@ -169,19 +169,42 @@ fn finished(took: Duration) {
     tracing::info!(target: "warren::task", took_ms = took.as_millis() as u64, "finished");
 }
 
+/// How long a handler has to return by itself once the worker's grace period is over and its
+/// [`TaskContext::cancel`] fired, before its run is abandoned as interrupted.
+const INTERRUPT_WAIT: Duration = Duration::from_secs(1);
+
 /// Runs the handler's future under the type's time limit, inside its trace context; a panic
-/// and the time limit count as retryable failures. Returns the result and how long it ran.
-async fn run(task: &Registered, future: HandlerFuture, trace: String) -> (RunResult, Duration) {
+/// and the time limit count as retryable failures. When `hard_stop` fires (the grace period
+/// is over), the handler gets [`INTERRUPT_WAIT`] to finish, then its future is dropped; any
+/// run that did not succeed by then is [`RunResult::Interrupted`], whether the handler
+/// ignored the cancel or returned an error because of it. Returns the result and how long it
+/// ran.
+async fn run(
+    task: &Registered,
+    future: HandlerFuture,
+    trace: String,
+    hard_stop: &tokio_util::sync::CancellationToken,
+) -> (RunResult, Duration) {
     task.metrics.started();
     let started = Instant::now();
     let limit = task.policy.time_limit;
     let guarded = crate::trace::scope(trace, std::panic::AssertUnwindSafe(future).catch_unwind());
-    let result = match tokio::time::timeout(limit, guarded).await {
-        Ok(Ok(Ok(()))) => RunResult::Success,
-        Ok(Ok(Err(TaskError::Retryable(e)))) => RunResult::Retryable(error_chain(&*e)),
-        Ok(Ok(Err(TaskError::Permanent(e)))) => RunResult::Permanent(error_chain(&*e)),
-        Ok(Err(panic)) => RunResult::Retryable(format!("handler panicked: {}", panic_text(&panic))),
-        Err(_) => RunResult::Retryable(format!(
+    let limited = tokio::time::timeout(limit, guarded);
+    tokio::pin!(limited);
+    let ended = tokio::select! {
+        ended = &mut limited => Some(ended),
+        _ = hard_stop.cancelled() => tokio::time::timeout(INTERRUPT_WAIT, &mut limited).await.ok(),
+    };
+    let result = match ended {
+        Some(Ok(Ok(Ok(())))) => RunResult::Success,
+        _ if hard_stop.is_cancelled() => RunResult::Interrupted,
+        None => RunResult::Interrupted,
+        Some(Ok(Ok(Err(TaskError::Retryable(e))))) => RunResult::Retryable(error_chain(&*e)),
+        Some(Ok(Ok(Err(TaskError::Permanent(e))))) => RunResult::Permanent(error_chain(&*e)),
+        Some(Ok(Err(panic))) => {
+            RunResult::Retryable(format!("handler panicked: {}", panic_text(&panic)))
+        }
+        Some(Err(_)) => RunResult::Retryable(format!(
             "time limit of {} exceeded",
             crate::config::duration_text(limit)
         )),
@@ -209,6 +232,16 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
             span.record("outcome", "dead");
             log_death(&copy, &why);
             publish_then_ack(shared, task, held, copy, Outcome::Dead(why.reason)).await;
+        }
+        Action::Interrupted { copy } => {
+            span.record("outcome", "interrupted");
+            let interruptions =
+                crate::wire::decode::header_int(&copy.properties, crate::wire::header::INTERRUPTED);
+            tracing::warn!(
+                interruptions,
+                "the worker stopped before the task finished; back to its queue, same attempt"
+            );
+            publish_then_ack(shared, task, held, copy, Outcome::Interrupted).await;
         }
     }
 }
@@ -246,6 +279,7 @@ fn publish_then_ack<'a>(
             Err(err) => {
                 let what = match outcome {
                     Outcome::Retry => "retry",
+                    Outcome::Interrupted => "interrupted",
                     _ => "dead",
                 };
                 tracing::error!(task.kind = %kind, task.id = %id, error = %err,

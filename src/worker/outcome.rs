@@ -4,6 +4,8 @@
 //! A success is acked. A retryable failure becomes a retry copy into the delay ladder while
 //! attempts remain, else a dead copy (`failed`). A permanent failure, and a task refused as it
 //! arrived (expired, undecodable, a foreign type, a bad header), become a dead copy at once.
+//! A run that the worker's shutdown interrupted goes back to its work queue with the same
+//! attempt, up to the type's `max_interruptions`, after which it counts as a failed attempt.
 //! The delivery shell publishes the copy with a confirm and acks only after it.
 
 use std::time::Duration;
@@ -23,6 +25,8 @@ pub(crate) enum RunResult {
     Retryable(String),
     /// A permanent error, with its text.
     Permanent(String),
+    /// The worker stopped before the handler finished (its grace period ran out).
+    Interrupted,
 }
 
 /// What to do with the delivery.
@@ -38,6 +42,8 @@ pub(crate) enum Action {
     },
     /// Publish `copy` to the dead queue, then ack.
     Dead { why: Rejection, copy: Outgoing },
+    /// Publish `copy` (same attempt, one more interruption) to the work queue, then ack.
+    Interrupted { copy: Outgoing },
 }
 
 /// Everything the decision needs besides the task: its type's policy, the namespace's routes,
@@ -74,6 +80,7 @@ impl Judge<'_> {
             RunResult::Permanent(error) => {
                 return self.refuse(original, Rejection::new(Reason::Permanent, error));
             }
+            RunResult::Interrupted => return self.interrupted(original),
             RunResult::Retryable(error) => error,
         };
         let attempt = original.env.attempt;
@@ -89,6 +96,24 @@ impl Judge<'_> {
                 self.refuse(original, Rejection::new(Reason::Failed, error))
             }
         }
+    }
+
+    /// The action for a run the worker's shutdown interrupted: back to the work queue with
+    /// the same attempt while interruptions remain, else a failed attempt like any other.
+    fn interrupted(&self, original: &Original<'_>) -> Action {
+        let done = original.env.interruptions;
+        if done < self.policy.max_interruptions {
+            return Action::Interrupted {
+                copy: original.interrupted(self.routes.work(&original.env.task)),
+            };
+        }
+        let error = format!(
+            "interrupted by a worker shutdown {} times (max_interruptions = {}): it runs \
+             longer than the workers' grace period; raise the grace or split the task",
+            done + 1,
+            self.policy.max_interruptions
+        );
+        self.after_run(original, RunResult::Retryable(error))
     }
 
     /// The action for a task that goes dead for `why`.
@@ -233,5 +258,60 @@ mod tests {
             body: b"{}",
         };
         assert!(judge(&p, &r).expired(&original).is_none());
+    }
+
+    #[test]
+    fn an_interrupted_run_goes_back_to_its_work_queue_with_the_same_attempt() {
+        let (p, r, props) = (policy(1), routes(), BasicProperties::default());
+        let env = envelope(1);
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let action = judge(&p, &r).after_run(&original, RunResult::Interrupted);
+        let Action::Interrupted { copy } = action else {
+            panic!("expected the work queue, got {action:?}")
+        };
+        assert_eq!(copy.route, r.work("job"));
+        let int = |k| crate::wire::decode::header_int(&copy.properties, k);
+        assert_eq!(int(header::ATTEMPT), None, "still attempt 1");
+        assert_eq!(int(header::INTERRUPTED), Some(1));
+        assert_eq!(copy.body, b"{}");
+    }
+
+    #[test]
+    fn past_max_interruptions_an_interruption_uses_up_an_attempt() {
+        let (mut p, r, props) = (policy(2), routes(), BasicProperties::default());
+        p.max_interruptions = 3;
+        let mut env = envelope(1);
+        env.interruptions = 3;
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let action = judge(&p, &r).after_run(&original, RunResult::Interrupted);
+        let Action::Retry { error, copy, .. } = action else {
+            panic!("expected a retry, got {action:?}")
+        };
+        assert!(error.contains("4 times (max_interruptions = 3)"), "{error}");
+        assert_eq!(
+            crate::wire::decode::header_int(&copy.properties, header::ATTEMPT),
+            Some(2)
+        );
+        // On the last attempt it ends dead as failed, saying why.
+        env.attempt = 2;
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let action = judge(&p, &r).after_run(&original, RunResult::Interrupted);
+        let Action::Dead { why, .. } = action else {
+            panic!("expected a dead copy, got {action:?}")
+        };
+        assert_eq!(why.reason, Reason::Failed);
+        assert!(why.error.contains("grace period"), "{}", why.error);
     }
 }

@@ -120,10 +120,12 @@ impl Running {
         {
             tracing::warn!(
                 still_running = self.running_handlers(),
-                "grace period over; stopping running tasks (they return to their queue)"
+                "grace period over; stopping running tasks (each goes back to its queue with \
+                 the same attempt)"
             );
             self.shared.hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+            // Each handler gets a second to return, then its copy is published (confirmed).
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
         }
         for session in sessions {
             session.close("worker shutdown").await;

@@ -3,7 +3,8 @@
 //! per task type when the worker starts, so recording a task costs a few atomic operations,
 //! not label allocations.
 //!
-//! Series: `warren_tasks_total{task,outcome}` (outcome = success | retry | dead),
+//! Series: `warren_tasks_total{task,outcome}` (outcome = success | retry | dead |
+//! interrupted, the last for runs a worker's shutdown cut short),
 //! `warren_dead_lettered_total{task,reason}`, `warren_retries_total{task}`,
 //! `warren_task_duration_seconds{task}` (histogram), `warren_tasks_in_flight{task}`,
 //! `warren_reconnects_total`.
@@ -23,6 +24,8 @@ pub(super) enum Outcome {
     Retry,
     /// A dead copy went to the dead queue.
     Dead(Reason),
+    /// A worker's shutdown cut the run short; a copy went back to the work queue.
+    Interrupted,
 }
 
 pub(super) struct Metrics {
@@ -31,6 +34,7 @@ pub(super) struct Metrics {
     success: Counter,
     retry: Counter,
     dead: Counter,
+    interrupted: Counter,
     retries: Counter,
     dead_by_reason: Vec<(Reason, Counter)>,
 }
@@ -46,6 +50,7 @@ impl Metrics {
             success: outcome("success"),
             retry: outcome("retry"),
             dead: outcome("dead"),
+            interrupted: outcome("interrupted"),
             retries: counter!("warren_retries_total", "task" => t.clone()),
             dead_by_reason: Reason::ALL
                 .into_iter()
@@ -74,6 +79,7 @@ impl Metrics {
                 self.retry.increment(1);
                 self.retries.increment(1);
             }
+            Outcome::Interrupted => self.interrupted.increment(1),
             Outcome::Dead(why) => {
                 self.dead.increment(1);
                 if let Some((_, c)) = self.dead_by_reason.iter().find(|(r, _)| *r == why) {

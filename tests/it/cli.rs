@@ -324,3 +324,96 @@ fn topology_delete_refuses_to_lose_tasks_and_removes_only_its_own_namespace() {
     // And the namespace that shares the prefix is untouched
     assert!(exists("t.keep.job") && exists("t.keep.delay.0") && exchange_exists("t.keep.tasks"));
 }
+
+/// A port that accepts TCP connections and never says a word (a wedged node, another
+/// service, a half-open load balancer). Connections stay open while the listener lives.
+struct SilentPort {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SilentPort {
+    fn start() -> SilentPort {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(conn);
+            }
+        });
+        SilentPort { port, accepted }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+#[test]
+fn a_port_that_accepts_but_never_answers_fails_at_the_connect_timeout_naming_it() {
+    let silent = SilentPort::start();
+    let topology = crate::support::TempFile::with("namespace = \"t\"\n[tasks.job]\n");
+    for command in [&["topology", "apply"][..], &["enqueue", "job"][..]] {
+        let started = std::time::Instant::now();
+        let out = warren_bin()
+            .args(["--topology", topology.as_str(), "--amqp-url", &silent.url()])
+            .args([
+                "--management-url",
+                "http://127.0.0.1:1",
+                "--connect-timeout",
+                "2s",
+            ])
+            .args(command)
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {err}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{command:?} took {took:?}"
+        );
+        assert!(
+            err.contains(&format!("127.0.0.1:{}", silent.port))
+                && err.contains("no AMQP handshake within"),
+            "{command:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{command:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_facing_a_silent_port_keeps_trying_and_still_stops_when_told() {
+    let silent = SilentPort::start();
+    let mut settings = warren::Settings::from_toml("namespace = \"t\"\n[tasks.job]\n").unwrap();
+    settings.amqp_url = silent.url();
+    let worker = warren::Worker::new(&settings)
+        .handle_json("job", |_, _| Box::pin(async { Ok(()) }))
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(worker.run(stop.clone()));
+    // Each attempt is bounded (10 s), then the worker tries again: a second connection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while silent.accepted.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker stayed on its first attempt"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !handle.is_finished(),
+        "a worker does not give up on the broker"
+    );
+    let stopping = std::time::Instant::now();
+    stop.cancel();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), handle)
+        .await
+        .expect("the worker stops while connecting");
+    ended.unwrap().unwrap();
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(2));
+}

@@ -1005,3 +1005,319 @@ async fn a_retry_that_cannot_be_published_is_requeued_never_acked() {
     assert!(queue_is_empty(&broker, &ch, "t.job").await);
     assert!(queue_is_empty(&broker, &ch, "t.job.dead").await);
 }
+
+// ---- deploys: runs cut short by a shutdown keep their attempt ------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_cut_short_by_a_shutdown_come_back_with_the_same_attempt_on_a_classic_queue() {
+    let broker = TestBroker::new();
+    let topology = r#"
+max_delay = "7s"
+queue_type = "classic"
+[defaults]
+max_attempts = 1
+time_limit = "60s"
+[tasks.job]
+"#;
+    let (settings, _conn, ch) = broker.applied(topology).await;
+    // Job 0 ignores the cancel and would run for a minute; job 1 honours it and returns an
+    // error. Both are cut short: neither may use up its only attempt.
+    let first_runs: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let seen = first_runs.clone();
+    let slow = Worker::new(&settings)
+        .concurrency(2)
+        .grace(Duration::from_millis(300))
+        .handle(move |job: Job, ctx: TaskContext| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push((job.n, ctx.attempt));
+                if job.n == 1 {
+                    ctx.cancel.cancelled().await;
+                    return Err(TaskError::retry("cancelled by the shutdown"));
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(())
+            }
+        });
+    let (token, handle) = spawn(slow);
+    let producer = Producer::new(&settings).unwrap();
+    for n in 0..2 {
+        producer.enqueue(&Job { n }).await.unwrap();
+    }
+    wait_count(Duration::from_secs(10), "both runs started", 2, || {
+        first_runs.lock().unwrap().len()
+    })
+    .await;
+    let stopping = Instant::now();
+    stop(token, handle).await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the abandoned run did not hold up the stop: {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        queue_is_empty(&broker, &ch, "t.job.dead").await,
+        "nothing dead"
+    );
+    assert_eq!(
+        broker.count(&ch, "t.job").await,
+        2,
+        "both back in the work queue"
+    );
+    // A second worker runs both to completion, still as attempt 1 of 1.
+    let runs: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let seen = runs.clone();
+    let quick = Worker::new(&settings).handle(move |job: Job, ctx: TaskContext| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push((job.n, ctx.attempt));
+            Ok(())
+        }
+    });
+    let (token, handle) = spawn(quick);
+    wait_count(Duration::from_secs(10), "both reruns", 2, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    stop(token, handle).await;
+    let mut runs = runs.lock().unwrap().clone();
+    runs.sort();
+    assert_eq!(runs, vec![(0, 1), (1, 1)]);
+    assert!(queue_is_empty(&broker, &ch, "t.job").await);
+    assert!(queue_is_empty(&broker, &ch, "t.job.dead").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_three_exec_workers_kills_nothing_and_loses_nothing_on_quorum() {
+    let broker = TestBroker::new();
+    let topology = TOPOLOGY
+        .replace("max_attempts = 3", "max_attempts = 1")
+        .replace("time_limit = \"2s\"", "time_limit = \"30s\"");
+    let (settings, _conn, ch) = broker.applied(&topology).await;
+    let dir = TempFile::path("roll");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let started = TempFile(dir.0.join("started"));
+    let done = TempFile(dir.0.join("done"));
+    let script = format!(
+        "echo $WARREN_TASK_ID >> {}; sleep 2; echo $WARREN_TASK_ID >> {}",
+        started.as_str(),
+        done.as_str()
+    );
+    let topo = TempFile::with(&format!(
+        "{}\nexec = [\"sh\", \"-c\", \"{script}\"]\n",
+        topology.trim_end()
+    ));
+    let args = ["--concurrency", "1", "--prefetch", "1", "--grace", "500ms"];
+    let mut workers: Vec<std::process::Child> = (0..3)
+        .map(|_| worker_process(&broker, &topo, &args))
+        .collect();
+    let ids: HashSet<String> = Producer::new(&settings)
+        .unwrap()
+        .enqueue_many((0..9).map(|n| Job { n }))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let mut logs = String::new();
+    for (i, worker) in workers.iter_mut().enumerate() {
+        // Let every worker be mid-run (each run takes 2 s), then replace worker i.
+        let before = started.lines().len();
+        wait_count(
+            Duration::from_secs(20),
+            "runs under way",
+            before + 1,
+            || started.lines().len(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        signal(worker, "-TERM");
+        let status = wait_exit(worker, Duration::from_secs(15)).await;
+        assert!(status.success(), "worker {i}: {status:?}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(worker.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        logs.push_str(&stderr);
+        *worker = worker_process(&broker, &topo, &args);
+    }
+    wait_count(Duration::from_secs(60), "every task to complete", 9, || {
+        done.lines().iter().collect::<HashSet<_>>().len()
+    })
+    .await;
+    for w in &mut workers {
+        signal(w, "-TERM");
+        assert!(wait_exit(w, Duration::from_secs(15)).await.success());
+    }
+    let completed: HashSet<String> = done.lines().into_iter().collect();
+    assert_eq!(completed, ids, "every task ran to completion");
+    assert!(
+        queue_is_empty(&broker, &ch, "t.job.dead").await,
+        "nothing dead"
+    );
+    assert!(queue_is_empty(&broker, &ch, "t.job").await);
+    let interrupted = logs.matches("back to its queue, same attempt").count();
+    assert!(
+        interrupted >= 2,
+        "the restarts cut runs short ({interrupted} seen): {logs}"
+    );
+    eprintln!(
+        "rolling restart: 9 tasks, {} runs started, {interrupted} interrupted, 0 dead",
+        started.lines().len()
+    );
+    let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+// ---- payloads travel byte for byte --------------------------------------------------------
+
+/// Payloads serde_json would change if it parsed and wrote them back: a big integer, key
+/// order, whitespace, `\u` escapes next to raw UTF-8.
+const EXACT_PAYLOADS: [&str; 3] = [
+    r#"{"n": 123456789012345678901234567890, "z": 1, "a": 2}"#,
+    "{ \"k\" :\t[1,  2 ,3] ,\"u\":\"caf\\u00e9 \\ud83d\\ude00\", \"raw\": \"café 😀\" }",
+    "[0.10000000000000000001, -0, 1E+2]",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_reach_exec_handlers_dead_queues_and_replays_byte_for_byte() {
+    let broker = TestBroker::new();
+    let (_settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    let dir = TempFile::path("exact");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // The first run of each task saves stdin and fails for good; the replayed run saves it
+    // again and succeeds.
+    let script = format!(
+        "f={}/$WARREN_TASK_ID; if [ -e $f.first ]; then cat > $f.replayed; else cat > $f.first; exit 65; fi",
+        dir.as_str()
+    );
+    let topo = exec_topology(&script, "");
+    let big = format!(
+        "{{\"blob\": \"{}\", \"n\": 98765432109876543210}}",
+        "é".repeat(450_000)
+    );
+    assert!(big.len() > 900_000);
+    let big_file = TempFile::with(&big);
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        broker.cli_with(args, &[("WARREN_TOPOLOGY", topo.as_str())], stdin)
+    };
+    let mut sent: Vec<(String, String)> = Vec::new();
+    for (i, p) in EXACT_PAYLOADS.iter().enumerate() {
+        let id = format!("p{i}");
+        let o = cli(&["enqueue", "job", "--id", &id, "--payload", p], None);
+        assert!(o.status.success(), "{}", crate::support::stderr(&o));
+        sent.push((id, p.to_string()));
+    }
+    let o = cli(
+        &[
+            "enqueue",
+            "job",
+            "--id",
+            "file",
+            "--payload-file",
+            big_file.as_str(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", crate::support::stderr(&o));
+    sent.push(("file".into(), big.clone()));
+    let lines = format!("{}\n{}\n", EXACT_PAYLOADS[0], EXACT_PAYLOADS[1]);
+    let o = cli(&["enqueue", "job", "--id", "line", "-"], Some(&lines));
+    assert!(o.status.success(), "{}", crate::support::stderr(&o));
+    sent.push(("line-1".into(), EXACT_PAYLOADS[0].into()));
+    sent.push(("line-2".into(), EXACT_PAYLOADS[1].into()));
+
+    let mut w = worker_process(&broker, &topo, &[]);
+    wait_count(
+        Duration::from_secs(30),
+        "every task dead",
+        sent.len(),
+        || std::fs::read_dir(&dir.0).map_or(0, |d| d.count()),
+    )
+    .await;
+    wait_count(Duration::from_secs(10), "dead copies", sent.len(), || {
+        broker.queue_info("t.job.dead")["messages"]
+            .as_u64()
+            .unwrap_or(0) as usize
+    })
+    .await;
+    // The dead queue holds them as they were.
+    let o = cli(&["dlq", "list", "job", "--json", "--limit", "10"], None);
+    assert!(o.status.success(), "{}", crate::support::stderr(&o));
+    let listed: HashMap<String, String> = crate::support::stdout(&o)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["payload"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (id, payload) in &sent {
+        assert_eq!(listed.get(id), Some(payload), "dlq list of {id}");
+    }
+    let o = cli(&["dlq", "replay", "job", "--all"], None);
+    assert!(o.status.success(), "{}", crate::support::stderr(&o));
+    wait_count(
+        Duration::from_secs(30),
+        "every replay",
+        2 * sent.len(),
+        || std::fs::read_dir(&dir.0).map_or(0, |d| d.count()),
+    )
+    .await;
+    signal(&w, "-TERM");
+    assert!(wait_exit(&mut w, Duration::from_secs(15)).await.success());
+    for (id, payload) in &sent {
+        for run in ["first", "replayed"] {
+            let got = std::fs::read(dir.0.join(format!("{id}.{run}"))).unwrap();
+            assert!(
+                got == payload.as_bytes(),
+                "{id}.{run}: {} bytes, sent {}",
+                got.len(),
+                payload.len()
+            );
+        }
+    }
+    assert!(queue_is_empty(&broker, &ch, "t.job.dead").await);
+    let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+/// A task of any JSON: typed as `serde_json::Value`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+struct AnyJob(serde_json::Value);
+
+impl Task for AnyJob {
+    const NAME: &'static str = "job";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_value_handler_gets_what_serde_reads_from_the_enqueued_bytes() {
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
+    let topo = TempFile::with(TOPOLOGY);
+    for (i, p) in EXACT_PAYLOADS.iter().enumerate() {
+        let id = format!("p{i}");
+        let args = ["enqueue", "job", "--id", &id, "--payload", p];
+        let o = broker.cli_with(&args, &[("WARREN_TOPOLOGY", topo.as_str())], None);
+        assert!(o.status.success(), "{}", crate::support::stderr(&o));
+    }
+    let got: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
+    let seen = got.clone();
+    let worker = Worker::new(&settings).handle(move |job: AnyJob, ctx: TaskContext| {
+        seen.lock().unwrap().insert(ctx.id.clone(), job.0);
+        async { Ok(()) }
+    });
+    let (token, handle) = spawn(worker);
+    wait_count(Duration::from_secs(10), "three runs", 3, || {
+        got.lock().unwrap().len()
+    })
+    .await;
+    stop(token, handle).await;
+    let got = got.lock().unwrap().clone();
+    for (i, p) in EXACT_PAYLOADS.iter().enumerate() {
+        // Decoded once, from the bytes the producer was given: what serde reads from them
+        // (the big integer as f64, serde_json's default), with no earlier lossy round trip.
+        let direct: serde_json::Value = serde_json::from_str(p).unwrap();
+        assert_eq!(got[&format!("p{i}")], direct, "payload {i}");
+    }
+    assert_eq!(got["p1"]["u"], "café 😀");
+    assert_eq!(got["p1"]["raw"], "café 😀");
+}

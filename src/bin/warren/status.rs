@@ -116,8 +116,13 @@ pub(crate) fn table(status: &Status) -> String {
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = format!(
-        "namespace `{}` in vhost `{}`\n",
-        status.namespace, status.vhost
+        "namespace `{}` in vhost `{}` on {}\n",
+        status.namespace,
+        status.vhost,
+        status
+            .broker
+            .as_deref()
+            .unwrap_or("a broker of unknown version")
     );
     for r in rows {
         let line: Vec<String> = r
@@ -170,6 +175,7 @@ mod tests {
         let status = Status {
             namespace: "ns".into(),
             vhost: "/".into(),
+            broker: Some("RabbitMQ 3.10.8 (Erlang 25.2.3)".into()),
             queues: 30,
             delayed: Some(7),
             tasks: vec![row("mail"), row("resize")],

@@ -9,6 +9,7 @@ use clap::Subcommand;
 use warren::broker::{Session, redact, url_parts};
 use warren::ops::capacity::{self, Verdict};
 use warren::ops::management::Management;
+use warren::ops::version::BrokerVersion;
 use warren::topology::{Teardown, teardown};
 use warren::{Error, Result, Settings};
 
@@ -55,9 +56,7 @@ pub(crate) async fn run(
         TopologyCommand::Apply {
             skip_capacity_check,
         } => {
-            if !skip_capacity_check {
-                check_capacity(settings)?;
-            }
+            preflight(settings, !skip_capacity_check)?;
             apply(settings, out).await
         }
         TopologyCommand::Export { output } => export(settings, output, out),
@@ -117,14 +116,33 @@ async fn delete(settings: &Settings, mode: Teardown, out: &mut dyn Write) -> Res
     })
 }
 
-/// Refuses a plan that would not fit the broker's file handle budget, warns when it nearly
-/// does. A management API that cannot be read skips the check with a warning: it must not
+/// Before declaring anything, through the management API: refuses a broker older than Warren
+/// supports, and a plan that would not fit the broker's file handle budget (warns when it
+/// nearly does). A management API that cannot be read skips both with a warning: it must not
 /// stand between a user and a broker that takes AMQP.
-fn check_capacity(settings: &Settings) -> Result<()> {
-    let figures = Management::from_settings(settings).and_then(|mgmt| {
-        let vhost = url_parts(&settings.amqp_url)?.vhost;
-        capacity::check(&mgmt, &vhost, &settings.plan())
-    });
+fn preflight(settings: &Settings, capacity_check: bool) -> Result<()> {
+    let mgmt = match Management::from_settings(settings) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("cannot check the broker before applying, applying anyway: {e}");
+            return Ok(());
+        }
+    };
+    match BrokerVersion::read(&mgmt) {
+        Ok(v) => {
+            tracing::info!(broker = %v, "applying the topology");
+            v.check_supported()?;
+        }
+        Err(e) => {
+            tracing::warn!("cannot check the broker before applying, applying anyway: {e}");
+            return Ok(());
+        }
+    }
+    if !capacity_check {
+        return Ok(());
+    }
+    let figures = url_parts(&settings.amqp_url)
+        .and_then(|parts| capacity::check(&mgmt, &parts.vhost, &settings.plan()));
     let figures = match figures {
         Ok(f) => f,
         Err(e) => {

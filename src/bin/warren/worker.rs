@@ -100,7 +100,30 @@ pub(crate) async fn run(settings: &Settings, args: WorkerArgs, workdir: &Path) -
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(&addr).await?;
     }
+    check_broker(settings).await?;
     let shutdown = shutdown_on_signals()?;
     worker.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Names the broker in the log and refuses one older than Warren supports. Skipped (at debug)
+/// when the management API cannot be read: a worker may start before its broker does.
+async fn check_broker(settings: &Settings) -> Result<()> {
+    let s = settings.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mgmt = warren::ops::management::Management::from_settings(&s)?;
+        warren::ops::version::BrokerVersion::read(&mgmt)
+    })
+    .await;
+    match read {
+        Ok(Ok(version)) => {
+            tracing::info!(broker = %version, "broker");
+            version.check_supported()
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "broker version unknown (management API)");
+            Ok(())
+        }
+        Err(_) => Ok(()),
+    }
 }
