@@ -17,9 +17,29 @@ use crate::config::Settings;
 use crate::error::{AccessDenied, Error, Result};
 use crate::topology::{self, ApplyReport, Plan};
 
-/// `url` with its password replaced by `***`; the only form of a broker URL that may appear
-/// in a log line, an error or command output.
+/// The URLs of a setting that may name several nodes of a cluster, comma-separated
+/// (`amqp://h1/%2f,amqp://h2/%2f`), in the order given.
+pub fn urls(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// `url` (or each URL of a comma-separated list) with its password replaced by `***`; the
+/// only form of a broker URL that may appear in a log line, an error or command output.
 pub fn redact(url: &str) -> String {
+    if url.contains(',') {
+        return urls(url)
+            .into_iter()
+            .map(redact_one)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
@@ -52,7 +72,11 @@ pub struct UrlParts {
 ///
 /// # Errors
 /// [`Error::Config`] when the URL cannot be parsed (the message does not repeat the URL).
+///
+/// Of a list, the first URL's: every URL of a list names the same vhost and user
+/// ([`crate::config::Settings::validate`] checks).
 pub fn url_parts(url: &str) -> Result<UrlParts> {
+    let url = urls(url).first().copied().unwrap_or(url);
     let parsed = url::Url::parse(url).map_err(|e| {
         Error::Config(format!(
             "the AMQP URL `{}` is not a valid URL: {e}",
@@ -139,22 +163,62 @@ fn classify(url: &str, err: lapin::Error) -> backoff::Error<Error> {
 /// handles, another service, a half-open load balancer) otherwise holds a client forever.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens one named connection, retrying with exponential backoff until `deadline` has passed
-/// (or forever when `None`). Each attempt is bounded by [`ATTEMPT_TIMEOUT`] and by the time
-/// left.
+/// Opens one named connection to `url` (or to one node of a comma-separated list), retrying
+/// with exponential backoff until `deadline` has passed (or forever when `None`). Each
+/// attempt goes over the nodes in a random order, each node bounded by [`ATTEMPT_TIMEOUT`]
+/// and by the time left.
 ///
 /// # Errors
 /// [`Error::Refused`] at once for bad credentials or an unknown vhost; [`Error::Connect`]
 /// when the broker stayed unreachable, or silent, until the deadline.
 pub async fn connect(url: &str, name: &str, deadline: Option<Duration>) -> Result<Connection> {
-    retry_until(deadline, |left| {
-        bounded(url, left, async {
+    retry_until(deadline, |left| connect_once(url, name, left)).await
+}
+
+/// One round over the nodes of `list`, shuffled so that replicas spread over a cluster: the
+/// first node that completes the handshake. Bad credentials end the round (every node of a
+/// cluster shares its users); any other failure moves on to the next node.
+async fn connect_once(
+    list: &str,
+    name: &str,
+    left: Option<Duration>,
+) -> std::result::Result<Connection, backoff::Error<Error>> {
+    let started = tokio::time::Instant::now();
+    let mut nodes = urls(list);
+    if nodes.len() > 1 {
+        rand::seq::SliceRandom::shuffle(nodes.as_mut_slice(), &mut rand::thread_rng());
+    }
+    let mut failed = None;
+    for url in nodes.iter().copied() {
+        let left_now = left.map(|l| l.saturating_sub(started.elapsed()));
+        if left_now.is_some_and(|l| l.is_zero()) {
+            break;
+        }
+        let attempt = bounded(url, left_now, async {
             Connection::connect(url, properties(name))
                 .await
                 .map_err(|e| classify(url, e))
-        })
-    })
-    .await
+        });
+        match attempt.await {
+            Ok(conn) => {
+                if nodes.len() > 1 {
+                    tracing::info!(node = %redact(url), "connected");
+                }
+                return Ok(conn);
+            }
+            Err(backoff::Error::Transient { err, .. }) if nodes.len() > 1 => {
+                tracing::debug!(node = %redact(url), error = %err, "node unreachable; next");
+                failed = Some(err);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(backoff::Error::transient(failed.unwrap_or_else(|| {
+        Error::Connect {
+            url: redact(list),
+            reason: "no time left to try a node".into(),
+        }
+    })))
 }
 
 /// One connection attempt to `url`, given at most [`ATTEMPT_TIMEOUT`] or `left`, whichever
@@ -338,15 +402,55 @@ impl Session {
 }
 
 /// A pool of named connections for short publish paths (producer, CLI).
+///
+/// deadpool's own manager, not deadpool-lapin's: that one connects to a single fixed address,
+/// and a producer must move to another node of a cluster when its node goes away.
 #[derive(Clone)]
 pub struct Pool {
-    inner: deadpool_lapin::Pool,
+    inner: deadpool::managed::Pool<Nodes>,
     url: String,
     deadline: Option<Duration>,
 }
 
+/// Pooled connection: derefs to a [`Connection`].
+pub type PooledConnection = deadpool::managed::Object<Nodes>;
+
+/// Creates pool connections on any node of a URL list; see [`connect_once`].
+#[derive(Debug)]
+pub struct Nodes {
+    list: String,
+    name: String,
+}
+
+impl deadpool::managed::Manager for Nodes {
+    type Type = Connection;
+    type Error = Error;
+
+    async fn create(&self) -> Result<Connection> {
+        connect_once(&self.list, &self.name, None)
+            .await
+            .map_err(|e| match e {
+                backoff::Error::Permanent(e) | backoff::Error::Transient { err: e, .. } => e,
+            })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut Connection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<Error> {
+        if conn.status().connected() {
+            Ok(())
+        } else {
+            Err(deadpool::managed::RecycleError::message(
+                "the connection is closed",
+            ))
+        }
+    }
+}
+
 impl std::fmt::Debug for Pool {
-    // deadpool's own Debug would print the URL with its password.
+    // The URL is printed redacted.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("url", &redact(&self.url))
@@ -356,19 +460,20 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool of at most `size` connections named after `role`. Connects lazily.
+    /// A pool of at most `size` connections named after `role`, to `url` (or any node of a
+    /// comma-separated list). Connects lazily.
     ///
     /// # Errors
     /// [`Error::Config`] when the URL is unusable.
     pub fn new(url: &str, role: &str, size: usize, deadline: Option<Duration>) -> Result<Pool> {
         url_parts(url)?;
-        let name = connection_name(role);
-        let cfg = deadpool_lapin::Config {
-            url: Some(url.to_string()),
-            pool: Some(deadpool_lapin::PoolConfig::new(size.max(1))),
+        let nodes = Nodes {
+            list: url.to_string(),
+            name: connection_name(role),
         };
-        let inner = cfg
-            .create_pool(move || properties(&name), deadpool_lapin::Runtime::Tokio1)
+        let inner = deadpool::managed::Pool::builder(nodes)
+            .max_size(size.max(1))
+            .build()
             .map_err(|e| Error::Config(format!("cannot build the connection pool: {e}")))?;
         Ok(Pool {
             inner,
@@ -381,7 +486,7 @@ impl Pool {
     ///
     /// # Errors
     /// As [`connect`].
-    pub async fn get(&self) -> Result<deadpool_lapin::Connection> {
+    pub async fn get(&self) -> Result<PooledConnection> {
         self.get_within(self.deadline).await
     }
 
@@ -390,11 +495,14 @@ impl Pool {
     ///
     /// # Errors
     /// As [`connect`].
-    pub async fn get_within(&self, limit: Option<Duration>) -> Result<deadpool_lapin::Connection> {
+    pub async fn get_within(&self, limit: Option<Duration>) -> Result<PooledConnection> {
         retry_until(limit, |left| {
             bounded(&self.url, left, async {
                 self.inner.get().await.map_err(|e| match e {
-                    deadpool_lapin::PoolError::Backend(err) => classify(&self.url, err),
+                    deadpool::managed::PoolError::Backend(err) if !err.is_transient() => {
+                        backoff::Error::permanent(err)
+                    }
+                    deadpool::managed::PoolError::Backend(err) => backoff::Error::transient(err),
                     other => backoff::Error::transient(Error::Connect {
                         url: redact(&self.url),
                         reason: other.to_string(),

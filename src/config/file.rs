@@ -20,8 +20,8 @@ pub(super) fn parse(text: &str) -> Result<Settings> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
-    amqp_url: Option<String>,
-    management_url: Option<String>,
+    amqp_url: Option<OneOrMany>,
+    management_url: Option<OneOrMany>,
     namespace: Option<String>,
     queue_type: Option<QueueType>,
     #[serde(default, deserialize_with = "opt_duration")]
@@ -66,6 +66,24 @@ struct TaskFile {
     delivery_limit: Option<u32>,
     max_interruptions: Option<u32>,
     exec: Option<Vec<String>>,
+}
+
+/// A URL, or a list of them (the nodes of a cluster); kept as one comma-separated string,
+/// the form the environment and the flags take too.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn joined(self) -> String {
+        match self {
+            OneOrMany::One(url) => url,
+            OneOrMany::Many(urls) => urls.join(","),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,8 +163,11 @@ impl FileSettings {
             .map(|(name, t)| (name, t.into_task(&defaults)))
             .collect();
         Settings {
-            amqp_url: self.amqp_url.unwrap_or(base.amqp_url),
-            management_url: self.management_url.or(base.management_url),
+            amqp_url: self.amqp_url.map_or(base.amqp_url, OneOrMany::joined),
+            management_url: self
+                .management_url
+                .map(OneOrMany::joined)
+                .or(base.management_url),
             namespace: self.namespace.unwrap_or(base.namespace),
             queue_type: self.queue_type.unwrap_or(base.queue_type),
             max_delay: self.max_delay.unwrap_or(base.max_delay),

@@ -72,10 +72,12 @@ impl Default for WorkerSettings {
 /// Everything Warren needs to know, after layering.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// AMQP URL of the broker, including vhost. Contains the password: never log it, use
-    /// [`crate::broker::redact`].
+    /// AMQP URL of the broker, including vhost, or the URLs of several nodes of one cluster,
+    /// comma-separated (clients connect to any of them and move on when one goes away).
+    /// Contains the password: never log it, use [`crate::broker::redact`].
     pub amqp_url: String,
-    /// Management API base URL; `None` derives `http://{amqp host}:15672`.
+    /// Management API base URL, or several, comma-separated; `None` derives
+    /// `http://{amqp host}:15672` for each AMQP URL.
     pub management_url: Option<String>,
     /// Prefix of every exchange and queue name.
     pub namespace: String,

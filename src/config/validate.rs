@@ -18,12 +18,7 @@ impl Settings {
         if let Err(e) = topology::validate_namespace(&self.namespace) {
             problems.push(e);
         }
-        if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
-            problems.push(format!(
-                "`amqp_url` must start with amqp:// or amqps://, got `{}`",
-                crate::broker::redact(&self.amqp_url)
-            ));
-        }
+        check_amqp_urls(&self.amqp_url, &mut problems);
         let max_delay = self.max_delay.as_secs();
         let ladder_limit = (1u64 << LADDER_LEVELS_MAX) - 1;
         if max_delay < 1 || max_delay > ladder_limit || self.max_delay.subsec_nanos() != 0 {
@@ -65,6 +60,39 @@ impl Settings {
             Ok(())
         } else {
             Err(Error::Config(problems.join("\n  ")))
+        }
+    }
+}
+
+/// Each URL of the list is amqp:// or amqps://, and all name the same vhost and user: the
+/// namespace lives in one vhost of one cluster, and a client must find it on any node.
+fn check_amqp_urls(list: &str, problems: &mut Vec<String>) {
+    let urls = crate::broker::urls(list);
+    if urls.is_empty() {
+        problems.push("`amqp_url` is empty".to_string());
+    }
+    let mut first: Option<crate::broker::UrlParts> = None;
+    for url in urls {
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            problems.push(format!(
+                "`amqp_url` must start with amqp:// or amqps://, got `{}`",
+                crate::broker::redact(url)
+            ));
+            continue;
+        }
+        let Ok(parts) = crate::broker::url_parts(url) else {
+            continue;
+        };
+        match &first {
+            None => first = Some(parts),
+            Some(f) if f.vhost != parts.vhost || f.username != parts.username => {
+                problems.push(format!(
+                    "every URL of `amqp_url` must name the same vhost and user (the nodes of \
+                     one cluster): `{}` differs from the first",
+                    crate::broker::redact(url)
+                ));
+            }
+            Some(_) => {}
         }
     }
 }
@@ -194,5 +222,48 @@ mod tests {
         };
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("amqp://") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn the_nodes_of_one_cluster_may_be_listed_in_the_file_or_comma_separated() {
+        let file = Settings::from_toml(
+            "amqp_url = [\"amqp://u:p@n1:5672/v\", \"amqp://u:p@n2:5672/v\"]\n\
+             management_url = [\"http://n1:15672\", \"http://n2:15672\"]",
+        )
+        .unwrap();
+        assert_eq!(file.amqp_url, "amqp://u:p@n1:5672/v,amqp://u:p@n2:5672/v");
+        assert_eq!(
+            file.management_url.as_deref(),
+            Some("http://n1:15672,http://n2:15672")
+        );
+        file.validate().unwrap();
+        assert_eq!(
+            crate::broker::redact(&file.amqp_url),
+            "amqp://u:***@n1:5672/v,amqp://u:***@n2:5672/v"
+        );
+        assert_eq!(crate::broker::url_parts(&file.amqp_url).unwrap().vhost, "v");
+    }
+
+    #[test]
+    fn listed_nodes_must_share_vhost_and_user_and_each_be_amqp() {
+        for (list, needle) in [
+            ("amqp://u@a/v1,amqp://u@b/v2", "same vhost and user"),
+            ("amqp://u@a/v,amqp://w@b/v", "same vhost and user"),
+            (
+                "amqp://u@a/v,http://u:secret@b/v",
+                "must start with amqp://",
+            ),
+            (" , ", "`amqp_url` is empty"),
+        ] {
+            let s = Settings {
+                amqp_url: list.into(),
+                ..Default::default()
+            };
+            let err = s.validate().unwrap_err().to_string();
+            assert!(
+                err.contains(needle) && !err.contains("secret"),
+                "{list}: {err}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
-use crate::broker::{redact, url_parts};
+use crate::broker::{redact, url_parts, urls};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 
@@ -20,10 +20,13 @@ pub fn enc(segment: &str) -> String {
     utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string()
 }
 
-/// A management API endpoint with credentials.
+/// A management API endpoint with credentials: one base URL, or several (one per node of a
+/// cluster), tried in turn when one cannot be reached.
 #[derive(Clone)]
 pub struct Management {
-    base: String,
+    bases: Vec<String>,
+    /// Index into `bases` of the one that answered last.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     user: String,
     password: String,
     agent: ureq::Agent,
@@ -32,100 +35,146 @@ pub struct Management {
 impl std::fmt::Debug for Management {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Management")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .field("user", &self.user)
             .finish()
     }
 }
 
 impl Management {
-    /// The API for `settings`: `management_url` if set, else `http://{amqp host}:15672`.
+    /// The API for `settings`: `management_url` if set (a comma-separated list names several
+    /// nodes), else `http://{amqp host}:15672` for each AMQP URL.
     ///
     /// # Errors
-    /// [`Error::Config`] when either URL cannot be parsed.
+    /// [`Error::Config`] when a URL cannot be parsed.
     pub fn from_settings(settings: &Settings) -> Result<Management> {
         let amqp = url_parts(&settings.amqp_url)?;
-        let (base, user, password) = match &settings.management_url {
-            Some(m) => {
-                let mut parsed = url::Url::parse(m).map_err(|e| {
-                    Error::Config(format!(
-                        "the management URL `{}` is not a valid URL: {e}",
-                        redact(m)
-                    ))
-                })?;
-                let user = if parsed.username().is_empty() {
-                    amqp.username.clone()
-                } else {
-                    parsed.username().to_string()
-                };
-                let password = parsed
-                    .password()
-                    .map_or_else(|| amqp.password.clone(), str::to_string);
-                let _ = parsed.set_username("");
-                let _ = parsed.set_password(None);
-                (
-                    parsed.to_string().trim_end_matches('/').to_string(),
-                    user,
-                    password,
-                )
+        let (mut user, mut password) = (amqp.username.clone(), amqp.password.clone());
+        let mut bases = Vec::new();
+        match &settings.management_url {
+            Some(list) => {
+                for m in urls(list) {
+                    let mut parsed = url::Url::parse(m).map_err(|e| {
+                        Error::Config(format!(
+                            "the management URL `{}` is not a valid URL: {e}",
+                            redact(m)
+                        ))
+                    })?;
+                    if !parsed.username().is_empty() {
+                        user = parsed.username().to_string();
+                    }
+                    if let Some(p) = parsed.password() {
+                        password = p.to_string();
+                    }
+                    let _ = parsed.set_username("");
+                    let _ = parsed.set_password(None);
+                    bases.push(parsed.to_string().trim_end_matches('/').to_string());
+                }
             }
             None => {
-                let host = if amqp.host.contains(':') {
-                    format!("[{}]", amqp.host)
-                } else {
-                    amqp.host.clone()
-                };
-                (
-                    format!("http://{host}:{MANAGEMENT_PORT_DEFAULT}"),
-                    amqp.username,
-                    amqp.password,
-                )
+                for url in urls(&settings.amqp_url) {
+                    let host = url_parts(url)?.host;
+                    let host = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host
+                    };
+                    bases.push(format!("http://{host}:{MANAGEMENT_PORT_DEFAULT}"));
+                }
             }
-        };
-        Ok(Management::new(&base, &user, &password))
+        }
+        if bases.is_empty() {
+            return Err(Error::Config("no management URL".into()));
+        }
+        Ok(Management::with_bases(bases, &user, &password))
     }
 
     /// An API at `base` (e.g. `http://127.0.0.1:15672`) with basic-auth credentials.
     pub fn new(base: &str, user: &str, password: &str) -> Management {
+        Management::with_bases(vec![base.to_string()], user, password)
+    }
+
+    fn with_bases(bases: Vec<String>, user: &str, password: &str) -> Management {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
             .build();
+        let mut bases: Vec<String> = bases
+            .into_iter()
+            .map(|b| b.trim_end_matches('/').to_string())
+            .collect();
+        bases.dedup();
         Management {
-            base: base.trim_end_matches('/').to_string(),
+            bases,
+            current: Default::default(),
             user: user.to_string(),
             password: password.to_string(),
             agent,
         }
     }
 
-    /// The base URL (no credentials in it).
+    /// The base URL in use (no credentials in it): the one that answered last.
     pub fn base(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.bases.get(i).or(self.bases.first()).map_or("", |b| b)
     }
 
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
-        self.agent
-            .request(method, &format!("{}/api/{path}", self.base))
-            .set("authorization", &basic_auth(&self.user, &self.password))
+    /// Sends a request to the base in use, moving on to the next when one cannot be reached
+    /// (refused, timed out); an HTTP answer, even an error, comes from a node that is up.
+    // ureq's own error, handed straight to `fail`, which maps it to ours.
+    #[allow(clippy::result_large_err)]
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> std::result::Result<ureq::Response, ureq::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = self.current.load(Relaxed);
+        let n = self.bases.len();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let base = &self.bases[i];
+            let request = self
+                .agent
+                .request(method, &format!("{base}/api/{path}"))
+                .set("authorization", &basic_auth(&self.user, &self.password));
+            let sent = match body {
+                Some(b) => request.send_json(b),
+                None => request.call(),
+            };
+            match sent {
+                Err(ureq::Error::Transport(t)) if k + 1 < n => {
+                    tracing::debug!(base = %base, error = %t, "management API unreachable; next node");
+                }
+                answered => {
+                    if i != start {
+                        self.current.store(i, Relaxed);
+                    }
+                    return answered;
+                }
+            }
+        }
+        // No base at all (from_settings refuses that): ureq's own error for a URL it cannot use.
+        self.agent.request(method, "http:///").call()
     }
 
     fn fail(&self, method: &str, path: &str, err: ureq::Error) -> Error {
         match err {
             ureq::Error::Status(401, _) => Error::ManagementRefused {
-                base: self.base.clone(),
+                base: self.base().to_string(),
                 user: self.user.clone(),
             },
             ureq::Error::Status(code, resp) => {
                 let body = resp.into_string().unwrap_or_default();
                 Error::Management(format!(
                     "{method} {}/api/{path} answered {code}: {}",
-                    self.base,
+                    self.base(),
                     body.trim()
                 ))
             }
             ureq::Error::Transport(t) => Error::ManagementUnreachable {
-                base: self.base.clone(),
+                base: self.bases.join(","),
                 reason: t.to_string(),
             },
         }
@@ -137,13 +186,12 @@ impl Management {
     /// [`Error::Management`] naming the URL and status.
     pub fn get(&self, path: &str) -> Result<Value> {
         let resp = self
-            .request("GET", path)
-            .call()
+            .call("GET", path, None)
             .map_err(|e| self.fail("GET", path, e))?;
         resp.into_json().map_err(|e| {
             Error::Management(format!(
                 "GET {}/api/{path}: unreadable JSON: {e}",
-                self.base
+                self.base()
             ))
         })
     }
@@ -153,11 +201,11 @@ impl Management {
     /// # Errors
     /// As [`Management::get`], except for 404.
     pub fn get_opt(&self, path: &str) -> Result<Option<Value>> {
-        match self.request("GET", path).call() {
+        match self.call("GET", path, None) {
             Ok(resp) => resp.into_json().map(Some).map_err(|e| {
                 Error::Management(format!(
                     "GET {}/api/{path}: unreadable JSON: {e}",
-                    self.base
+                    self.base()
                 ))
             }),
             Err(ureq::Error::Status(404, _)) => Ok(None),
@@ -170,8 +218,7 @@ impl Management {
     /// # Errors
     /// [`Error::Management`].
     pub fn put(&self, path: &str, body: &Value) -> Result<()> {
-        self.request("PUT", path)
-            .send_json(body)
+        self.call("PUT", path, Some(body))
             .map_err(|e| self.fail("PUT", path, e))?;
         Ok(())
     }
@@ -181,8 +228,7 @@ impl Management {
     /// # Errors
     /// [`Error::Management`].
     pub fn post(&self, path: &str, body: &Value) -> Result<()> {
-        self.request("POST", path)
-            .send_json(body)
+        self.call("POST", path, Some(body))
             .map_err(|e| self.fail("POST", path, e))?;
         Ok(())
     }
@@ -192,7 +238,7 @@ impl Management {
     /// # Errors
     /// [`Error::Management`].
     pub fn delete(&self, path: &str) -> Result<()> {
-        match self.request("DELETE", path).call() {
+        match self.call("DELETE", path, None) {
             Ok(_) | Err(ureq::Error::Status(404, _)) => Ok(()),
             Err(e) => Err(self.fail("DELETE", path, e)),
         }
@@ -273,6 +319,20 @@ mod tests {
             (m.base(), m.user.as_str(), m.password.as_str()),
             ("http://mgmt:8080", "admin", "x")
         );
+    }
+
+    #[test]
+    fn each_node_of_a_cluster_gets_a_management_endpoint() {
+        let mut s = Settings {
+            amqp_url: "amqp://bob:pw@n1:5672/v,amqp://bob:pw@n2:5672/v".into(),
+            ..Default::default()
+        };
+        let m = Management::from_settings(&s).unwrap();
+        assert_eq!(m.bases, ["http://n1:15672", "http://n2:15672"]);
+        s.management_url = Some("http://a:1/,http://b:2".into());
+        let m = Management::from_settings(&s).unwrap();
+        assert_eq!(m.bases, ["http://a:1", "http://b:2"]);
+        assert_eq!(m.base(), "http://a:1");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub(super) struct Publisher {
     pool: Pool,
     /// The confirm-mode channel in use. Holding the pooled connection object keeps it
     /// checked out while its channel is in use.
-    channel: Mutex<Option<(deadpool_lapin::Connection, Channel)>>,
+    channel: Mutex<Option<(broker::PooledConnection, Channel)>>,
     /// How long a lost connection is retried before the unconfirmed messages fail.
     retry_for: Duration,
     /// Outstanding confirms at most.

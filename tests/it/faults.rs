@@ -5,7 +5,7 @@
 //! (`scripts/cluster.sh up 3`), never the shared broker; they are `#[ignore]`d in a plain
 //! `cargo test` and run by `scripts/test.sh` with `--ignored`, one at a time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -151,9 +151,10 @@ async fn faults_three_workers_with_one_killed_repeatedly_lose_nothing() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
+            .map(crate::support::Reaped)
             .unwrap()
     };
-    let mut workers = vec![spawn(), spawn(), spawn()];
+    let mut workers = [spawn(), spawn(), spawn()];
     let mut ledger = Ledger::default();
     let producer = Producer::new(&settings).unwrap();
     for r in producer.enqueue_many((0..5000).map(|n| Job { n })).await {
@@ -178,11 +179,19 @@ async fn faults_three_workers_with_one_killed_repeatedly_lose_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for w in &mut workers {
+    for (i, w) in workers.iter_mut().enumerate() {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &w.id().to_string()])
             .status();
-        let _ = w.wait();
+        let status = w.wait().unwrap();
+        // The last replacement of worker 0 may get the signal before it has installed its
+        // handler (it was started moments ago): then SIGTERM ends it, which is no failure.
+        let just_started =
+            i == 0 && std::os::unix::process::ExitStatusExt::signal(&status) == Some(15);
+        assert!(
+            status.success() || just_started,
+            "worker {i} stopped by SIGTERM exits 0: {status:?}"
+        );
     }
     let t = ledger.tally();
     eprintln!(
@@ -237,42 +246,68 @@ async fn faults_every_connection_force_closed_mid_run_loses_nothing() {
         })
     };
     // Close every connection of this test's vhost, three times, mid-run. The management API
-    // lists a new connection only after its statistics arrive (up to ~10 s), so wait for them.
-    let mut closed = 0;
-    for _ in 0..3 {
+    // lists a new connection only after its statistics arrive (up to ~10 s), and still lists
+    // a closed one for a while: each round waits for connections it has not closed before
+    // (two workers and a producer are connected) and closes those still there.
+    let mut closed: HashSet<String> = HashSet::new();
+    let mut per_round = Vec::new();
+    for round in 0..3 {
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let fresh = loop {
             let conns = broker
                 .mgmt
                 .get(&format!("vhosts/{}/connections", enc(&broker.vhost)))
                 .unwrap_or_default();
-            let names: Vec<String> = conns
+            let fresh: Vec<String> = conns
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .filter(|n| !closed.contains(n))
                 .collect();
-            if !names.is_empty() || Instant::now() > deadline {
-                for name in names {
-                    broker
-                        .mgmt
-                        .delete(&format!("connections/{}", enc(&name)))
-                        .unwrap();
-                    closed += 1;
-                }
-                break;
+            if fresh.len() >= 2 {
+                break fresh;
             }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: only {fresh:?} connected after 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let mut here = 0;
+        for name in fresh {
+            // Gone already (a 404) does not count as closed.
+            if broker
+                .mgmt
+                .get_opt(&format!("connections/{}", enc(&name)))
+                .unwrap()
+                .is_some()
+            {
+                broker
+                    .mgmt
+                    .delete(&format!("connections/{}", enc(&name)))
+                    .unwrap();
+                here += 1;
+            }
+            closed.insert(name);
         }
+        per_round.push(here);
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     closing_done.store(true, std::sync::atomic::Ordering::SeqCst);
     let (errors, sent) = publishing.await.unwrap();
     let t = settle(&ledger, Duration::from_secs(60)).await;
     stop.cancel();
-    let _ = (w1.await, w2.await);
-    eprintln!("LEDGER force-close: {t:?}, connections closed {closed}, producer errors {errors}");
-    assert!(closed >= 3, "connections were closed ({closed})");
+    let (r1, r2) = (w1.await.unwrap(), w2.await.unwrap());
+    eprintln!(
+        "LEDGER force-close: {t:?}, connections closed per round {per_round:?}, producer errors {errors}"
+    );
+    r1.expect("worker 1 ran to its stop");
+    r2.expect("worker 2 ran to its stop");
+    assert!(
+        per_round.iter().all(|n| *n >= 1),
+        "every round closed live connections: {per_round:?}"
+    );
     t.assert_nothing_lost();
     assert_eq!(
         t.confirmed + errors,
@@ -411,8 +446,21 @@ async fn under_fault(
     let errors = publishing.await.unwrap();
     let t = settle(&ledger, Duration::from_secs(90)).await;
     stop.cancel();
-    let _ = (w1.await, w2.await);
+    let (r1, r2) = (w1.await.unwrap(), w2.await.unwrap());
+    r1.expect("worker 1 ran to its stop");
+    r2.expect("worker 2 ran to its stop");
     (t, errors)
+}
+
+/// What a node fault may cost and no more: nothing lost, every task confirmed or reported,
+/// at most the batches in flight while the node was away failed (50 tasks each), and
+/// duplicates within what two workers held unacked (prefetch 20 each) over a few reconnects.
+fn assert_bounded(t: &Tally, errors: usize) {
+    t.assert_nothing_lost();
+    assert_eq!(t.confirmed + errors, 1500, "{t:?}, errors {errors}");
+    assert!(errors <= 300, "{errors} producer errors: {t:?}");
+    assert!(t.confirmed >= 1200, "{t:?}");
+    assert!(t.duplicates <= 160, "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,8 +483,7 @@ async fn faults_a_broker_node_restart_with_delayed_tasks_in_the_ladder_loses_not
         "LEDGER node restart: {t:?}, producer errors {errors}, {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    t.assert_nothing_lost();
-    assert!(t.confirmed + errors == 1500);
+    assert_bounded(&t, errors);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,11 +526,8 @@ async fn faults_losing_the_node_with_the_queue_leaders_keeps_work_going_on_the_m
         "LEDGER leader loss: {t:?}, producer errors {errors}, new leader {new_leader}, {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    t.assert_nothing_lost();
+    assert_bounded(&t, errors);
     assert_ne!(new_leader, "warren-c1@localhost");
-    let counts: HashMap<&str, usize> =
-        HashMap::from([("confirmed", t.confirmed), ("errors", errors)]);
-    assert_eq!(t.confirmed + errors, 1500, "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,6 +583,7 @@ async fn faults_amqps_with_a_private_ca_enqueues_and_works() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(crate::support::Reaped)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while log.lines().len() < 10 {
@@ -549,17 +594,25 @@ async fn faults_amqps_with_a_private_ca_enqueues_and_works() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // While the worker is still connected (the API lists a connection once its statistics
+    // arrive): every connection in the vhost is TLS.
+    let conns =
+        crate::support::eventually(Duration::from_secs(20), "the worker's connection", || {
+            let conns = v
+                .mgmt
+                .get(&format!("vhosts/{}/connections", enc(&v.vhost)))
+                .ok()?;
+            let list = conns.as_array()?.clone();
+            (!list.is_empty()).then_some(list)
+        })
+        .await;
+    for c in &conns {
+        assert_eq!(c["ssl"], true, "a plain connection in the TLS vhost: {c}");
+    }
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();
     assert!(worker.wait().unwrap().success());
-    let conns = v
-        .mgmt
-        .get(&format!("vhosts/{}/connections", enc(&v.vhost)))
-        .unwrap_or_default();
-    for c in conns.as_array().into_iter().flatten() {
-        assert_eq!(c["ssl"], true, "a plain connection in the TLS vhost: {c}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -698,4 +751,154 @@ async fn faults_apply_refuses_a_namespace_that_would_exhaust_the_file_handles() 
     assert!(again.status.success(), "{}", crate::support::stderr(&again));
     assert!(!crate::support::stderr(&again).contains("nearly full"));
     eprintln!("capacity: fd_total {fd_total}, limit {limit} quorum queues; refused {limit} types");
+}
+
+/// The node (`warren-cN@localhost`) that the connection named `warren {role} ...` is on, as
+/// the management API of any node still up sees it.
+fn node_of(ports: &[u16], role: &str) -> Option<String> {
+    let needle = format!("warren {role} ");
+    ports.iter().find_map(|port| {
+        let mgmt = Management::new(&format!("http://127.0.0.1:{port}"), "guest", "guest");
+        mgmt.connections().ok()?.into_iter().find_map(|c| {
+            let name = c["client_properties"]["connection_name"].as_str()?;
+            name.starts_with(&needle)
+                .then(|| c["node"].as_str().map(str::to_string))?
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh up 3: run by scripts/test.sh"]
+async fn faults_clients_given_every_node_move_on_when_their_node_stops() {
+    let urls = cluster();
+    let ports = [15681, 15682, 15683];
+    let v = ClusterVhost::new(15681);
+    let list = urls.iter().map(|u| v.url(u)).collect::<Vec<_>>().join(",");
+    let mut settings = cluster_settings(&list);
+    settings.management_url = Some(
+        ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let session =
+        warren::broker::Session::connect(&list, "fault test", Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    session.apply(&settings.plan()).await.unwrap();
+    session.close("declared").await;
+    let ledger: Arc<Mutex<Ledger>> = Arc::default();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(
+        recording_worker(&settings, "moving-worker", ledger.clone()).run(stop.clone()),
+    );
+    let node = crate::support::eventually(Duration::from_secs(20), "the worker's node", || {
+        node_of(&ports, "moving-worker")
+    })
+    .await;
+    // Producers pick a node at random when they first connect: take one that shares the
+    // worker's node. Twelve at a time (the management API lists a connection only once its
+    // statistics arrive, a few seconds later); each one's task is confirmed and counts.
+    let mut producer = None;
+    let mut warmups = 0;
+    for round in 0..3u32 {
+        let mut tried = Vec::new();
+        for i in 0..12u32 {
+            let role = format!("moving-producer-{round}-{i}");
+            let p = Producer::with_role(&settings, &role).unwrap();
+            let id = p
+                .enqueue(&Job {
+                    n: 100_000 + round * 12 + i,
+                })
+                .await
+                .unwrap();
+            ledger.lock().unwrap().confirmed.insert(id);
+            warmups += 1;
+            tried.push((p, role));
+        }
+        let mut nodes = Vec::new();
+        for (_, role) in &tried {
+            let on =
+                crate::support::eventually(Duration::from_secs(20), "a producer's node", || {
+                    node_of(&ports, role)
+                })
+                .await;
+            nodes.push(on);
+        }
+        for ((p, role), on) in tried.into_iter().zip(nodes) {
+            if producer.is_none() && on == node {
+                producer = Some((p, role));
+            } else {
+                p.close().await;
+            }
+        }
+        if producer.is_some() {
+            break;
+        }
+    }
+    let (producer, role) = producer.expect("a producer on the worker's node in 36 tries");
+    let index: u32 = node["warren-c".len()..node.find('@').unwrap()]
+        .parse()
+        .unwrap();
+    let publishing = {
+        let ledger = ledger.clone();
+        let node_of_stopped = node.clone();
+        tokio::spawn(async move {
+            let mut errors = 0;
+            for batch in 0..30u32 {
+                let items = (0..50).map(|n| {
+                    let job = Job { n: batch * 50 + n };
+                    let body = Ok(serde_json::to_vec(&job).unwrap());
+                    ("job".to_string(), body, warren::EnqueueOptions::default())
+                });
+                errors += record(&ledger, producer.enqueue_many_raw(items).await);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // Its connection now (listed once its statistics arrive), on a node still up.
+            let stopped = node_of_stopped.clone();
+            let now_on = crate::support::eventually(
+                Duration::from_secs(20),
+                "the producer's connection on another node",
+                || node_of(&ports, &role).filter(|n| *n != stopped),
+            )
+            .await;
+            producer.close().await;
+            (errors, now_on)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl(index, &["stop_app"]);
+    let (errors, producer_now) = publishing.await.unwrap();
+    let t = settle(&ledger, Duration::from_secs(90)).await;
+    let worker_now = crate::support::eventually(
+        Duration::from_secs(20),
+        "the worker's connection on another node",
+        || node_of(&ports, "moving-worker").filter(|n| *n != node),
+    )
+    .await;
+    stop.cancel();
+    let worker_result = worker.await.unwrap();
+    rabbitmqctl(index, &["start_app"]);
+    eprintln!(
+        "LEDGER node of worker and producer ({node}) stopped: {t:?}, producer errors {errors}, \
+         worker moved to {worker_now}, producer to {producer_now}"
+    );
+    worker_result.expect("the worker ran to its stop");
+    t.assert_nothing_lost();
+    assert_eq!(t.confirmed + errors, 1500 + warmups, "{t:?}");
+    assert!(
+        errors <= 100,
+        "at most the batches in flight when the node stopped fail: {errors}"
+    );
+    assert!(t.confirmed >= 1400 + warmups, "{t:?}");
+    assert!(
+        t.duplicates <= 200,
+        "duplicates are bounded by what was unacked on the lost node: {t:?}"
+    );
+    assert_ne!(worker_now, node, "the worker moved off the stopped node");
+    assert_ne!(
+        producer_now, node,
+        "the producer moved off the stopped node"
+    );
 }

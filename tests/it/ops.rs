@@ -406,6 +406,7 @@ async fn the_metrics_endpoint_serves_task_series() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(crate::support::Reaped)
         .unwrap();
     let producer = Producer::new(&settings).unwrap();
     for n in 0..3 {
@@ -431,7 +432,8 @@ async fn the_metrics_endpoint_serves_task_series() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();
-    let _ = worker.wait();
+    let status = worker.wait().unwrap();
+    assert!(status.success(), "{status:?}");
     assert!(
         body.contains("warren_task_duration_seconds_bucket{task=\"job\""),
         "{body}"
@@ -633,4 +635,20 @@ fn a_small_bench_run_completes_and_reports_both_sides() {
         ))
         .unwrap();
     assert_eq!(queues.as_array().unwrap().len(), 0, "{queues}");
+}
+
+#[test]
+fn the_management_client_moves_past_a_node_it_cannot_reach() {
+    let mgmt = crate::support::management();
+    let list = format!("http://127.0.0.1:1,{}", mgmt.base());
+    let settings = warren::Settings {
+        amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+        management_url: Some(list),
+        ..Default::default()
+    };
+    let m = warren::ops::management::Management::from_settings(&settings).unwrap();
+    assert_eq!(m.base(), "http://127.0.0.1:1");
+    let overview = m.get("overview").unwrap();
+    assert!(overview["rabbitmq_version"].is_string(), "{overview}");
+    assert_eq!(m.base(), mgmt.base(), "it stays on the node that answered");
 }

@@ -69,40 +69,44 @@ fn run(url: &str, topology: &str, args: &[&str], log: &str) -> std::process::Out
 fn the_password_never_appears_in_output_logs_or_errors() {
     let broker = TestBroker::new();
     let user = User::new(&broker, ".*", ".*", ".*");
+    // `status` and `dlq` read the management API, which needs a tag.
+    broker
+        .mgmt
+        .put(
+            &format!("users/{}", enc(&user.name)),
+            &serde_json::json!({"password": PASSWORD, "tags": "monitoring"}),
+        )
+        .unwrap();
     let url = user.url(&broker);
     let topo =
         TempFile::with("max_delay = \"1h\"\n[tasks.job]\nexec = [\"sh\", \"-c\", \"exit 65\"]\n");
     let mut outputs = Vec::new();
     for log in ["info", "debug,lapin=debug"] {
-        outputs.push(run(&url, topo.as_str(), &["topology", "apply"], log));
-        outputs.push(run(
-            &url,
-            topo.as_str(),
-            &["enqueue", "job", "--payload", "{}"],
-            log,
-        ));
-        outputs.push(run(&url, topo.as_str(), &["status"], log));
-        outputs.push(run(&url, topo.as_str(), &["status", "--json"], log));
-        outputs.push(run(&url, topo.as_str(), &["dlq", "list", "job"], log));
-        // failures: an unknown vhost, a wrong scheme, an unreachable port
-        outputs.push(run(
-            &url.replace(&enc(&broker.vhost), "missing-vhost"),
-            topo.as_str(),
-            &["topology", "apply"],
-            log,
-        ));
-        outputs.push(run(
-            &url.replace("amqp://", "http://"),
-            topo.as_str(),
-            &["topology", "apply"],
-            log,
-        ));
-        outputs.push(run(
-            &url.replace(":5672/", ":1/"),
-            topo.as_str(),
-            &["--connect-timeout", "1s", "topology", "apply"],
-            log,
-        ));
+        // (args, URL, the exit code each must end with: the checks below are only worth
+        // something if each command did what it was run for)
+        let missing_vhost = url.replace(&enc(&broker.vhost), "missing-vhost");
+        let wrong_scheme = url.replace("amqp://", "http://");
+        let closed_port = url.replace(":5672/", ":1/");
+        let runs: [(&[&str], &str, i32); 8] = [
+            (&["topology", "apply"], &url, 0),
+            (&["enqueue", "job", "--payload", "{}"], &url, 0),
+            (&["status"], &url, 0),
+            (&["status", "--json"], &url, 0),
+            (&["dlq", "list", "job"], &url, 0),
+            // failures: an unknown vhost, a wrong scheme, an unreachable port
+            (&["topology", "apply"], &missing_vhost, 1),
+            (&["topology", "apply"], &wrong_scheme, 2),
+            (
+                &["--connect-timeout", "1s", "topology", "apply"],
+                &closed_port,
+                1,
+            ),
+        ];
+        for (args, url, code) in runs {
+            let o = run(url, topo.as_str(), args, log);
+            assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+            outputs.push(o);
+        }
     }
     // and a worker that runs (and dead-letters) the task, then stops on SIGTERM
     let mut worker = warren_bin()
@@ -124,7 +128,9 @@ fn the_password_never_appears_in_output_logs_or_errors() {
         assert!(Instant::now() < deadline, "worker did not stop");
         std::thread::sleep(Duration::from_millis(100));
     }
-    outputs.push(worker.wait_with_output().unwrap());
+    let stopped = worker.wait_with_output().unwrap();
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    outputs.push(stopped);
     let mut checked = 0;
     for o in &outputs {
         let text = format!("{}{}", stdout(o), stderr(o));

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use warren::{EnqueueOptions, Producer, Task, TaskContext, TaskError, Worker};
 
-use crate::support::{TempFile, TestBroker, take, warren_bin};
+use crate::support::{Reaped, TempFile, TestBroker, take, warren_bin};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Job {
@@ -516,7 +516,7 @@ fn exec_topology(script: &str, extra: &str) -> TempFile {
     ))
 }
 
-fn worker_process(broker: &TestBroker, topology: &TempFile, args: &[&str]) -> std::process::Child {
+fn worker_process(broker: &TestBroker, topology: &TempFile, args: &[&str]) -> Reaped {
     let mut cmd = warren_bin();
     cmd.env("WARREN_AMQP_URL", broker.amqp_url())
         .env("WARREN_NAMESPACE", "t")
@@ -526,7 +526,7 @@ fn worker_process(broker: &TestBroker, topology: &TempFile, args: &[&str]) -> st
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    cmd.spawn().expect("start warren worker")
+    Reaped(cmd.spawn().expect("start warren worker"))
 }
 
 fn signal(child: &std::process::Child, sig: &str) {
@@ -1108,7 +1108,7 @@ async fn a_rolling_restart_of_three_exec_workers_kills_nothing_and_loses_nothing
         topology.trim_end()
     ));
     let args = ["--concurrency", "1", "--prefetch", "1", "--grace", "500ms"];
-    let mut workers: Vec<std::process::Child> = (0..3)
+    let mut workers: Vec<Reaped> = (0..3)
         .map(|_| worker_process(&broker, &topo, &args))
         .collect();
     let ids: HashSet<String> = Producer::new(&settings)
