@@ -151,7 +151,7 @@ async fn faults_three_workers_with_one_killed_repeatedly_lose_nothing() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .map(crate::support::Reaped)
+            .map(crate::support::Reaped::new)
             .unwrap()
     };
     let mut workers = [spawn(), spawn(), spawn()];
@@ -583,7 +583,7 @@ async fn faults_amqps_with_a_private_ca_enqueues_and_works() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map(crate::support::Reaped)
+        .map(crate::support::Reaped::new)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while log.lines().len() < 10 {

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cli;
+mod contract;
 mod faults;
 mod ops;
 mod producer;

@@ -406,7 +406,7 @@ async fn the_metrics_endpoint_serves_task_series() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map(crate::support::Reaped)
+        .map(crate::support::Reaped::new)
         .unwrap();
     let producer = Producer::new(&settings).unwrap();
     for n in 0..3 {

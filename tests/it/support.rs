@@ -290,8 +290,25 @@ impl Drop for TempFile {
 }
 
 /// A child process (a `warren worker`) that is killed and reaped when dropped, so a test that
-/// fails before stopping it does not leave it running against the broker.
-pub struct Reaped(pub std::process::Child);
+/// fails before stopping it does not leave it running against the broker. Its stderr, when
+/// captured, goes to a file: a pipe nobody reads fills after 64 KiB (a few hundred task lines)
+/// and then blocks the worker's logging, and with it the worker.
+pub struct Reaped(pub std::process::Child, pub Option<TempFile>);
+
+impl Reaped {
+    /// A child whose output the test does not read.
+    pub fn new(child: std::process::Child) -> Reaped {
+        Reaped(child, None)
+    }
+
+    /// What the child wrote to stderr so far (when it was sent to a file).
+    pub fn log(&self) -> String {
+        self.1
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(&f.0).ok())
+            .unwrap_or_default()
+    }
+}
 
 impl std::ops::Deref for Reaped {
     type Target = std::process::Child;

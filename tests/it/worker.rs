@@ -16,8 +16,8 @@ use warren::{EnqueueOptions, Producer, Task, TaskContext, TaskError, Worker};
 use crate::support::{Reaped, TempFile, TestBroker, take, warren_bin};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Job {
-    n: u32,
+pub(crate) struct Job {
+    pub(crate) n: u32,
 }
 
 impl Task for Job {
@@ -61,7 +61,7 @@ async fn stop(token: CancellationToken, handle: tokio::task::JoinHandle<warren::
 }
 
 /// Waits until `n` returns at least `want`, or fails after `within`.
-async fn wait_count(within: Duration, what: &str, want: usize, n: impl Fn() -> usize) {
+pub(crate) async fn wait_count(within: Duration, what: &str, want: usize, n: impl Fn() -> usize) {
     let deadline = Instant::now() + within;
     while n() < want {
         assert!(
@@ -73,7 +73,7 @@ async fn wait_count(within: Duration, what: &str, want: usize, n: impl Fn() -> u
     }
 }
 
-fn header_str(d: &lapin::message::Delivery, key: &str) -> String {
+pub(crate) fn header_str(d: &lapin::message::Delivery, key: &str) -> String {
     match d
         .properties
         .headers()
@@ -516,7 +516,8 @@ fn exec_topology(script: &str, extra: &str) -> TempFile {
     ))
 }
 
-fn worker_process(broker: &TestBroker, topology: &TempFile, args: &[&str]) -> Reaped {
+pub(crate) fn worker_process(broker: &TestBroker, topology: &TempFile, args: &[&str]) -> Reaped {
+    let log = TempFile::path("worker-log");
     let mut cmd = warren_bin();
     cmd.env("WARREN_AMQP_URL", broker.amqp_url())
         .env("WARREN_NAMESPACE", "t")
@@ -525,11 +526,11 @@ fn worker_process(broker: &TestBroker, topology: &TempFile, args: &[&str]) -> Re
         .arg("worker")
         .args(args)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    Reaped(cmd.spawn().expect("start warren worker"))
+        .stderr(std::fs::File::create(&log.0).expect("worker log file"));
+    Reaped(cmd.spawn().expect("start warren worker"), Some(log))
 }
 
-fn signal(child: &std::process::Child, sig: &str) {
+pub(crate) fn signal(child: &std::process::Child, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -538,7 +539,10 @@ fn signal(child: &std::process::Child, sig: &str) {
     assert!(ok, "kill {sig}");
 }
 
-async fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+pub(crate) async fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -692,8 +696,7 @@ async fn sigterm_lets_running_tasks_finish_and_exits_zero_within_the_grace_perio
         queue_is_empty(&broker, &ch, "t.job").await,
         "acked: nothing returns to the queue"
     );
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(w.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let stderr = w.log();
     assert!(
         stderr.contains("stopping gracefully") && stderr.contains("worker stopped"),
         "{stderr}"
@@ -1133,9 +1136,7 @@ async fn a_rolling_restart_of_three_exec_workers_kills_nothing_and_loses_nothing
         signal(worker, "-TERM");
         let status = wait_exit(worker, Duration::from_secs(15)).await;
         assert!(status.success(), "worker {i}: {status:?}");
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(worker.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        logs.push_str(&stderr);
+        logs.push_str(&worker.log());
         *worker = worker_process(&broker, &topo, &args);
     }
     wait_count(Duration::from_secs(60), "every task to complete", 9, || {
