@@ -66,6 +66,8 @@ struct TaskFile {
     delivery_limit: Option<u32>,
     max_interruptions: Option<u32>,
     exec: Option<Vec<String>>,
+    queue_type: Option<QueueType>,
+    priorities: Option<u8>,
 }
 
 /// A URL, or a list of them (the nodes of a cluster); kept as one comma-separated string,
@@ -144,6 +146,8 @@ impl TaskFile {
         TaskSettings {
             policy,
             exec: self.exec,
+            queue_type: self.queue_type,
+            priorities: self.priorities,
         }
     }
 }

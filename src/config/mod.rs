@@ -44,6 +44,11 @@ pub struct TaskSettings {
     pub policy: TaskPolicy,
     /// Program run by `warren worker` for this type, e.g. `["python3", "handlers/resize.py"]`.
     pub exec: Option<Vec<String>>,
+    /// This type's queue type when it differs from the namespace's (priorities need classic
+    /// queues on RabbitMQ 3.x).
+    pub queue_type: Option<QueueType>,
+    /// Priority levels of the work queue (1–10), making it a priority queue.
+    pub priorities: Option<u8>,
 }
 
 /// Worker process settings.
@@ -223,9 +228,14 @@ impl Settings {
     /// The declaration plan of the given task types (validated names), each with its own
     /// policy's delivery limit.
     pub fn plan_for<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) -> Plan {
-        let tasks = tasks.into_iter().map(|name| TaskQueues {
-            name,
-            delivery_limit: self.policy(name).delivery_limit,
+        let tasks = tasks.into_iter().map(|name| {
+            let task = self.tasks.get(name);
+            TaskQueues {
+                name,
+                delivery_limit: self.policy(name).delivery_limit,
+                queue_type: task.and_then(|t| t.queue_type),
+                priorities: task.and_then(|t| t.priorities),
+            }
         });
         Plan::build(&self.layout(), tasks)
     }

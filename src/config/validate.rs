@@ -45,6 +45,8 @@ impl Settings {
                     "[tasks.{name}] `exec` must name a program, e.g. exec = [\"python3\", \"handlers/{name}.py\"]"
                 ));
             }
+            let queue_type = task.queue_type.unwrap_or(self.queue_type);
+            check_priorities(name, task.priorities, queue_type, &mut problems);
         }
         let w = &self.worker;
         if w.concurrency == 0 || w.concurrency > 10_000 {
@@ -61,6 +63,30 @@ impl Settings {
         } else {
             Err(Error::Config(problems.join("\n  ")))
         }
+    }
+}
+
+/// Priorities: 1 to 10 levels (RabbitMQ allows 255 and recommends few: each level is a queue
+/// of its own inside the broker), on a classic queue only, since RabbitMQ 3.x has no quorum
+/// priority queues.
+fn check_priorities(
+    name: &str,
+    priorities: Option<u8>,
+    queue_type: crate::topology::QueueType,
+    problems: &mut Vec<String>,
+) {
+    let Some(levels) = priorities else { return };
+    if !(1..=10).contains(&levels) {
+        problems.push(format!(
+            "[tasks.{name}] `priorities` must be 1..=10 (RabbitMQ recommends few levels), got {levels}"
+        ));
+    }
+    if queue_type == crate::topology::QueueType::Quorum {
+        problems.push(format!(
+            "[tasks.{name}] `priorities` needs a classic queue: RabbitMQ 3.x has priority queues \
+             of type classic only; add queue_type = \"classic\" to [tasks.{name}] (RabbitMQ \
+             4.0 quorum queues know two fixed levels, normal and high, without x-max-priority)"
+        ));
     }
 }
 
@@ -263,6 +289,46 @@ mod tests {
             assert!(
                 err.contains(needle) && !err.contains("secret"),
                 "{list}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn priorities_need_a_classic_queue_and_at_most_ten_levels() {
+        let ok = Settings::from_toml(
+            "queue_type = \"quorum\"\n[tasks.report]\nqueue_type = \"classic\"\npriorities = 5\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        let work = ok
+            .plan()
+            .queues
+            .into_iter()
+            .find(|q| q.name == "warren.report")
+            .unwrap();
+        assert_eq!(work.queue_type(), crate::topology::QueueType::Classic);
+        assert_eq!(
+            work.arg("x-max-priority"),
+            Some(&crate::topology::ArgValue::Int(5))
+        );
+        for (toml, needle) in [
+            ("[tasks.report]\npriorities = 5\n", "needs a classic queue"),
+            (
+                "[tasks.report]\nqueue_type = \"classic\"\npriorities = 11\n",
+                "must be 1..=10",
+            ),
+            (
+                "[tasks.report]\nqueue_type = \"classic\"\npriorities = 0\n",
+                "must be 1..=10",
+            ),
+        ] {
+            let err = Settings::from_toml(toml)
+                .and_then(|s| s.validate())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(needle) && err.contains("[tasks.report]"),
+                "{toml}: {err}"
             );
         }
     }

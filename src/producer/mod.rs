@@ -43,6 +43,9 @@ pub struct EnqueueOptions {
     /// W3C `traceparent` to propagate to the handler's span. Defaults to the running task's
     /// context when enqueued from inside a handler.
     pub traceparent: Option<String>,
+    /// Priority (0 lowest), for task types declared with `priorities = N`: higher runs first,
+    /// values above N count as N. Retries and delays keep it. Other types ignore it.
+    pub priority: Option<u8>,
 }
 
 impl EnqueueOptions {
@@ -74,6 +77,11 @@ impl EnqueueOptions {
     /// Options with a W3C traceparent.
     pub fn traceparent(mut self, tp: impl Into<String>) -> Self {
         self.traceparent = Some(tp.into());
+        self
+    }
+    /// Options with a priority (see [`EnqueueOptions::priority`]).
+    pub fn priority(mut self, p: u8) -> Self {
+        self.priority = Some(p);
         self
     }
 }

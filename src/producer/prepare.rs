@@ -44,6 +44,7 @@ impl Preparer<'_> {
         let mut env = Envelope::new(options.id.unwrap_or_else(new_task_id), task);
         env.expires_at_ms = expires_at.map(unix_ms);
         env.correlation_id = options.correlation_id;
+        env.priority = options.priority;
         // Inside a handler, a new task joins the running task's trace.
         env.traceparent = options.traceparent.or_else(crate::trace::current);
         let (route, expiration) = if delay == 0 {

@@ -141,6 +141,10 @@ pub struct TaskQueues<'a> {
     /// Quorum queues only: deliveries before the broker dead-letters a task
     /// (`x-delivery-limit`).
     pub delivery_limit: u32,
+    /// This type's queue type, when it differs from the namespace's.
+    pub queue_type: Option<QueueType>,
+    /// Classic only: a priority work queue with this many levels (`x-max-priority`).
+    pub priorities: Option<u8>,
 }
 
 /// The shape of a namespace: where it lives and how its queues are made.
@@ -225,7 +229,8 @@ impl Plan {
     }
 
     fn add_task(&mut self, layout: &Layout, task: TaskQueues<'_>) {
-        let (names, qt, name) = (&layout.names, layout.queue_type, task.name);
+        let (names, name) = (&layout.names, task.name);
+        let qt = task.queue_type.unwrap_or(layout.queue_type);
         let work = names.work_queue(name);
         let dead = names.dead_queue(name);
         let mut args = queue_type_args(qt);
@@ -243,6 +248,9 @@ impl Plan {
             ));
         }
         args.extend(at_least_once_dead_lettering(qt));
+        if let Some(levels) = task.priorities {
+            args.push(("x-max-priority", ArgValue::Int(i64::from(levels))));
+        }
         self.queues.push(QueueDecl {
             name: work.clone(),
             args,
@@ -359,6 +367,8 @@ mod tests {
             queue_type: qt,
         };
         let tasks = [("resize", 10), ("send_email", 4)].map(|(name, delivery_limit)| TaskQueues {
+            queue_type: None,
+            priorities: None,
             name,
             delivery_limit,
         });

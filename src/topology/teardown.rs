@@ -13,7 +13,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{Channel, Connection};
 
 use super::declare::{inspect, open};
-use super::plan::{ArgValue, Plan, QueueDecl};
+use super::plan::{Plan, QueueDecl, QueueType};
 use crate::broker::close_channel;
 use crate::error::{Error, Result};
 
@@ -137,7 +137,7 @@ impl Tearing<'_> {
         }
         // `if_empty` unless everything goes: a task that arrived after the check stays.
         // Classic queues only: quorum queues refuse the flag.
-        let classic = decl.arg("x-queue-type") == Some(&ArgValue::Str("classic".into()));
+        let classic = decl.queue_type() == QueueType::Classic;
         let opts = QueueDeleteOptions {
             if_empty: classic && mode != Teardown::Everything,
             ..Default::default()

@@ -114,6 +114,7 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
         expires_at_ms: None,
         correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
         traceparent: header_str(props, header::TRACEPARENT),
+        priority: *props.priority(),
     };
     let mut headers = merged(&env, props);
     let replays = header_int(props, header::REPLAYS).unwrap_or(0) + 1;
@@ -271,5 +272,31 @@ mod tests {
         let b = bounded(&long);
         assert!(b.len() <= ERROR_TEXT_MAX + 3 && b.ends_with("THE END") && b.starts_with('…'));
         assert_eq!(bounded("short"), "short");
+    }
+
+    #[test]
+    fn every_copy_keeps_the_priority_it_was_enqueued_with() {
+        let p = props(vec![]).with_priority(7);
+        let env = read_envelope("job", &p, false).unwrap();
+        assert_eq!(env.priority, Some(7));
+        let original = Original {
+            env: &env,
+            props: &p,
+            body: b"{}",
+        };
+        let bed = Deathbed {
+            worker: "w",
+            at_ms: 1,
+        };
+        let why = Rejection::new(Reason::Failed, "x");
+        let copies = [
+            original.retry(route("ns.delay.1", "1.job")),
+            original.interrupted(route("ns.tasks", "job")),
+            original.dead(route("ns.dead", "job"), &why, bed),
+            replay("job", &p, b"{}", route("ns.tasks", "job")),
+        ];
+        for copy in copies {
+            assert_eq!(*copy.properties.priority(), Some(7), "{:?}", copy.route);
+        }
     }
 }

@@ -113,6 +113,7 @@ pub fn read_envelope(
         expires_at_ms: expires_at(get(header::EXPIRES_AT))?,
         correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
         traceparent: header_str(props, header::TRACEPARENT),
+        priority: *props.priority(),
     })
 }
 
@@ -121,6 +122,7 @@ pub fn read_envelope(
 pub fn fallback_envelope(task: &str, props: &BasicProperties) -> Envelope {
     let mut env = Envelope::new(id_of(props), task);
     env.enqueued_at_ms = enqueued_at(props);
+    env.priority = *props.priority();
     env
 }
 

@@ -64,6 +64,9 @@ pub struct Envelope {
     pub correlation_id: Option<String>,
     /// W3C `traceparent`.
     pub traceparent: Option<String>,
+    /// AMQP `priority` (0–255; a priority queue orders by it, others ignore it). Kept by every
+    /// copy, so retries and delayed tasks arrive with the priority they were enqueued with.
+    pub priority: Option<u8>,
 }
 
 impl Envelope {
@@ -78,6 +81,7 @@ impl Envelope {
             expires_at_ms: None,
             correlation_id: None,
             traceparent: None,
+            priority: None,
         }
     }
 
@@ -140,6 +144,9 @@ impl Envelope {
         }
         if let Some(c) = &self.correlation_id {
             p = p.with_correlation_id(c.as_str().into());
+        }
+        if let Some(prio) = self.priority {
+            p = p.with_priority(prio);
         }
         p
     }

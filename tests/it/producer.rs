@@ -674,3 +674,71 @@ async fn a_full_queue_that_refuses_publishes_is_reported_as_a_refusal() {
     assert!(confirmed >= 1);
     assert_eq!(broker.count(&ch, "t.resize").await, confirmed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priorities_are_delivered_first_and_a_delayed_task_keeps_its_priority() {
+    let broker = TestBroker::new();
+    let toml = "max_delay = \"1h\"\nqueue_type = \"quorum\"\n[tasks.report]\nqueue_type = \"classic\"\n\
+                priorities = 5\n";
+    let (settings, _conn, ch) = broker.applied(toml).await;
+    let info = broker.queue_info("t.report");
+    assert_eq!(info["arguments"]["x-max-priority"], 5, "{info}");
+    assert_eq!(info["type"], "classic", "{info}");
+    let producer = Producer::new(&settings).unwrap();
+    let enqueue = |prio: Option<u8>, delay: Option<Duration>, id: &str| {
+        let mut opts = EnqueueOptions::default().id(id);
+        opts.priority = prio;
+        opts.delay = delay;
+        producer.enqueue_raw("report", b"{}".to_vec(), opts)
+    };
+    // A high one delayed through the ladder, then three plain ones and a high one at once.
+    enqueue(Some(5), Some(Duration::from_secs(1)), "late-high")
+        .await
+        .unwrap();
+    for id in ["low-1", "low-2", "low-3"] {
+        enqueue(None, None, id).await.unwrap();
+    }
+    enqueue(Some(5), None, "high").await.unwrap();
+    // Nobody consumes until the delayed one is back in the work queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.count(&ch, "t.report").await < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the delayed task did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = take(&ch, "t.report", 5, Instant::now(), Duration::from_secs(5)).await;
+    let order: Vec<String> = got
+        .iter()
+        .map(|(_, d)| d.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    let (first, rest) = order.split_at(2);
+    let mut first = first.to_vec();
+    first.sort();
+    assert_eq!(first, ["high", "late-high"], "{order:?}");
+    assert_eq!(rest, ["low-1", "low-2", "low-3"], "{order:?}");
+    assert_eq!(*got[0].1.properties.priority(), Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warren_enqueue_priority_sets_the_message_priority() {
+    let broker = TestBroker::new();
+    let toml = "max_delay = \"1h\"\n[tasks.report]\nqueue_type = \"classic\"\npriorities = 5\n";
+    let (_settings, _conn, ch) = broker.applied(toml).await;
+    let topo = crate::support::TempFile::with(toml);
+    let o = broker.cli_with(
+        &["enqueue", "report", "--priority", "3"],
+        &[("WARREN_TOPOLOGY", topo.as_str())],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = take(&ch, "t.report", 1, Instant::now(), Duration::from_secs(5)).await;
+    assert_eq!(*got[0].1.properties.priority(), Some(3));
+    let bad = broker.cli_with(
+        &["enqueue", "report", "--priority", "300"],
+        &[("WARREN_TOPOLOGY", topo.as_str())],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}

@@ -40,6 +40,10 @@ pub struct EnqueueArgs {
     /// Correlation id carried through retries.
     #[arg(long)]
     pub correlation_id: Option<String>,
+    /// Priority, 0 (lowest) to 255, for task types with `priorities = N` (higher runs first;
+    /// above N counts as N); kept through retries and delays.
+    #[arg(long)]
+    pub priority: Option<u8>,
     /// Enqueue this many copies through the pipelined bulk path.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000), conflicts_with = "stdin")]
     pub count: Option<u64>,
@@ -115,6 +119,7 @@ pub(crate) async fn run(
         id: None,
         correlation_id: args.correlation_id.clone(),
         traceparent: None,
+        priority: args.priority,
     };
     let producer = Producer::with_role(settings, "cli")?;
     let outcome = if args.stdin.is_some() {
