@@ -194,7 +194,8 @@ async fn connect_once(
         if left_now.is_some_and(|l| l.is_zero()) {
             break;
         }
-        let attempt = bounded(url, left_now, async {
+        let bound = left_now.map_or(ATTEMPT_TIMEOUT, |l| l.min(ATTEMPT_TIMEOUT));
+        let attempt = bounded(url, bound, async {
             Connection::connect(url, properties(name))
                 .await
                 .map_err(|e| classify(url, e))
@@ -221,15 +222,13 @@ async fn connect_once(
     })))
 }
 
-/// One connection attempt to `url`, given at most [`ATTEMPT_TIMEOUT`] or `left`, whichever
-/// is shorter; running out of time is a transient [`Error::Connect`] that says what a silent
-/// port means.
+/// One connection attempt to `url`, given at most `bound`; running out of time is a
+/// transient [`Error::Connect`] that says what a silent port means.
 async fn bounded<T>(
     url: &str,
-    left: Option<Duration>,
+    bound: Duration,
     attempt: impl std::future::Future<Output = std::result::Result<T, backoff::Error<Error>>>,
 ) -> std::result::Result<T, backoff::Error<Error>> {
-    let bound = left.map_or(ATTEMPT_TIMEOUT, |l| l.min(ATTEMPT_TIMEOUT));
     match tokio::time::timeout(bound, attempt).await {
         Ok(result) => result,
         Err(_) => Err(backoff::Error::transient(Error::Connect {
@@ -496,8 +495,12 @@ impl Pool {
     /// # Errors
     /// As [`connect`].
     pub async fn get_within(&self, limit: Option<Duration>) -> Result<PooledConnection> {
+        // The manager bounds each node by ATTEMPT_TIMEOUT and moves on to the next; this
+        // bounds the whole round by the time left (or by every node's share without one), so
+        // a silent first node does not use up the attempt of the healthy ones behind it.
+        let nodes = urls(&self.url).len().max(1) as u32;
         retry_until(limit, |left| {
-            bounded(&self.url, left, async {
+            bounded(&self.url, left.unwrap_or(ATTEMPT_TIMEOUT * nodes), async {
                 self.inner.get().await.map_err(|e| match e {
                     deadpool::managed::PoolError::Backend(err) if !err.is_transient() => {
                         backoff::Error::permanent(err)

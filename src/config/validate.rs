@@ -106,8 +106,14 @@ fn check_amqp_urls(list: &str, problems: &mut Vec<String>) {
             ));
             continue;
         }
-        let Ok(parts) = crate::broker::url_parts(url) else {
-            continue;
+        let parts = match crate::broker::url_parts(url) {
+            Ok(parts) => parts,
+            Err(e) => {
+                problems.push(format!(
+                    "`amqp_url`: {e} (a comma inside a URL, e.g. in a password, is written %2C)"
+                ));
+                continue;
+            }
         };
         match &first {
             None => first = Some(parts),

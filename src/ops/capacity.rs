@@ -152,13 +152,17 @@ pub fn check(mgmt: &Management, vhost: &str, plan: &Plan) -> Result<Capacity> {
 /// [`check`] on the API's answers: `None` when no running node reports `fd_total` (the
 /// statistics of a node that just started are not in yet).
 fn census(nodes: &Value, queues: &Value, vhost: &str, plan: &Plan) -> Option<Capacity> {
-    let running: Vec<(String, u64)> = nodes
+    let running: Vec<&Value> = nodes
         .as_array()?
         .iter()
         .filter(|n| n["running"].as_bool().unwrap_or(true))
-        .filter_map(|n| Some((n["name"].as_str()?.to_string(), n["fd_total"].as_u64()?)))
         .collect();
-    let (node, fd_total) = running.iter().min_by_key(|(_, fd)| *fd)?.clone();
+    // Every running node counts towards "a cluster", also one whose statistics (fd_total)
+    // are not in yet; the limit comes from those that report one.
+    let (node, fd_total) = running
+        .iter()
+        .filter_map(|n| Some((n["name"].as_str()?.to_string(), n["fd_total"].as_u64()?)))
+        .min_by_key(|(_, fd)| *fd)?;
     let queues = queues.as_array().map(Vec::as_slice).unwrap_or_default();
     let existing: HashSet<&str> = queues
         .iter()
@@ -259,6 +263,12 @@ mod tests {
             {"name": "rabbit@small", "running": true, "fd_total": 1024},
             {"name": "rabbit@down", "running": false},
         ]);
+        // A node that just started reports no fd_total yet, but still makes a cluster.
+        let young = json!([
+            {"name": "rabbit@a", "running": true, "fd_total": 1024},
+            {"name": "rabbit@b", "running": true},
+        ]);
+        assert_eq!(census(&young, &json!([]), "/", &plan).unwrap().nodes, 2);
         // One planned queue exists in this vhost, one in another (so still new here), plus a
         // classic queue that does not count.
         let queues = json!([

@@ -63,6 +63,13 @@ impl Original<'_> {
         self.copy(&again, merged(&again, self.props), route)
     }
 
+    /// The copy of a delivery taken into the prefetch buffer but never started when its worker
+    /// stopped, on `route` (its work queue): unchanged, as a fresh message, so the requeue a
+    /// closing channel would do does not count as a crash (`redelivered`, `x-delivery-count`).
+    pub(crate) fn unstarted(&self, route: Route) -> Outgoing {
+        self.copy(self.env, merged(self.env, self.props), route)
+    }
+
     /// The dead copy, saying why, when and by whom.
     pub(crate) fn dead(&self, route: Route, why: &Rejection, bed: Deathbed<'_>) -> Outgoing {
         let mut h = merged(self.env, self.props);

@@ -44,10 +44,20 @@ impl QueueConsumer {
             match self.open(&queue, &tag).await {
                 Ok((ch, deliveries)) => {
                     backoff = Duration::from_millis(200);
-                    if let Ended::Stopped = self.deliver(&ch, deliveries, &queue).await {
-                        let _ = ch
+                    let mut deliveries = deliveries;
+                    // Acks go through the channel's settler (batched with `multiple`, so one
+                    // per channel: it must know every tag); its task owns a channel handle,
+                    // so the channel stays open until the last running task settled.
+                    let (settler, acking) = acks::Settler::start(ch.clone(), self.shared.prefetch);
+                    self.shared.tracker.spawn(acking);
+                    let ended = self.deliver(&mut deliveries, &queue, &settler).await;
+                    if let Ended::Stopped = ended {
+                        let cancelled = ch
                             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                             .await;
+                        if cancelled.is_ok() {
+                            self.hand_back_prefetched(deliveries, settler).await;
+                        }
                         return;
                     }
                 }
@@ -79,12 +89,32 @@ impl QueueConsumer {
         Ok((ch, consumer))
     }
 
+    /// After the cancel: what the broker had already sent ahead (the prefetch buffer) goes
+    /// back as fresh copies, so that a deploy does not count them as crashed attempts. The
+    /// broker sends no delivery after its cancel-ok, so what is buffered arrives at once.
+    async fn hand_back_prefetched(&self, mut deliveries: Consumer, settler: acks::Settler) {
+        let mut handed = 0;
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_millis(50), deliveries.next()).await
+        {
+            let (shared, task) = (self.shared.clone(), self.task.clone());
+            self.shared
+                .tracker
+                .spawn(delivery::hand_back(shared, task, d, settler.clone()));
+            handed += 1;
+        }
+        if handed > 0 {
+            tracing::info!(task = %self.task.name, handed, "prefetched tasks back to their queue, same attempt");
+        }
+    }
+
     /// Hands deliveries to handlers, one concurrency permit each, until the channel ends.
-    async fn deliver(&self, ch: &Channel, mut deliveries: Consumer, queue: &str) -> Ended {
-        // Acks go through the channel's settler (batched with `multiple`); its task owns a
-        // channel handle, so the channel stays open until the last running task settled.
-        let (settler, acking) = acks::Settler::start(ch.clone(), self.shared.prefetch);
-        self.shared.tracker.spawn(acking);
+    async fn deliver(
+        &self,
+        deliveries: &mut Consumer,
+        queue: &str,
+        settler: &acks::Settler,
+    ) -> Ended {
         loop {
             // Checked here and raced below only when waiting: `biased` selects never poll the
             // cancellation while a permit or a delivery is ready, because polling it locks the

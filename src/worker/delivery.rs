@@ -69,7 +69,8 @@ pub(super) async fn process(
             // Without a readable envelope it still goes dead under the queue's task name.
             let env = fallback_envelope(&task.name, props);
             let action = judge(&shared, &task).refuse(&held.original(&env), why);
-            return settle(&shared, &task, &held, action).await;
+            settle(&shared, &task, &held, action).await;
+            return;
         }
     };
     // This run is a child of the producer's context (or the root of a new trace).
@@ -81,6 +82,29 @@ pub(super) async fn process(
     run_and_settle(&shared, &task, &held, &env, trace.to_string())
         .instrument(span)
         .await
+}
+
+/// Hands back a delivery that was prefetched but never started, at shutdown: a fresh copy with
+/// the same attempt to its work queue, confirmed, then the ack. A requeue (what closing the
+/// channel does) would count as a crash on both queue types. Anything that fails leaves the
+/// delivery unacked, to be requeued by the broker as before.
+pub(super) async fn hand_back(
+    shared: Arc<Shared>,
+    task: Arc<Registered>,
+    delivery: Delivery,
+    settler: Settler,
+) {
+    let held = Held { delivery, settler };
+    let props = &held.delivery.properties;
+    let Ok(env) = read_envelope(&task.name, props, held.delivery.redelivered) else {
+        return;
+    };
+    let copy = held
+        .original(&env)
+        .unstarted(shared.routes.work(&task.name));
+    if shared.producer.publish(copy).await.is_ok() {
+        held.ack();
+    }
 }
 
 /// The task span. Fields are set at creation, as Display: a text subscriber formats a span's
@@ -114,7 +138,8 @@ async fn run_and_settle(
     if env.expires_at_ms.is_some() {
         let judge = judge(shared, task);
         if let Some(why) = judge.expired(&original) {
-            return settle(shared, task, held, judge.refuse(&original, why)).await;
+            settle(shared, task, held, judge.refuse(&original, why)).await;
+            return;
         }
     }
     let ctx = context(shared, task, env, trace.clone());
@@ -123,7 +148,8 @@ async fn run_and_settle(
         Err(decode_error) => {
             let why = Rejection::new(Reason::Undecodable, decode_error);
             let action = judge(shared, task).refuse(&original, why);
-            return settle(shared, task, held, action).await;
+            settle(shared, task, held, action).await;
+            return;
         }
     };
     let (result, took) = run(task, future, trace, &shared.hard_stop).await;
@@ -131,8 +157,9 @@ async fn run_and_settle(
         RunResult::Success => Action::Ack,
         failed => judge(shared, task).after_run(&original, failed),
     };
-    settle(shared, task, held, action).await;
-    finished(took);
+    if settle(shared, task, held, action).await {
+        finished(took);
+    }
 }
 
 /// The decision's inputs as of now.
@@ -215,23 +242,25 @@ async fn run(
 }
 
 /// Carries out `action`: an ack, or the copy published with a confirm and then an ack.
-async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action) {
+/// Returns whether the outcome is in the broker (false: the delivery was requeued instead).
+async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action) -> bool {
     let span = tracing::Span::current();
     match action {
         Action::Ack => {
             span.record("outcome", "success");
             held.ack();
             task.metrics.outcome(Outcome::Success);
+            true
         }
         Action::Retry { delay, error, copy } => {
             span.record("outcome", "retry");
             tracing::warn!(error = %error, retry_in = %crate::config::duration_text(delay), "attempt failed; retrying");
-            publish_then_ack(shared, task, held, copy, Outcome::Retry).await;
+            publish_then_ack(shared, task, held, copy, Outcome::Retry).await
         }
         Action::Dead { why, copy } => {
             span.record("outcome", "dead");
             log_death(&copy, &why);
-            publish_then_ack(shared, task, held, copy, Outcome::Dead(why.reason)).await;
+            publish_then_ack(shared, task, held, copy, Outcome::Dead(why.reason)).await
         }
         Action::Interrupted { copy } => {
             span.record("outcome", "interrupted");
@@ -241,7 +270,7 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
                 interruptions,
                 "the worker stopped before the task finished; back to its queue, same attempt"
             );
-            publish_then_ack(shared, task, held, copy, Outcome::Interrupted).await;
+            publish_then_ack(shared, task, held, copy, Outcome::Interrupted).await
         }
     }
 }
@@ -258,7 +287,8 @@ fn log_death(copy: &Outgoing, why: &Rejection) {
     }
 }
 
-/// Publishes `copy` with a confirm, then acks; if publishing fails, requeues instead.
+/// Publishes `copy` with a confirm, then acks; if publishing fails, requeues instead. Returns
+/// whether it acked.
 ///
 /// Boxed: this cold path (a message, a confirm, a backoff timer) would otherwise be part of
 /// every delivery's future, which tokio copies when it spawns one.
@@ -268,13 +298,14 @@ fn publish_then_ack<'a>(
     held: &'a Held,
     copy: Outgoing,
     outcome: Outcome,
-) -> futures_util::future::BoxFuture<'a, ()> {
+) -> futures_util::future::BoxFuture<'a, bool> {
     Box::pin(async move {
         let (kind, id) = (copy.task.clone(), copy.id.clone());
         match shared.producer.publish(copy).await {
             Ok(()) => {
                 task.metrics.outcome(outcome);
                 held.ack();
+                true
             }
             Err(err) => {
                 let what = match outcome {
@@ -287,6 +318,7 @@ fn publish_then_ack<'a>(
                 // Don't spin: a broker that refuses now will likely refuse in the next ms.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 held.requeue();
+                false
             }
         }
     })

@@ -896,9 +896,6 @@ async fn faults_clients_given_every_node_move_on_when_their_node_stops() {
         t.duplicates <= 200,
         "duplicates are bounded by what was unacked on the lost node: {t:?}"
     );
-    assert_ne!(worker_now, node, "the worker moved off the stopped node");
-    assert_ne!(
-        producer_now, node,
-        "the producer moved off the stopped node"
-    );
+    // Both were found connected again on a node other than the stopped one (the `eventually`
+    // calls above fail otherwise): that is the move.
 }
