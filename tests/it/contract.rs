@@ -21,6 +21,15 @@ fn topology(queue_type: &str, extra: &str, script: &str) -> (String, TempFile) {
     (toml, file)
 }
 
+/// Enqueues one `job` task, confirmed.
+async fn enqueue_one(settings: &warren::Settings) {
+    Producer::new(settings)
+        .unwrap()
+        .enqueue(&Job { n: 1 })
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_crashes_its_worker_again_and_again_ends_dead_as_delivery_limit() {
     let broker = TestBroker::new();
@@ -31,11 +40,7 @@ async fn a_task_that_crashes_its_worker_again_and_again_ends_dead_as_delivery_li
         "kill -KILL $PPID",
     );
     let (settings, _conn, ch) = broker.applied(&toml).await;
-    Producer::new(&settings)
-        .unwrap()
-        .enqueue(&Job { n: 1 })
-        .await
-        .unwrap();
+    enqueue_one(&settings).await;
     let started = Instant::now();
     let mut crashes = 0;
     while broker.count(&ch, "t.job.dead").await == 0 {
@@ -71,11 +76,7 @@ async fn on_a_classic_queue_a_redelivery_after_a_crash_is_the_next_attempt() {
         &format!("echo $WARREN_ATTEMPT >> {}; sleep 30", log.as_str()),
     );
     let (settings, _conn, _ch) = broker.applied(&toml).await;
-    Producer::new(&settings)
-        .unwrap()
-        .enqueue(&Job { n: 1 })
-        .await
-        .unwrap();
+    enqueue_one(&settings).await;
     let mut first = worker_process(&broker, &topo, &[]);
     wait_count(Duration::from_secs(20), "the first run", 1, || {
         log.lines().len()
@@ -99,11 +100,7 @@ async fn a_default_expiry_from_the_topology_sends_unstarted_tasks_dead_as_expire
     let (settings, _conn, ch) = broker.applied(toml).await;
     let started = Instant::now();
     // The producer passes no expiry: the type's default applies.
-    Producer::new(&settings)
-        .unwrap()
-        .enqueue(&Job { n: 1 })
-        .await
-        .unwrap();
+    enqueue_one(&settings).await;
     let dead = take(&ch, "t.job.dead", 1, started, Duration::from_secs(15)).await;
     assert_eq!(header_str(&dead[0].1, "x-first-death-reason"), "expired");
     assert!(dead[0].0 >= Duration::from_secs(1), "{:?}", dead[0].0);
@@ -119,11 +116,7 @@ async fn a_second_signal_exits_at_once_and_the_task_returns_to_its_queue() {
         &format!("echo go >> {}; sleep 30", started_log.as_str()),
     );
     let (settings, _conn, ch) = broker.applied(&toml).await;
-    Producer::new(&settings)
-        .unwrap()
-        .enqueue(&Job { n: 1 })
-        .await
-        .unwrap();
+    enqueue_one(&settings).await;
     let mut w = worker_process(&broker, &topo, &["--grace", "60s"]);
     wait_count(Duration::from_secs(20), "the run", 1, || {
         started_log.lines().len()
