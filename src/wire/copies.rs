@@ -135,13 +135,16 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
 }
 
 /// `props`' foreign headers (neither the broker's `x-` ones nor Warren's own, which are set
-/// anew) with `env`'s headers over them.
+/// anew) with `env`'s headers over them. `warren-replays` is history rather than state of
+/// this copy: it travels on, so a replayed task that is retried still says it was replayed.
 fn merged(env: &Envelope, props: &BasicProperties) -> FieldTable {
     let mut out = FieldTable::default();
     if let Some(h) = props.headers() {
         for (k, v) in h.inner() {
             let k = k.as_str();
-            if !k.starts_with("x-") && !k.starts_with("warren-") && k != header::TRACEPARENT {
+            let foreign =
+                !k.starts_with("x-") && !k.starts_with("warren-") && k != header::TRACEPARENT;
+            if foreign || k == header::REPLAYS {
                 out.insert(k.into(), v.clone());
             }
         }
@@ -305,5 +308,29 @@ mod tests {
         for copy in copies {
             assert_eq!(*copy.properties.priority(), Some(7), "{:?}", copy.route);
         }
+    }
+
+    #[test]
+    fn the_replay_count_survives_retries_and_death() {
+        let p = props(vec![(header::REPLAYS, AMQPValue::LongLongInt(2))]);
+        let env = read_envelope("job", &p, false).unwrap();
+        let original = Original {
+            env: &env,
+            props: &p,
+            body: b"{}",
+        };
+        let bed = Deathbed {
+            worker: "w",
+            at_ms: 1,
+        };
+        let why = Rejection::new(Reason::Failed, "x");
+        for copy in [
+            original.retry(route("ns.delay.1", "1.job")),
+            original.dead(route("ns.dead", "job"), &why, bed),
+        ] {
+            assert_eq!(header_int(&copy.properties, header::REPLAYS), Some(2));
+        }
+        let again = replay("job", &p, b"{}", route("ns.tasks", "job"));
+        assert_eq!(header_int(&again.properties, header::REPLAYS), Some(3));
     }
 }
