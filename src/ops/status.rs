@@ -42,8 +42,9 @@ pub struct Status {
     pub namespace: String,
     /// Virtual host.
     pub vhost: String,
-    /// The broker's product and version (`RabbitMQ 3.10.8 (Erlang 25.2.3)`), when the API
-    /// reports it.
+    /// The broker's product and version (`RabbitMQ 3.10.8 (Erlang 25.2.3)`), when the caller
+    /// read it ([`super::version::BrokerVersion::read`]): it does not change between
+    /// refreshes, so [`fetch`] leaves it to the caller.
     pub broker: Option<String>,
     /// Queues of the namespace found on the broker; 0 when it was never applied here.
     pub queues: usize,
@@ -157,13 +158,10 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
     }
     let declared: Vec<String> = settings.tasks.keys().cloned().collect();
     let tasks = rows(ns, &declared, &queues);
-    let broker = super::version::BrokerVersion::read(mgmt)
-        .ok()
-        .map(|v| v.to_string());
     Ok(Status {
         namespace: ns.clone(),
         vhost,
-        broker,
+        broker: None,
         queues: queues.len(),
         delayed: delayed_total(ns, &queues),
         tasks,

@@ -284,14 +284,13 @@ mod tests {
         assert_eq!(bounded("short"), "short");
     }
 
-    #[test]
-    fn every_copy_keeps_the_priority_it_was_enqueued_with() {
-        let p = props(vec![]).with_priority(7);
-        let env = read_envelope("job", &p, false).unwrap();
-        assert_eq!(env.priority, Some(7));
+    /// Every copy a worker or an operator makes of the task in `p`: retry, interrupted,
+    /// unstarted, dead, replay.
+    fn every_copy(p: &BasicProperties) -> Vec<Outgoing> {
+        let env = read_envelope("job", p, false).unwrap();
         let original = Original {
             env: &env,
-            props: &p,
+            props: p,
             body: b"{}",
         };
         let bed = Deathbed {
@@ -299,38 +298,31 @@ mod tests {
             at_ms: 1,
         };
         let why = Rejection::new(Reason::Failed, "x");
-        let copies = [
+        vec![
             original.retry(route("ns.delay.1", "1.job")),
             original.interrupted(route("ns.tasks", "job")),
+            original.unstarted(route("ns.tasks", "job")),
             original.dead(route("ns.dead", "job"), &why, bed),
-            replay("job", &p, b"{}", route("ns.tasks", "job")),
-        ];
-        for copy in copies {
+            replay("job", p, b"{}", route("ns.tasks", "job")),
+        ]
+    }
+
+    #[test]
+    fn every_copy_keeps_the_priority_it_was_enqueued_with() {
+        let p = props(vec![]).with_priority(7);
+        assert_eq!(read_envelope("job", &p, false).unwrap().priority, Some(7));
+        for copy in every_copy(&p) {
             assert_eq!(*copy.properties.priority(), Some(7), "{:?}", copy.route);
         }
     }
 
     #[test]
-    fn the_replay_count_survives_retries_and_death() {
+    fn the_replay_count_survives_every_copy_and_a_replay_adds_one() {
         let p = props(vec![(header::REPLAYS, AMQPValue::LongLongInt(2))]);
-        let env = read_envelope("job", &p, false).unwrap();
-        let original = Original {
-            env: &env,
-            props: &p,
-            body: b"{}",
-        };
-        let bed = Deathbed {
-            worker: "w",
-            at_ms: 1,
-        };
-        let why = Rejection::new(Reason::Failed, "x");
-        for copy in [
-            original.retry(route("ns.delay.1", "1.job")),
-            original.dead(route("ns.dead", "job"), &why, bed),
-        ] {
-            assert_eq!(header_int(&copy.properties, header::REPLAYS), Some(2));
-        }
-        let again = replay("job", &p, b"{}", route("ns.tasks", "job"));
-        assert_eq!(header_int(&again.properties, header::REPLAYS), Some(3));
+        let counts: Vec<Option<i64>> = every_copy(&p)
+            .iter()
+            .map(|c| header_int(&c.properties, header::REPLAYS))
+            .collect();
+        assert_eq!(counts, [Some(2), Some(2), Some(2), Some(2), Some(3)]);
     }
 }

@@ -159,6 +159,15 @@ async fn status_rows_match_the_queues_once_the_stats_settle() {
         "{text}"
     );
     assert_eq!(rows["delayed"], 1, "{rows}");
+    // The broker says which it is (read once from the management API).
+    let header = text.lines().next().unwrap_or_default();
+    assert!(header.contains(" on RabbitMQ 3."), "{text}");
+    assert!(
+        rows["broker"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("RabbitMQ 3.")),
+        "{rows}"
+    );
 }
 
 #[test]

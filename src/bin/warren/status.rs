@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use warren::config::parse_duration;
 use warren::ops::status::Status;
+use warren::ops::version::BrokerVersion;
 use warren::{Error, Result, Settings};
 
 use crate::write_err;
@@ -44,11 +45,19 @@ pub(crate) async fn run(
 ) -> Result<ExitCode> {
     let mgmt = warren::ops::management::Management::from_settings(settings)?;
     let in_place = args.watch.is_some() && std::io::stdout().is_terminal() && !args.json;
+    // Once, not per refresh: the version does not change under a watch.
+    let m = mgmt.clone();
+    let broker = tokio::task::spawn_blocking(move || BrokerVersion::read(&m).ok())
+        .await
+        .ok()
+        .flatten()
+        .map(|v| v.to_string());
     loop {
         let (s, m) = (settings.clone(), mgmt.clone());
-        let status = tokio::task::spawn_blocking(move || warren::ops::status::fetch(&s, &m))
+        let mut status = tokio::task::spawn_blocking(move || warren::ops::status::fetch(&s, &m))
             .await
             .map_err(|e| Error::Management(format!("status query failed: {e}")))??;
+        status.broker = broker.clone();
         if status.queues == 0 && !args.json {
             let missing = format!(
                 "namespace `{}` has no queues in vhost `{}`: apply its topology with `warren \
