@@ -259,8 +259,16 @@ where
         .with_max_elapsed_time(None)
         .build();
     let started = tokio::time::Instant::now();
+    let mut last: Option<Error> = None;
     for retry in 0u32.. {
         let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
+        // The last wait ended at the deadline: report what failed, not an attempt given no
+        // time at all.
+        if left.is_some_and(|l| l < Duration::from_millis(1))
+            && let Some(err) = last.take()
+        {
+            return Err(err);
+        }
         let err = match attempt(left).await {
             Ok(value) => return Ok(value),
             Err(backoff::Error::Permanent(err)) => return Err(err),
@@ -286,6 +294,7 @@ where
             tracing::debug!(error = %line, retry_in = ?wait, "broker not reachable yet; retrying");
         }
         tokio::time::sleep(wait).await;
+        last = Some(err);
     }
     unreachable!("the retry loop returns from inside")
 }

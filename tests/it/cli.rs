@@ -127,24 +127,28 @@ fn an_unreachable_broker_fails_after_the_connect_timeout_with_a_how_to() {
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }
 
+/// Runs `command` against `url` with a 2 s connect timeout and the topology file given;
+/// returns its output and how long it took.
+fn with_deadline(
+    url: &str,
+    topology: &str,
+    command: &[&str],
+) -> (std::process::Output, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = warren_bin()
+        .args(["--topology", topology, "--amqp-url", url])
+        .args(["--connect-timeout", "2s"])
+        .args(command)
+        .output()
+        .unwrap();
+    (out, started.elapsed())
+}
+
 #[test]
 fn an_unreachable_broker_keeps_the_deadline_and_says_so_once() {
     // Given no broker on the port, for both the direct connect and the producer's pool
     for command in [&["topology", "apply"][..], &["enqueue", "job"][..]] {
-        let started = std::time::Instant::now();
-        let out = warren_bin()
-            .args([
-                "--topology",
-                "/dev/null",
-                "--amqp-url",
-                "amqp://guest:guest@127.0.0.1:1/%2f",
-                "--connect-timeout",
-                "2s",
-            ])
-            .args(command)
-            .output()
-            .unwrap();
-        let took = started.elapsed();
+        let (out, took) = with_deadline("amqp://guest:guest@127.0.0.1:1/%2f", "/dev/null", command);
         let err = stderr(&out);
         // Then it gives up at the deadline (tolerance: process start and the last attempt)
         assert_eq!(out.status.code(), Some(1), "{command:?}: {err}");
@@ -154,6 +158,12 @@ fn an_unreachable_broker_keeps_the_deadline_and_says_so_once() {
         );
         // With one warning for the retries, and no republish of nothing
         assert_eq!(err.matches(" WARN ").count(), 1, "{command:?}: {err}");
+        // And the error is the last real failure, not an attempt cut to nothing
+        let last = err
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        assert!(last.contains("Connection refused"), "{command:?}: {err}");
         assert!(!err.contains("unconfirmed=0"), "{command:?}: {err}");
     }
 }
@@ -356,21 +366,9 @@ impl SilentPort {
 #[test]
 fn a_port_that_accepts_but_never_answers_fails_at_the_connect_timeout_naming_it() {
     let silent = SilentPort::start();
-    let topology = crate::support::TempFile::with("namespace = \"t\"\n[tasks.job]\n");
+    let topology = TempFile::with("namespace = \"t\"\n[tasks.job]\n");
     for command in [&["topology", "apply"][..], &["enqueue", "job"][..]] {
-        let started = std::time::Instant::now();
-        let out = warren_bin()
-            .args(["--topology", topology.as_str(), "--amqp-url", &silent.url()])
-            .args([
-                "--management-url",
-                "http://127.0.0.1:1",
-                "--connect-timeout",
-                "2s",
-            ])
-            .args(command)
-            .output()
-            .unwrap();
-        let took = started.elapsed();
+        let (out, took) = with_deadline(&silent.url(), topology.as_str(), command);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{command:?}: {err}");
         assert!(
@@ -416,4 +414,53 @@ async fn a_worker_facing_a_silent_port_keeps_trying_and_still_stops_when_told() 
         .expect("the worker stops while connecting");
     ended.unwrap().unwrap();
     assert!(stopping.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn a_node_list_with_a_dead_node_still_enqueues_through_the_live_one() {
+    // Whichever order the shuffle picks, the closed port is passed over.
+    let broker = TestBroker::new();
+    let topology = TempFile::with("max_delay = \"1h\"\n[tasks.job]\n");
+    let list = format!(
+        "amqp://guest:guest@127.0.0.1:1/{v},{live}",
+        v = warren::ops::management::enc(&broker.vhost),
+        live = broker.amqp_url()
+    );
+    for command in [
+        &["topology", "apply"][..],
+        &["enqueue", "job"][..],
+        &["status"][..],
+    ] {
+        let out = warren_bin()
+            .args(["--topology", topology.as_str(), "--amqp-url", &list])
+            .args(["--namespace", "t", "--connect-timeout", "10s"])
+            .args(command)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn apply_without_a_management_api_skips_its_checks_with_a_warning() {
+    let broker = TestBroker::new();
+    let topology = TempFile::with("max_delay = \"1h\"\n[tasks.job]\n");
+    let out = warren_bin()
+        .args([
+            "--topology",
+            topology.as_str(),
+            "--amqp-url",
+            &broker.amqp_url(),
+        ])
+        .args(["--namespace", "t", "--management-url", "http://127.0.0.1:1"])
+        .args(["topology", "apply"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot check the broker before applying, applying anyway"),
+        "{err}"
+    );
+    assert!(broker.queue_info("t.job")["name"] == "t.job");
 }
