@@ -68,6 +68,8 @@ struct TaskFile {
     exec: Option<Vec<String>>,
     queue_type: Option<QueueType>,
     priorities: Option<u8>,
+    #[serde(default)]
+    broadcast: bool,
 }
 
 /// A URL, or a list of them (the nodes of a cluster); kept as one comma-separated string,
@@ -148,6 +150,7 @@ impl TaskFile {
             exec: self.exec,
             queue_type: self.queue_type,
             priorities: self.priorities,
+            broadcast: self.broadcast,
         }
     }
 }

@@ -17,7 +17,7 @@ mod validate;
 
 use crate::error::{Error, Result};
 use crate::retry::TaskPolicy;
-use crate::topology::{Ladder, Layout, Names, Plan, QueueType, Routes, TaskQueues};
+use crate::topology::{Ladder, Layout, Names, OwnQueue, Plan, QueueType, Routes, TaskQueues};
 
 /// Broker URL used when nothing else is configured: the local RabbitMQ's default vhost.
 pub const AMQP_URL_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -49,6 +49,9 @@ pub struct TaskSettings {
     pub queue_type: Option<QueueType>,
     /// Priority levels of the work queue (1–10), making it a priority queue.
     pub priorities: Option<u8>,
+    /// Every worker serving this type runs each task once, from a queue of its own, instead
+    /// of one worker of the pool (`broadcast = true`; see [`crate::topology::plan::OwnQueue`]).
+    pub broadcast: bool,
 }
 
 /// Worker process settings.
@@ -211,6 +214,11 @@ impl Settings {
         self.tasks.get(name).map_or(&self.defaults, |t| &t.policy)
     }
 
+    /// True when task type `name` is declared `broadcast = true`.
+    pub fn is_broadcast(&self, name: &str) -> bool {
+        self.tasks.get(name).is_some_and(|t| t.broadcast)
+    }
+
     /// The shape of this namespace: names, ladder height, queue type.
     pub fn layout(&self) -> Layout {
         Layout {
@@ -228,16 +236,24 @@ impl Settings {
     /// The declaration plan of the given task types (validated names), each with its own
     /// policy's delivery limit.
     pub fn plan_for<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) -> Plan {
-        let tasks = tasks.into_iter().map(|name| {
-            let task = self.tasks.get(name);
-            TaskQueues {
-                name,
-                delivery_limit: self.policy(name).delivery_limit,
-                queue_type: task.and_then(|t| t.queue_type),
-                priorities: task.and_then(|t| t.priorities),
-            }
-        });
+        let tasks = tasks.into_iter().map(|name| self.task_queues(name));
         Plan::build(&self.layout(), tasks)
+    }
+
+    /// Worker `worker`'s own queue of broadcast type `name` (see [`OwnQueue`]).
+    pub fn own_queue(&self, name: &str, worker: &str) -> OwnQueue {
+        Plan::own_queue(&self.layout(), self.task_queues(name), worker)
+    }
+
+    fn task_queues<'a>(&self, name: &'a str) -> TaskQueues<'a> {
+        let task = self.tasks.get(name);
+        TaskQueues {
+            name,
+            delivery_limit: self.policy(name).delivery_limit,
+            queue_type: task.and_then(|t| t.queue_type),
+            priorities: task.and_then(|t| t.priorities),
+            broadcast: self.is_broadcast(name),
+        }
     }
 
     /// The routes of this namespace.

@@ -45,7 +45,12 @@ impl Settings {
                     "[tasks.{name}] `exec` must name a program, e.g. exec = [\"python3\", \"handlers/{name}.py\"]"
                 ));
             }
-            let queue_type = task.queue_type.unwrap_or(self.queue_type);
+            // A broadcast type's tasks wait in each worker's own queue, which is always
+            // classic (see `topology::plan::OwnQueue`): priorities work whatever the type.
+            let queue_type = match task.broadcast {
+                true => crate::topology::QueueType::Classic,
+                false => task.queue_type.unwrap_or(self.queue_type),
+            };
             check_priorities(name, task.priorities, queue_type, &mut problems);
         }
         let w = &self.worker;
@@ -297,6 +302,23 @@ mod tests {
                 "{list}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_broadcast_type_parses_and_takes_priorities_in_a_quorum_namespace() {
+        let s =
+            Settings::from_toml("[tasks.reload]\nbroadcast = true\npriorities = 3\n[tasks.job]\n")
+                .unwrap();
+        s.validate().unwrap();
+        assert!(s.is_broadcast("reload") && !s.is_broadcast("job") && !s.is_broadcast("other"));
+        let own = s.own_queue("reload", "h:1");
+        assert_eq!(own.queue.name, "warren.reload@h:1");
+        assert_eq!(
+            own.queue.arg("x-max-priority"),
+            Some(&crate::topology::ArgValue::Int(3))
+        );
+        let err = Settings::from_toml("[tasks.reload]\nbroadcast = \"yes\"\n").unwrap_err();
+        assert!(err.to_string().contains("broadcast"), "{err}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct DeadTask {
     pub dead_at_ms: Option<i64>,
     /// `warren-replays`: times replayed before.
     pub replays: Option<i64>,
+    /// `warren-worker`: which worker dead-lettered it.
+    pub worker: Option<String>,
     /// The body as text.
     pub payload: String,
 }
@@ -52,6 +54,7 @@ pub fn describe(props: &BasicProperties, body: &[u8]) -> DeadTask {
         attempts: death.attempts,
         dead_at_ms: death.dead_at_ms,
         replays: death.replays,
+        worker: death.worker,
         payload: String::from_utf8_lossy(body).into_owned(),
     }
 }

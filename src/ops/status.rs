@@ -33,6 +33,10 @@ pub struct Row {
     pub publish_rate: Option<f64>,
     /// Acks from the work queue per second.
     pub ack_rate: Option<f64>,
+    /// Broadcast types only: the workers receiving it now (one own queue each). Their
+    /// queues' figures are summed into `ready`, `running`, `consumers` and the rates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast_workers: Option<u64>,
 }
 
 /// The whole status: rows and where they came from.
@@ -67,8 +71,9 @@ fn float(v: &Value, path: &[&str]) -> Option<f64> {
 }
 
 /// Rows from the API's queue list (`GET /api/queues/{vhost}` items) for namespace `ns`:
-/// the declared `tasks` plus any work queue found on the broker.
-pub fn rows(ns: &str, declared: &[String], queues: &[Value]) -> Vec<Row> {
+/// the declared `tasks` plus any work queue found on the broker. A type is a broadcast type
+/// when it is in `broadcast` or workers' own queues of it (`{ns}.{task}@{worker}`) exist.
+pub fn rows(ns: &str, declared: &[String], broadcast: &[String], queues: &[Value]) -> Vec<Row> {
     let names = Names::new(ns);
     let by_name: BTreeMap<&str, &Value> = queues
         .iter()
@@ -76,12 +81,28 @@ pub fn rows(ns: &str, declared: &[String], queues: &[Value]) -> Vec<Row> {
         .collect();
     let prefix = format!("{ns}.");
     let mut tasks: Vec<String> = declared.to_vec();
-    for name in by_name.keys() {
-        if let Some(task) = name.strip_prefix(&prefix)
-            && !task.contains('.')
-            && !tasks.iter().any(|t| t == task)
-        {
+    // Workers' own queues by task type.
+    let mut owns: BTreeMap<String, Vec<&Value>> =
+        broadcast.iter().map(|t| (t.clone(), Vec::new())).collect();
+    for (name, q) in &by_name {
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let task = match rest.split_once('@') {
+            Some((task, _worker)) => {
+                owns.entry(task.to_string()).or_default().push(q);
+                task
+            }
+            None if !rest.contains('.') => rest,
+            None => continue,
+        };
+        if !tasks.iter().any(|t| t == task) {
             tasks.push(task.to_string());
+        }
+    }
+    for task in owns.keys() {
+        if !tasks.contains(task) {
+            tasks.push(task.clone());
         }
     }
     tasks.sort();
@@ -89,21 +110,44 @@ pub fn rows(ns: &str, declared: &[String], queues: &[Value]) -> Vec<Row> {
     tasks
         .into_iter()
         .map(|task| {
-            let work = by_name.get(names.work_queue(&task).as_str()).copied();
             let dead = by_name.get(names.dead_queue(&task).as_str()).copied();
+            let dead = dead.and_then(|q| uint(q, &["messages"]));
+            if let Some(own) = owns.get(&task) {
+                return Row {
+                    ready: sum(own, |q| uint(q, &["messages_ready"])),
+                    running: sum(own, |q| uint(q, &["messages_unacknowledged"])),
+                    consumers: sum(own, |q| uint(q, &["consumers"])),
+                    delayed_in_namespace: delayed,
+                    dead,
+                    publish_rate: sum(own, |q| {
+                        float(q, &["message_stats", "publish_details", "rate"])
+                    }),
+                    ack_rate: sum(own, |q| float(q, &["message_stats", "ack_details", "rate"])),
+                    broadcast_workers: Some(own.len() as u64),
+                    task,
+                };
+            }
+            let work = by_name.get(names.work_queue(&task).as_str()).copied();
             Row {
                 ready: work.and_then(|q| uint(q, &["messages_ready"])),
                 running: work.and_then(|q| uint(q, &["messages_unacknowledged"])),
                 consumers: work.and_then(|q| uint(q, &["consumers"])),
                 delayed_in_namespace: delayed,
-                dead: dead.and_then(|q| uint(q, &["messages"])),
+                dead,
                 publish_rate: work
                     .and_then(|q| float(q, &["message_stats", "publish_details", "rate"])),
                 ack_rate: work.and_then(|q| float(q, &["message_stats", "ack_details", "rate"])),
+                broadcast_workers: None,
                 task,
             }
         })
         .collect()
+}
+
+/// The sum of a figure over several queues: unknown when any of them has not reported it;
+/// 0 over no queue (no worker receives the type: nothing waits anywhere).
+fn sum<T: std::iter::Sum<T>>(queues: &[&Value], figure: impl Fn(&Value) -> Option<T>) -> Option<T> {
+    queues.iter().map(|q| figure(q)).sum()
 }
 
 /// Messages waiting in namespace `ns`'s delay ladder (`{ns}.delay.N` queues), from the API's
@@ -157,7 +201,11 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
         page += 1;
     }
     let declared: Vec<String> = settings.tasks.keys().cloned().collect();
-    let tasks = rows(ns, &declared, &queues);
+    let broadcast: Vec<String> = (settings.tasks.iter())
+        .filter(|(_, t)| t.broadcast)
+        .map(|(name, _)| name.clone())
+        .collect();
+    let tasks = rows(ns, &declared, &broadcast, &queues);
     Ok(Status {
         namespace: ns.clone(),
         vhost,
@@ -184,7 +232,7 @@ mod tests {
             json!({"name": "ns.fresh"}), // just declared: no figures yet
             json!({"name": "other.mail", "messages": 99}),
         ];
-        let rows = rows("ns", &["resize".to_string()], &queues);
+        let rows = rows("ns", &["resize".to_string()], &[], &queues);
         let names: Vec<&str> = rows.iter().map(|r| r.task.as_str()).collect();
         assert_eq!(names, ["fresh", "mail", "resize"]);
         let mail = &rows[1];
@@ -200,5 +248,28 @@ mod tests {
             (None, None, None)
         );
         assert_eq!(rows[2].ready, None, "declared but not on the broker");
+    }
+
+    #[test]
+    fn a_broadcast_row_counts_its_workers_and_sums_their_queues() {
+        let queues = vec![
+            json!({"name": "ns.reload@web-1.example.com:42", "messages_ready": 1, "messages_unacknowledged": 1, "consumers": 1}),
+            json!({"name": "ns.reload@web-2:7", "messages_ready": 2, "messages_unacknowledged": 0, "consumers": 1}),
+            json!({"name": "ns.reload.dead", "messages": 3}),
+            json!({"name": "ns.quiet.dead", "messages": 0}),
+        ];
+        let rows = rows("ns", &[], &["quiet".to_string()], &queues);
+        let names: Vec<&str> = rows.iter().map(|r| r.task.as_str()).collect();
+        assert_eq!(names, ["quiet", "reload"], "own queues are not task types");
+        let reload = &rows[1];
+        assert_eq!(reload.broadcast_workers, Some(2));
+        assert_eq!(
+            (reload.ready, reload.running, reload.consumers, reload.dead),
+            (Some(3), Some(1), Some(2), Some(3))
+        );
+        assert_eq!(reload.publish_rate, None, "not reported by every queue yet");
+        // Declared broadcast, no worker running: zero workers, nothing waiting.
+        let quiet = &rows[0];
+        assert_eq!((quiet.broadcast_workers, quiet.ready), (Some(0), Some(0)));
     }
 }

@@ -64,6 +64,7 @@ impl Preparer<'_> {
             route,
             body,
             properties: env.properties(expiration),
+            broadcast: s.is_broadcast(task),
         })
     }
 

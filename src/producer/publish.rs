@@ -271,6 +271,11 @@ impl Publisher {
         let m = run.held.get(&i)?;
         let definite = match outcome {
             Ok(Confirmation::Ack(None)) => Ok(m.id.clone()),
+            Ok(Confirmation::Ack(Some(_))) if m.broadcast => {
+                tracing::warn!(task.kind = %m.task, task.id = %m.id,
+                    "no worker receives this broadcast type right now; it ran nowhere");
+                Ok(m.id.clone())
+            }
             Ok(Confirmation::Ack(Some(_))) => Err(Error::Unroutable {
                 task: m.task.clone(),
                 namespace: self.namespace.clone(),

@@ -14,7 +14,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
 use super::plan::{
-    ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, Plan, QueueDecl,
+    ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, OwnQueue, Plan, QueueDecl,
 };
 use crate::broker::close_channel;
 use crate::error::{Conflict, Error, Result};
@@ -172,6 +172,46 @@ impl Declaring<'_> {
         self.channel = open(self.conn).await?;
         Ok(())
     }
+}
+
+/// Declares a worker's own queue of a broadcast type (exclusive to `ch`'s connection,
+/// non-durable) and binds it. Idempotent on one connection; another connection holding the
+/// name gets `RESOURCE_LOCKED` (transient: the old connection of this worker, not yet
+/// noticed gone); a refusal such as `ACCESS_REFUSED` is final.
+///
+/// # Errors
+/// [`Error::Declare`] naming the queue or binding the broker refused.
+pub async fn declare_own(ch: &Channel, own: &OwnQueue) -> Result<()> {
+    let q = &own.queue;
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        durable: false,
+        ..Default::default()
+    };
+    ch.queue_declare(q.name.as_str().into(), opts, field_table(&q.args))
+        .await
+        .map_err(|source| Error::Declare {
+            entity: "queue",
+            name: q.name.clone(),
+            source,
+        })?;
+    for b in &own.bindings {
+        let (src, key) = (b.source.as_str(), b.routing_key.as_str());
+        ch.queue_bind(
+            q.name.as_str().into(),
+            src.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| Error::Declare {
+            entity: "binding",
+            name: format!("{src} -[{key}]-> {}", q.name),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// The broker's view of `queue` (its message and consumer counts) by a passive declare,

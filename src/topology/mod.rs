@@ -24,8 +24,8 @@ pub use declare::{ApplyReport, apply};
 pub use ladder::Ladder;
 pub use names::{Names, validate_namespace, validate_task_name};
 pub use plan::{
-    ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, Layout, Plan, QueueDecl,
-    QueueType, TaskQueues,
+    ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, Layout, OwnQueue, Plan,
+    QueueDecl, QueueType, TaskQueues,
 };
 pub use routes::{Route, Routes};
 pub use teardown::{Teardown, TeardownReport, teardown};

@@ -102,6 +102,39 @@ impl Names {
     pub fn deliver_exchange(&self) -> String {
         format!("{}.delay.deliver", self.ns)
     }
+
+    /// `{ns}.{task}@{worker}`: one worker's own queue of broadcast type `task`, named after
+    /// the worker (`{host}:{pid}`, as in its connection name `warren worker {host}:{pid}`).
+    /// `@` cannot occur in a task name, so these never collide with a work or dead queue.
+    pub fn own_queue(&self, task: &str, worker: &str) -> String {
+        format!("{}.{}", self.ns, own_key(task, worker))
+    }
+}
+
+/// `{task}@{worker}`: the routing key (after the ladder's bits) that reaches one worker's own
+/// queue of broadcast type `task` only: its retries travel the ladder under it. The worker id
+/// ends in `:{pid}`, so the key's last word is never a task name and `#.{task}` (the
+/// fan-out binding of every worker) does not match it.
+pub fn own_key(task: &str, worker: &str) -> String {
+    format!("{task}@{worker}")
+}
+
+/// A worker id for queue names and routing keys: `{host}:{pid}`, plus `-{n}` for the n-th
+/// worker of one process (n ≥ 2), the host cut to 100 characters and anything outside
+/// `[A-Za-z0-9._-]` in it replaced by `_` (`#` and `*` would be wildcards in a binding).
+pub fn worker_id(host: &str, pid: u32, nth: u32) -> String {
+    let host: String = host
+        .chars()
+        .take(100)
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    match nth {
+        0 | 1 => format!("{host}:{pid}"),
+        n => format!("{host}:{pid}-{n}"),
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +150,19 @@ mod tests {
         assert_eq!(n.dead_queue("send_email"), "shop.send_email.dead");
         assert_eq!(n.delay_level(3), "shop.delay.3");
         assert_eq!(n.deliver_exchange(), "shop.delay.deliver");
+        assert_eq!(n.own_queue("reload", "web-1:42"), "shop.reload@web-1:42");
+        assert_eq!(own_key("reload", "web-1:42"), "reload@web-1:42");
+    }
+
+    #[test]
+    fn worker_ids_name_host_and_pid_and_never_hold_a_wildcard() {
+        assert_eq!(
+            worker_id("web-1.example.com", 42, 1),
+            "web-1.example.com:42"
+        );
+        assert_eq!(worker_id("web-1", 42, 3), "web-1:42-3");
+        assert_eq!(worker_id("a#b*c d", 7, 0), "a_b_c_d:7");
+        assert_eq!(worker_id(&"h".repeat(300), 1, 1).len(), 102);
     }
 
     #[test]

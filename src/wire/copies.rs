@@ -23,6 +23,10 @@ pub(crate) struct Outgoing {
     pub(crate) route: Route,
     pub(crate) body: Vec<u8>,
     pub(crate) properties: BasicProperties,
+    /// A new broadcast: the broker returning it unroutable means no worker receives the
+    /// type right now, which is a delivery to nobody, not an error. Copies (retries, dead,
+    /// replays) must reach a queue and keep `false`.
+    pub(crate) broadcast: bool,
 }
 
 /// A task as it arrived, which every copy starts from.
@@ -101,6 +105,7 @@ impl Original<'_> {
             route,
             body: self.body.to_vec(),
             properties: env.properties_with(headers, None),
+            broadcast: false,
         }
     }
 }

@@ -202,6 +202,9 @@ pub struct Death {
     pub dead_at_ms: Option<i64>,
     /// `warren-replays`: times replayed before.
     pub replays: Option<i64>,
+    /// `warren-worker`: the connection name of the worker that dead-lettered it (for a
+    /// broadcast type, the worker whose run failed).
+    pub worker: Option<String>,
 }
 
 impl Death {
@@ -220,6 +223,7 @@ impl Death {
                 }
             }),
             replays: header_int(props, header::REPLAYS),
+            worker: header_str(props, header::WORKER),
         }
     }
 }

@@ -37,7 +37,10 @@ impl QueueConsumer {
     /// Consumes until the session stops or the connection is lost, reopening the channel
     /// with backoff after a channel-level error.
     pub(super) async fn run(self) {
-        let queue = self.shared.routes.names().work_queue(&self.task.name);
+        let queue = match &self.task.own {
+            Some(own) => own.queue.name.clone(),
+            None => self.shared.routes.names().work_queue(&self.task.name),
+        };
         let tag = consumer_tag(&self.shared.worker_name, &self.task.name);
         let mut backoff = Duration::from_millis(200);
         while !self.stop.is_cancelled() && self.session.is_connected() {
@@ -55,7 +58,9 @@ impl QueueConsumer {
                         let cancelled = ch
                             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                             .await;
-                        if cancelled.is_ok() {
+                        // A broadcast's own queue goes with the connection: its prefetched
+                        // tasks are for a worker that is leaving, not for the others.
+                        if cancelled.is_ok() && self.task.own.is_none() {
                             self.hand_back_prefetched(deliveries, settler).await;
                         }
                         return;
@@ -73,8 +78,27 @@ impl QueueConsumer {
         }
     }
 
-    async fn open(&self, queue: &str, tag: &str) -> lapin::Result<(Channel, Consumer)> {
-        let ch = self.session.connection().create_channel().await?;
+    async fn open(&self, queue: &str, tag: &str) -> crate::Result<(Channel, Consumer)> {
+        let ch = self.session.channel().await?;
+        // Declared again with every channel: a broadcast's own queue may have been deleted
+        // under a live connection (by an operator, or with the node it lived on).
+        if let Some(own) = &self.task.own {
+            crate::topology::declare::declare_own(&ch, own).await?;
+        }
+        self.consume_on(ch, queue, tag)
+            .await
+            .map_err(|source| crate::Error::Amqp {
+                operation: format!("consuming `{queue}`"),
+                source,
+            })
+    }
+
+    async fn consume_on(
+        &self,
+        ch: Channel,
+        queue: &str,
+        tag: &str,
+    ) -> lapin::Result<(Channel, Consumer)> {
         // Per consumer (global = false): quorum queues refuse global QoS.
         ch.basic_qos(self.shared.prefetch, BasicQosOptions { global: false })
             .await?;

@@ -169,6 +169,7 @@ fn judge<'a>(shared: &'a Shared, task: &'a Registered) -> Judge<'a> {
         routes: &shared.routes,
         max_delay: shared.max_delay,
         worker: &shared.worker_name,
+        own_key: task.own_key(),
         now_ms: unix_ms(SystemTime::now()),
         unit_random: rand::random::<f64>(),
     }
@@ -271,6 +272,16 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
                 "the worker stopped before the task finished; back to its queue, same attempt"
             );
             publish_then_ack(shared, task, held, copy, Outcome::Interrupted).await
+        }
+        Action::Abandon => {
+            span.record("outcome", "interrupted");
+            tracing::warn!(
+                "the worker stopped before this broadcast finished here; it will not run on \
+                 this worker again (the other workers run their own copies)"
+            );
+            task.metrics.outcome(Outcome::Interrupted);
+            held.ack();
+            true
         }
     }
 }

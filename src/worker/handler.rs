@@ -7,6 +7,7 @@ use super::context::TaskContext;
 use super::telemetry::Metrics;
 use crate::retry::TaskPolicy;
 use crate::task::{Task, TaskError};
+use crate::topology::OwnQueue;
 
 /// A handler's future.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
@@ -34,12 +35,13 @@ impl Registration {
     /// The running form, with its metric handles. Made when the worker starts, not when
     /// the handler is registered: a program may install its metrics recorder in between, and
     /// a handle taken before that would record nowhere.
-    pub(super) fn start(self) -> Registered {
+    pub(super) fn start(self, own: Option<OwnQueue>) -> Registered {
         Registered {
             metrics: Metrics::new(&self.name),
             name: self.name,
             policy: self.policy,
             handler: self.handler,
+            own,
         }
     }
 }
@@ -51,6 +53,15 @@ pub(super) struct Registered {
     pub(super) handler: Box<ErasedHandler>,
     /// Registered when the worker starts, so recording a task costs atomics only.
     pub(super) metrics: Metrics,
+    /// A broadcast type: this worker's own queue of it. `None`: the shared work queue.
+    pub(super) own: Option<OwnQueue>,
+}
+
+impl Registered {
+    /// The key of this worker's own queue, for a broadcast type.
+    pub(super) fn own_key(&self) -> Option<&str> {
+        self.own.as_ref().map(|o| o.retry_key.as_str())
+    }
 }
 
 /// `handler` behind a decoder of `T`: a body that is not a valid `T` is refused with why.

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 pub use context::TaskContext;
 pub use handler::HandlerFuture;
 
-use crate::broker::{self, connection_name};
+use crate::broker;
 use crate::config::{CONSUMER_TIMEOUT_DEFAULT, Settings};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
@@ -196,13 +196,20 @@ impl Worker {
                 tracing::warn!(task.kind = %r.name, "time limit is at or above RabbitMQ's default consumer_timeout (30m)");
             }
         }
-        let name = connection_name(&self.role);
+        let worker_id = worker_id_for(&self.role);
+        let name = format!("warren {} {worker_id}", self.role);
         let producer = Producer::with_role(&self.settings, &format!("{}-publish", self.role))?;
         let plan = self
             .settings
             .plan_for(self.tasks.keys().map(String::as_str));
+        let settings = &self.settings;
         let tasks: Vec<Arc<Registered>> = (self.tasks.into_values())
-            .map(|r| Arc::new(r.start()))
+            .map(|r| {
+                let own = settings
+                    .is_broadcast(&r.name)
+                    .then(|| settings.own_queue(&r.name, &worker_id));
+                Arc::new(r.start(own))
+            })
             .collect();
         tracing::info!(connection = %name, broker = %broker::redact(&self.settings.amqp_url),
             tasks = ?tasks.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
@@ -228,4 +235,22 @@ impl Worker {
             grace: self.grace,
         })
     }
+}
+
+/// This worker's id, `{host}:{pid}`: unique per host and process, and per worker when one
+/// process runs several of one role (tests, embedding programs), which would otherwise share
+/// their own queues' names and their connection name.
+fn worker_id_for(role: &str) -> String {
+    static STARTED: std::sync::Mutex<BTreeMap<String, u32>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let nth = {
+        let mut started = STARTED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = started.entry(role.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    crate::topology::names::worker_id(&host, std::process::id(), nth)
 }

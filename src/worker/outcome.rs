@@ -44,6 +44,10 @@ pub(crate) enum Action {
     Dead { why: Rejection, copy: Outgoing },
     /// Publish `copy` (same attempt, one more interruption) to the work queue, then ack.
     Interrupted { copy: Outgoing },
+    /// A broadcast run this worker's shutdown interrupted: ack it and publish nothing. The
+    /// worker's own queue goes with its connection, and a broadcast reaches the workers
+    /// running when it is delivered, which this one no longer is.
+    Abandon,
 }
 
 /// Everything the decision needs besides the task: its type's policy, the namespace's routes,
@@ -54,6 +58,9 @@ pub(crate) struct Judge<'a> {
     pub(crate) routes: &'a Routes,
     pub(crate) max_delay: Duration,
     pub(crate) worker: &'a str,
+    /// Broadcast types: the key that reaches this worker's own queue only ([`crate::topology::OwnQueue::retry_key`]);
+    /// `None` for the work queue's types.
+    pub(crate) own_key: Option<&'a str>,
     pub(crate) now_ms: u64,
     pub(crate) unit_random: f64,
 }
@@ -86,7 +93,11 @@ impl Judge<'_> {
         let attempt = original.env.attempt;
         match retry::decide(self.policy, attempt, self.max_delay, self.unit_random) {
             Decision::RetryAfter(delay) => Action::Retry {
-                copy: original.retry(self.routes.delayed(&original.env.task, delay.as_secs())),
+                // A broadcast retries on this worker only: the others ran it already.
+                copy: original.retry(
+                    self.routes
+                        .delayed(self.own_key.unwrap_or(&original.env.task), delay.as_secs()),
+                ),
                 delay,
                 error,
             },
@@ -101,6 +112,9 @@ impl Judge<'_> {
     /// The action for a run the worker's shutdown interrupted: back to the work queue with
     /// the same attempt while interruptions remain, else a failed attempt like any other.
     fn interrupted(&self, original: &Original<'_>) -> Action {
+        if self.own_key.is_some() {
+            return Action::Abandon;
+        }
         let done = original.env.interruptions;
         if done < self.policy.max_interruptions {
             return Action::Interrupted {
@@ -151,6 +165,7 @@ mod tests {
             routes,
             max_delay: Duration::from_secs(60),
             worker: "warren worker h:1",
+            own_key: None,
             now_ms: 1_000_000,
             unit_random: 0.5,
         }
@@ -197,6 +212,38 @@ mod tests {
         assert_eq!(
             crate::wire::decode::header_int(&copy.properties, header::ATTEMPT),
             Some(2)
+        );
+    }
+
+    #[test]
+    fn a_broadcast_retries_on_this_worker_only_and_an_interrupted_one_is_abandoned() {
+        let (p, r, env, props) = (policy(3), routes(), envelope(1), BasicProperties::default());
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let mut j = judge(&p, &r);
+        j.own_key = Some("job@h:1");
+        let action = j.after_run(&original, RunResult::Retryable("boom".into()));
+        let Action::Retry { copy, .. } = action else {
+            panic!("expected a retry, got {action:?}")
+        };
+        assert_eq!(copy.route, r.delayed("job@h:1", 5));
+        assert_eq!(copy.route.routing_key, "0.0.0.1.0.1.job@h:1");
+        assert!(matches!(
+            j.after_run(&original, RunResult::Interrupted),
+            Action::Abandon
+        ));
+        // Its dead copy goes to the type's one dead queue, naming the worker.
+        let action = j.after_run(&original, RunResult::Permanent("bad".into()));
+        let Action::Dead { copy, .. } = action else {
+            panic!("expected a dead copy, got {action:?}")
+        };
+        assert_eq!(copy.route, r.dead("job"));
+        assert_eq!(
+            crate::wire::decode::header_str(&copy.properties, header::WORKER).as_deref(),
+            Some("warren worker h:1")
         );
     }
 

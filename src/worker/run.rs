@@ -65,8 +65,8 @@ impl Running {
             Err(e) if e.is_transient() => return Ok(None),
             Err(e) => return Err(e),
         };
-        match session.apply(&self.plan).await {
-            Ok(_) => {
+        match self.declare(&session).await {
+            Ok(()) => {
                 backoff.reset();
                 Ok(Some(Arc::new(session)))
             }
@@ -81,6 +81,23 @@ impl Running {
                 Err(e)
             }
         }
+    }
+
+    /// The topology of this worker's task types, then its own queue of each broadcast type:
+    /// a broadcast queue that cannot be declared stops the worker here, at start, rather than
+    /// leave it running as a silent non-subscriber.
+    async fn declare(&self, session: &Session) -> Result<()> {
+        session.apply(&self.plan).await?;
+        let owns: Vec<_> = self.tasks.iter().filter_map(|t| t.own.as_ref()).collect();
+        if owns.is_empty() {
+            return Ok(());
+        }
+        let ch = session.channel().await?;
+        for own in owns {
+            crate::topology::declare::declare_own(&ch, own).await?;
+        }
+        crate::broker::close_channel(&ch, "own queues declared").await;
+        Ok(())
     }
 
     /// Consumes every task type on `session` until shutdown or until one consumer ends,

@@ -145,12 +145,17 @@ impl Dlq<'_> {
         for id in &report.failed {
             writeln!(out, "FAILED {id} (still dead)").map_err(write_err)?;
         }
+        // A replayed broadcast is broadcast again, to the workers running now.
+        let to = if settings.is_broadcast(self.task) {
+            format!("every worker receiving `{}` now", self.task)
+        } else {
+            format!("`{}`", self.names.work_queue(self.task))
+        };
         writeln!(
             out,
-            "{verb} {} dead `{}` task(s) to `{}`",
+            "{verb} {} dead `{}` task(s) to {to}",
             report.replayed.len(),
             self.task,
-            self.names.work_queue(self.task)
         )
         .map_err(write_err)?;
         Ok(if report.not_found.is_empty() && report.failed.is_empty() {
@@ -183,8 +188,13 @@ fn describe(d: &DeadTask) -> String {
         })
         .unwrap_or_else(|| "?".into());
     let payload: String = d.payload.chars().take(120).collect();
+    let by = d
+        .worker
+        .as_deref()
+        .map(|w| format!("  by={w}"))
+        .unwrap_or_default();
     format!(
-        "{}  reason={}  attempts={}  dead_at={dead_at}\n    error: {}\n    payload: {payload}{}",
+        "{}  reason={}  attempts={}  dead_at={dead_at}{by}\n    error: {}\n    payload: {payload}{}",
         d.id.as_deref().unwrap_or("(no id)"),
         d.reason.as_deref().unwrap_or("?"),
         d.attempts.map_or_else(|| "?".into(), |a| a.to_string()),

@@ -111,11 +111,18 @@ pub(crate) fn table(status: &Status) -> String {
     ];
     let mut rows: Vec<[String; 7]> = vec![header.map(str::to_string)];
     for r in &status.tasks {
+        let (task, consumers) = match r.broadcast_workers {
+            Some(n) => (
+                format!("{} (broadcast)", r.task),
+                format!("{n} worker{}", if n == 1 { "" } else { "s" }),
+            ),
+            None => (r.task.clone(), cell(r.consumers)),
+        };
         rows.push([
-            r.task.clone(),
+            task,
             cell(r.ready),
             cell(r.running),
-            cell(r.consumers),
+            consumers,
             cell(r.dead),
             rate(r.publish_rate),
             rate(r.ack_rate),
@@ -151,6 +158,12 @@ pub(crate) fn table(status: &Status) -> String {
     if status.tasks.is_empty() {
         out.push_str(
             "(no task types: declare some under [tasks] and run `warren topology apply`)\n",
+        );
+    }
+    if status.tasks.iter().any(|r| r.broadcast_workers.is_some()) {
+        out.push_str(
+            "broadcast: every worker running the type gets its own queue; READY and RUNNING \
+             add up all of them\n",
         );
     }
     // The ladder is shared by every task type of the namespace: one figure, not one per row.
