@@ -1,6 +1,7 @@
 //! Integration tests: one binary, every test against the real broker in a vhost of its own.
 
 mod bad_input;
+mod broadcast;
 mod cli;
 mod contract;
 mod faults;

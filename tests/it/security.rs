@@ -200,3 +200,26 @@ fn a_user_limited_to_the_namespace_can_apply_enqueue_and_work() {
         stderr(&other)
     );
 }
+
+#[test]
+fn a_worker_refused_its_own_broadcast_queue_stops_at_start_and_says_why() {
+    // Rights on every topology name of `t`, but not on names holding `@` (workers' own
+    // queues of broadcast types).
+    let broker = TestBroker::new();
+    let user = User::new(&broker, "^t\\.[^@]*$", "^t\\.[^@]*$", "^t\\.[^@]*$");
+    let url = user.url(&broker);
+    let topo = TempFile::with(
+        "[tasks.reload]\nbroadcast = true\nexec = [\"true\"]\n[tasks.job]\nexec = [\"true\"]\n",
+    );
+    let apply = run(&url, topo.as_str(), &["topology", "apply"], "warn");
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    let started = Instant::now();
+    let worker = run(&url, topo.as_str(), &["worker"], "warn");
+    let err = stderr(&worker);
+    assert_eq!(worker.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "it stops at once");
+    assert!(
+        err.contains("t.reload@") && err.contains("ACCESS_REFUSED") && err.contains("broadcast"),
+        "{err}"
+    );
+}

@@ -40,7 +40,7 @@ jitter = 0.0
 "#;
 
 /// Runs `worker` in the background; cancel the token and await the handle to stop it.
-fn spawn(
+pub(crate) fn spawn(
     worker: Worker,
 ) -> (
     CancellationToken,
@@ -51,7 +51,7 @@ fn spawn(
     (token, handle)
 }
 
-async fn stop(token: CancellationToken, handle: tokio::task::JoinHandle<warren::Result<()>>) {
+pub(crate) async fn stop(token: CancellationToken, handle: tokio::task::JoinHandle<warren::Result<()>>) {
     token.cancel();
     tokio::time::timeout(Duration::from_secs(30), handle)
         .await

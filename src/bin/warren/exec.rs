@@ -136,9 +136,37 @@ impl ExecHandler {
             .stderr(Stdio::piped())
             // The time limit drops the run's future; the program must not outlive it.
             .kill_on_drop(true);
+        die_with_worker(&mut cmd);
         cmd
     }
 }
+
+/// Makes the kernel kill the program when the worker dies, kill -9 included (Linux
+/// `PR_SET_PDEATHSIG`): otherwise it runs on as an orphan while the broker hands its task to
+/// another worker, two runs of one task at once. The signal follows the death of the thread
+/// that spawned it; tokio's runtime threads live as long as the worker. Processes the program
+/// starts itself are its own to stop (a shell's `sleep` runs on when the shell is killed).
+#[cfg(target_os = "linux")]
+fn die_with_worker(cmd: &mut Command) {
+    // SAFETY: `getpid` before the fork; between fork and exec only async-signal-safe calls
+    // (`prctl`, `getppid`, `kill`), no allocation.
+    let worker = unsafe { libc::getpid() };
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The worker may have died between the fork and the prctl.
+            if libc::getppid() != worker {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_worker(_cmd: &mut Command) {}
 
 /// The run's result from the exit status; a good run's output goes to the debug log.
 fn outcome(

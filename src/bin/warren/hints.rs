@@ -49,6 +49,12 @@ pub(crate) fn for_error(err: &Error) -> Option<String> {
             "Check the task name and --namespace, or run `warren topology apply`.".to_string()
         }
         Error::Refusal { .. } => "Retry later and check `warren status`.".to_string(),
+        Error::Declare { name, source, .. } if name.contains('@') && is_access_refused(source) => {
+            "A worker declares a queue of its own, `{namespace}.{task}@{host}:{pid}`, for each \
+             broadcast type it runs: grant its user configure, write and read rights on those \
+             names too (e.g. the pattern `^{namespace}\\.` covers every Warren name)."
+                .to_string()
+        }
         Error::NotEmpty { .. } => "Stop the workers, then add --if-empty to delete only the \
             empty queues, or --yes to delete the tasks with them (see them first with `warren \
             status` and `warren dlq list`)."
@@ -94,4 +100,9 @@ mod tests {
         );
         assert_eq!(for_error(&Error::InvalidInput("bad".into())), None);
     }
+}
+
+fn is_access_refused(err: &lapin::Error) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::ACCESSREFUSED)))
 }
