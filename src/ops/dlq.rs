@@ -187,6 +187,10 @@ pub struct ReplayReport {
     pub not_found: Vec<String>,
     /// Ids whose republish failed; they stay in the dead queue.
     pub failed: Vec<String>,
+    /// Broadcast types: further dead copies of an id already replayed in this run, removed
+    /// (each worker may have dead-lettered its own copy of one broadcast; one replay reaches
+    /// every worker again).
+    pub merged: usize,
 }
 
 /// Republishes the selected dead tasks of `task` to the work exchange, each confirmed before
@@ -202,6 +206,7 @@ pub async fn replay(
     dry_run: bool,
 ) -> Result<ReplayReport> {
     let routes = producer.settings().routes();
+    let broadcast = producer.settings().is_broadcast(task);
     let (ch, messages) = fetch_all(session, &routes.names().dead_queue(task)).await?;
     let mut report = ReplayReport::default();
     let mut found = BTreeSet::new();
@@ -217,7 +222,19 @@ pub async fn replay(
         if !selection.contains(&id) {
             continue;
         }
-        found.insert(id.clone());
+        let again = !found.insert(id.clone());
+        if broadcast && again {
+            // Only once the id's replay is confirmed; a failed one leaves this copy for the
+            // next attempt below.
+            if report.replayed.contains(&id) {
+                if !dry_run {
+                    ack_dead(m).await?;
+                    acked.insert(m.delivery.delivery_tag);
+                }
+                report.merged += 1;
+                continue;
+            }
+        }
         if dry_run {
             report.replayed.push(id);
             continue;
@@ -254,14 +271,20 @@ async fn republished(
         tracing::error!(task.id = %id, error = %e, "replay failed; the task stays dead");
         return Ok(false);
     }
+    ack_dead(m).await?;
+    Ok(true)
+}
+
+/// Removes the dead message `m` from its queue.
+async fn ack_dead(m: &BasicGetMessage) -> Result<()> {
     m.delivery
         .ack(BasicAckOptions::default())
         .await
         .map_err(|source| Error::Amqp {
             operation: "acking the replayed dead copy".into(),
             source,
-        })?;
-    Ok(true)
+        })
+        .map(drop)
 }
 
 /// Empties `task`'s dead queue; returns how many messages it removed.

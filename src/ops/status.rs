@@ -89,6 +89,8 @@ pub fn rows(ns: &str, declared: &[String], broadcast: &[String], queues: &[Value
             continue;
         };
         let task = match rest.split_once('@') {
+            // A dot before the `@`: a queue of a namespace under this one (`ns.sub.x@…`).
+            Some((task, _worker)) if task.contains('.') => continue,
             Some((task, _worker)) => {
                 owns.entry(task.to_string()).or_default().push(q);
                 task
@@ -254,9 +256,11 @@ mod tests {
     fn a_broadcast_row_counts_its_workers_and_sums_their_queues() {
         let queues = vec![
             json!({"name": "ns.reload@web-1.example.com:42", "messages_ready": 1, "messages_unacknowledged": 1, "consumers": 1}),
-            json!({"name": "ns.reload@web-2:7", "messages_ready": 2, "messages_unacknowledged": 0, "consumers": 1}),
+            json!({"name": "ns.reload@web-2:7", "messages_ready": 2, "messages_unacknowledged": 0, "consumers": 1,
+                   "message_stats": {"publish_details": {"rate": 2.0}}}),
             json!({"name": "ns.reload.dead", "messages": 3}),
             json!({"name": "ns.quiet.dead", "messages": 0}),
+            json!({"name": "ns.sub.other@h:1", "messages_ready": 9}), // namespace `ns.sub`
         ];
         let rows = rows("ns", &[], &["quiet".to_string()], &queues);
         let names: Vec<&str> = rows.iter().map(|r| r.task.as_str()).collect();
@@ -267,7 +271,10 @@ mod tests {
             (reload.ready, reload.running, reload.consumers, reload.dead),
             (Some(3), Some(1), Some(2), Some(3))
         );
-        assert_eq!(reload.publish_rate, None, "not reported by every queue yet");
+        assert_eq!(
+            reload.publish_rate, None,
+            "one queue reported a rate, the other not yet: unknown, not 2.0"
+        );
         // Declared broadcast, no worker running: zero workers, nothing waiting.
         let quiet = &rows[0];
         assert_eq!((quiet.broadcast_workers, quiet.ready), (Some(0), Some(0)));

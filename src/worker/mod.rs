@@ -196,7 +196,7 @@ impl Worker {
                 tracing::warn!(task.kind = %r.name, "time limit is at or above RabbitMQ's default consumer_timeout (30m)");
             }
         }
-        let worker_id = worker_id_for(&self.role);
+        let worker_id = next_worker_id();
         let name = format!("warren {} {worker_id}", self.role);
         let producer = Producer::with_role(&self.settings, &format!("{}-publish", self.role))?;
         let plan = self
@@ -238,19 +238,13 @@ impl Worker {
 }
 
 /// This worker's id, `{host}:{pid}`: unique per host and process, and per worker when one
-/// process runs several of one role (tests, embedding programs), which would otherwise share
-/// their own queues' names and their connection name.
-fn worker_id_for(role: &str) -> String {
-    static STARTED: std::sync::Mutex<BTreeMap<String, u32>> =
-        std::sync::Mutex::new(BTreeMap::new());
-    let nth = {
-        let mut started = STARTED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = started.entry(role.to_string()).or_insert(0);
-        *n += 1;
-        *n
-    };
+/// process runs several (tests, embedding programs, whatever their roles), which would
+/// otherwise share their own queues' names: the n-th worker of a process (n ≥ 2) is
+/// `{host}:{pid}-{n}`.
+fn next_worker_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    let nth = STARTED.fetch_add(1, Ordering::Relaxed) + 1;
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     crate::topology::names::worker_id(&host, std::process::id(), nth)
 }

@@ -15,7 +15,7 @@ use super::Shared;
 use super::consume::QueueConsumer;
 use super::handler::Registered;
 use crate::broker::Session;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::topology::Plan;
 
 /// What one worker process runs: its handlers, the topology they need, what they share.
@@ -36,10 +36,12 @@ impl Running {
         // Sessions stay referenced until the drain is over: in-flight deliveries ack on them.
         let mut sessions: Vec<Arc<Session>> = Vec::new();
         let mut backoff = Backoff::new();
+        let mut opened = false;
         while !shutdown.is_cancelled() {
-            let Some(session) = self.open(&shutdown, &mut backoff).await? else {
+            let Some(session) = self.open(&shutdown, &mut backoff, !opened).await? else {
                 continue;
             };
+            opened = true;
             self.consume(&session, &shutdown).await;
             sessions.push(session);
             sessions.retain(|s| shutdown.is_cancelled() || s.is_connected());
@@ -54,6 +56,7 @@ impl Running {
         &self,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
+        first: bool,
     ) -> Result<Option<Arc<Session>>> {
         let name = &self.shared.worker_name;
         let connected = tokio::select! {
@@ -65,7 +68,7 @@ impl Running {
             Err(e) if e.is_transient() => return Ok(None),
             Err(e) => return Err(e),
         };
-        match self.declare(&session).await {
+        match self.declare(&session, first).await {
             Ok(()) => {
                 backoff.reset();
                 Ok(Some(Arc::new(session)))
@@ -86,15 +89,36 @@ impl Running {
     /// The topology of this worker's task types, then its own queue of each broadcast type:
     /// a broadcast queue that cannot be declared stops the worker here, at start, rather than
     /// leave it running as a silent non-subscriber.
-    async fn declare(&self, session: &Session) -> Result<()> {
+    ///
+    /// `RESOURCE_LOCKED` (another connection holds the exclusive queue) means two things. At
+    /// the first start, another process has this worker's id (same host name and pid, e.g.
+    /// containers sharing the host's network and name, each as pid 1): an error that says so.
+    /// After a reconnect, it is this worker's previous connection, which the broker has not
+    /// noticed gone yet: that type's consumer retries alone, and the other types go on.
+    async fn declare(&self, session: &Session, first: bool) -> Result<()> {
         session.apply(&self.plan).await?;
         let owns: Vec<_> = self.tasks.iter().filter_map(|t| t.own.as_ref()).collect();
         if owns.is_empty() {
             return Ok(());
         }
-        let ch = session.channel().await?;
+        let mut ch = session.channel().await?;
         for own in owns {
-            crate::topology::declare::declare_own(&ch, own).await?;
+            match crate::topology::declare::declare_own(&ch, own).await {
+                Ok(()) => {}
+                Err(e) if is_locked(&e) && !first => {
+                    tracing::warn!(queue = %own.queue.name, "own queue still held by this worker's previous connection; its consumer retries");
+                    ch = session.channel().await?;
+                }
+                Err(e) if is_locked(&e) => {
+                    return Err(Error::Config(format!(
+                        "another worker holds `{}`, the queue this worker's id names: two \
+                         workers with one host name and pid (e.g. containers sharing the host's \
+                         network and name, each as pid 1); give each a host name of its own",
+                        own.queue.name
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
         }
         crate::broker::close_channel(&ch, "own queues declared").await;
         Ok(())
@@ -180,4 +204,12 @@ impl Backoff {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Backoff::MAX);
     }
+}
+
+/// True for a refusal because another connection holds an exclusive queue.
+fn is_locked(err: &Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(err, Error::Declare { source, .. }
+        if matches!(source.kind(), lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED))))
 }

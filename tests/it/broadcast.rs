@@ -48,16 +48,20 @@ fn recording_worker(
     fail: fn(usize, u32, u32) -> Option<TaskError>,
 ) -> Worker {
     let runs = runs.clone();
-    Worker::new(settings).handle(move |t: Reload, ctx: TaskContext| {
-        let runs = runs.clone();
-        async move {
-            runs.lock().unwrap().push((index, t.n, ctx.attempt));
-            match fail(index, t.n, ctx.attempt) {
-                Some(e) => Err(e),
-                None => Ok(()),
+    // Role `w{index}`: its connection is `warren w{index} {host}:{pid}...`.
+    let role = format!("w{index}");
+    Worker::new(settings)
+        .role(&role)
+        .handle(move |t: Reload, ctx: TaskContext| {
+            let runs = runs.clone();
+            async move {
+                runs.lock().unwrap().push((index, t.n, ctx.attempt));
+                match fail(index, t.n, ctx.attempt) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
             }
-        }
-    })
+        })
 }
 
 fn never(_: usize, _: u32, _: u32) -> Option<TaskError> {
@@ -114,13 +118,13 @@ async fn three_workers_each_run_each_of_ten_broadcasts_once() {
         "queues name host and pid: {own:?}"
     );
     let producer = Producer::new(&settings).unwrap();
-    for r in producer
-        .enqueue_many((0..10).map(|n| Reload { n }))
-        .await
-    {
+    for r in producer.enqueue_many((0..10).map(|n| Reload { n })).await {
         r.unwrap();
     }
-    wait_count(Duration::from_secs(20), "30 runs", 30, || runs.lock().unwrap().len()).await;
+    wait_count(Duration::from_secs(20), "30 runs", 30, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
     // Anything extra would have arrived by now: the queues were local and the runs instant.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let seen = runs_of(&runs);
@@ -139,7 +143,10 @@ async fn three_workers_each_run_each_of_ten_broadcasts_once() {
         .clone();
     assert_eq!(row["broadcast_workers"], 3, "{json}");
     let table = crate::support::stdout(&broker.cli(&["status"]));
-    assert!(table.contains("reload (broadcast)") && table.contains("3 workers"), "{table}");
+    assert!(
+        table.contains("reload (broadcast)") && table.contains("3 workers"),
+        "{table}"
+    );
     for (token, handle) in workers {
         stop(token, handle).await;
     }
@@ -169,8 +176,18 @@ async fn a_run_that_fails_on_one_worker_is_retried_there_only_and_dies_there_nam
         producer.enqueue(&Reload { n }).await.unwrap();
     }
     // 3 runs of task 0 + 1 retry on worker 1, 3 runs of task 1.
-    wait_count(Duration::from_secs(20), "7 runs", 7, || runs.lock().unwrap().len()).await;
-    let dead = take(&ch, "t.reload.dead", 1, Instant::now(), Duration::from_secs(10)).await;
+    wait_count(Duration::from_secs(20), "7 runs", 7, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    let dead = take(
+        &ch,
+        "t.reload.dead",
+        1,
+        Instant::now(),
+        Duration::from_secs(10),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut seen = runs_of(&runs);
     seen.sort();
@@ -190,12 +207,17 @@ async fn a_run_that_fails_on_one_worker_is_retried_there_only_and_dies_there_nam
     let death = warren::wire::decode::Death::read(&dead[0].1.properties);
     assert_eq!(death.reason.as_deref(), Some("permanent"));
     let by = death.worker.expect("warren-worker");
-    assert!(by.starts_with("warren worker "), "{by}");
-    // It is worker 1's connection: its id is the suffix of exactly one own queue... which
-    // is gone once that worker stops; so check while they run.
+    assert!(
+        by.starts_with("warren w1 "),
+        "worker 1 dead-lettered it: {by}"
+    );
+    // Its id names one of the running workers' own queues.
     let own = own_queues(&broker, "reload", 3).await;
-    let id = by.trim_start_matches("warren worker ");
-    assert!(own.contains_key(&format!("t.reload@{id}")), "{by} vs {own:?}");
+    let id = by.trim_start_matches("warren w1 ");
+    assert!(
+        own.contains_key(&format!("t.reload@{id}")),
+        "{by} vs {own:?}"
+    );
     for (token, handle) in workers {
         stop(token, handle).await;
     }
@@ -210,10 +232,12 @@ async fn a_worker_started_after_a_broadcast_misses_it_but_gets_a_delayed_one_tha
     own_queues(&broker, "reload", 1).await;
     let producer = Producer::new(&settings).unwrap();
     producer.enqueue(&Reload { n: 1 }).await.unwrap();
-    // Delayed: fans out when the delay ends, to the workers running then.
-    let delayed = EnqueueOptions::default().delay(Duration::from_secs(4));
+    // Delayed: fans out when the delay ends, to the workers running then. 10 s leaves the
+    // late worker time to start on a loaded machine; checked below.
+    let delay = Duration::from_secs(10);
+    let enqueued = Instant::now();
     producer
-        .enqueue_with(&Reload { n: 2 }, delayed)
+        .enqueue_with(&Reload { n: 2 }, EnqueueOptions::default().delay(delay))
         .await
         .unwrap();
     wait_count(Duration::from_secs(10), "worker 0 ran task 1", 1, || {
@@ -222,9 +246,22 @@ async fn a_worker_started_after_a_broadcast_misses_it_but_gets_a_delayed_one_tha
     .await;
     let late = spawn(recording_worker(&settings, 1, &runs, never));
     own_queues(&broker, "reload", 2).await;
-    wait_count(Duration::from_secs(20), "both ran the delayed task", 3, || {
-        runs.lock().unwrap().len()
-    })
+    assert!(
+        enqueued.elapsed() < delay,
+        "the late worker took {:?} to subscribe, past the delay: the test proves nothing",
+        enqueued.elapsed()
+    );
+    assert_eq!(
+        runs_of(&runs),
+        [(0, 1, 1)],
+        "the delayed one has not fanned out yet"
+    );
+    wait_count(
+        Duration::from_secs(25),
+        "both ran the delayed task",
+        3,
+        || runs.lock().unwrap().len(),
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut seen = runs_of(&runs);
@@ -239,7 +276,7 @@ async fn a_worker_started_after_a_broadcast_misses_it_but_gets_a_delayed_one_tha
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broadcast_nobody_receives_is_enqueued_to_no_one_and_its_replay_is_refused() {
+async fn a_broadcast_nobody_receives_goes_nowhere_and_a_replay_needs_a_worker_and_runs_once() {
     let broker = TestBroker::new();
     let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     // No worker: the enqueue succeeds (it ran on every worker running: none).
@@ -270,15 +307,57 @@ async fn a_broadcast_nobody_receives_is_enqueued_to_no_one_and_its_replay_is_ref
     .unwrap();
     let cli_env = [("WARREN_TOPOLOGY", topology.as_str())];
     let replay = broker.cli_with(&["dlq", "replay", "reload", "--all"], &cli_env, None);
-    assert_eq!(replay.status.code(), Some(1), "{}", crate::support::stderr(&replay));
+    assert_eq!(
+        replay.status.code(),
+        Some(1),
+        "{}",
+        crate::support::stderr(&replay)
+    );
     assert!(
         crate::support::stdout(&replay).contains("FAILED dead-1 (still dead)"),
         "{}",
         crate::support::stdout(&replay)
     );
     assert_eq!(broker.count(&ch, "t.reload.dead").await, 1);
-    // The ordinary type next to it still refuses an unroutable publish.
-    let plain = producer.enqueue_raw("nosuch", b"{}".to_vec(), EnqueueOptions::default()).await;
+    // Two more copies of it, as if three workers had dead-lettered one broadcast each: with
+    // a worker running, one replay reaches it, once, and the copies go.
+    for _ in 0..2 {
+        ch.basic_publish(
+            "".into(),
+            "t.reload.dead".into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"{\"n\":3}",
+            lapin::BasicProperties::default().with_message_id("dead-1".into()),
+        )
+        .await
+        .unwrap();
+    }
+    let runs: Runs = Arc::default();
+    let worker = spawn(recording_worker(&settings, 0, &runs, never));
+    own_queues(&broker, "reload", 1).await;
+    let replay = broker.cli_with(&["dlq", "replay", "reload", "--all"], &cli_env, None);
+    let said = crate::support::stdout(&replay);
+    assert!(
+        replay.status.success(),
+        "{said}{}",
+        crate::support::stderr(&replay)
+    );
+    assert!(
+        said.contains("replayed dead-1") && said.contains("2 more dead copies"),
+        "{said}"
+    );
+    wait_count(Duration::from_secs(10), "the replay ran", 1, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(runs_of(&runs), [(0, 3, 1)]);
+    assert_eq!(broker.count(&ch, "t.reload.dead").await, 0);
+    stop(worker.0, worker.1).await;
+    // A type not declared broadcast still gets an unroutable publish as an error.
+    let plain = producer
+        .enqueue_raw("nosuch", b"{}".to_vec(), EnqueueOptions::default())
+        .await;
     assert!(
         matches!(plain, Err(warren::Error::Unroutable { .. })),
         "{plain:?}"
@@ -325,17 +404,23 @@ async fn killing_one_worker_mid_run_leaves_the_others_running_and_takes_its_queu
     let remaining = own_queues(&broker, "reload", 2).await;
     assert!(!remaining.contains_key(&victim_queue), "{remaining:?}");
     let second = producer.enqueue(&Reload { n: 2 }).await.unwrap();
-    wait_count(Duration::from_secs(20), "4 runs done", 4, || done.lines().len()).await;
+    wait_count(Duration::from_secs(20), "4 runs done", 4, || {
+        done.lines().len()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let finished = done.lines();
     let victim = victim_pid.to_string();
     assert!(
-        finished.iter().all(|l| !l.ends_with(&victim)),
+        finished.iter().all(|l| !l.ends_with(&format!(" {victim}"))),
         "the killed worker finished nothing: {finished:?}"
     );
     for id in [&first, &second] {
         assert_eq!(
-            finished.iter().filter(|l| l.starts_with(id.as_str())).count(),
+            finished
+                .iter()
+                .filter(|l| l.starts_with(id.as_str()))
+                .count(),
             2,
             "both survivors ran {id}: {finished:?}"
         );
@@ -345,4 +430,105 @@ async fn killing_one_worker_mid_run_leaves_the_others_running_and_takes_its_queu
         assert!(wait_exit(&mut w.0, Duration::from_secs(15)).await.success());
     }
     let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_connection_drops_gets_its_queue_back_and_its_pending_retry() {
+    let broker = TestBroker::new();
+    // The retry waits 10 s in the ladder: long enough to drop the connection under it and
+    // reconnect on a loaded machine (checked below).
+    let topology = TOPOLOGY.replace("initial = \"1s\"", "initial = \"10s\"");
+    let (settings, _conn, _ch) = broker.applied(&topology).await;
+    let runs: Runs = Arc::default();
+    fn once(_: usize, n: u32, attempt: u32) -> Option<TaskError> {
+        (n == 1 && attempt == 1).then(|| TaskError::retry("once"))
+    }
+    let worker = spawn(recording_worker(&settings, 0, &runs, once));
+    let own = own_queues(&broker, "reload", 1).await;
+    let queue = own.keys().next().unwrap().clone();
+    let name = format!("warren w0 {}", queue.trim_start_matches("t.reload@"));
+    // The management API lists a connection once its statistics arrived.
+    eventually(
+        Duration::from_secs(20),
+        "the worker's connection listed",
+        || {
+            let list = broker.mgmt.connections().ok()?;
+            list.iter()
+                .any(|c| c["client_properties"]["connection_name"] == name.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+    let producer = Producer::new(&settings).unwrap();
+    producer.enqueue(&Reload { n: 1 }).await.unwrap();
+    wait_count(Duration::from_secs(10), "attempt 1", 1, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    let failed = Instant::now();
+    let closed = broker.mgmt.close_connections_named(&name).unwrap();
+    assert_eq!(closed, 1);
+    assert_eq!(
+        runs_of(&runs),
+        [(0, 1, 1)],
+        "the retry is still in the ladder"
+    );
+    // It reconnects and declares its queue again, under the same name: new broadcasts reach
+    // it (probes until one does), and so does the retry addressed to it.
+    let mut probe = 100;
+    while !runs_of(&runs).iter().any(|(_, n, _)| *n >= 100) {
+        assert!(
+            probe < 140,
+            "no probe reached the reconnected worker in 20 s"
+        );
+        producer.enqueue(&Reload { n: probe }).await.unwrap();
+        probe += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        own_queues(&broker, "reload", 1).await,
+        own,
+        "the same queue"
+    );
+    assert!(
+        !runs_of(&runs).contains(&(0, 1, 2)) && failed.elapsed() < Duration::from_secs(10),
+        "reconnected only after the retry fell due ({:?}): the test proves nothing",
+        failed.elapsed()
+    );
+    wait_count(Duration::from_secs(20), "the retry", 1, || {
+        runs_of(&runs).iter().filter(|r| **r == (0, 1, 2)).count()
+    })
+    .await;
+    stop(worker.0, worker.1).await;
+}
+
+#[test]
+fn applying_a_type_turned_broadcast_warns_of_its_old_work_queue() {
+    let broker = TestBroker::new();
+    let before = TempFile::with(&TOPOLOGY.replace("broadcast = true\n", ""));
+    let after = TempFile::with(TOPOLOGY);
+    let apply = |topology: &TempFile| {
+        broker.cli_with(
+            &["topology", "apply"],
+            &[("WARREN_TOPOLOGY", topology.as_str())],
+            None,
+        )
+    };
+    let plain = apply(&before);
+    assert!(plain.status.success(), "{}", crate::support::stderr(&plain));
+    let turned = apply(&after);
+    let err = crate::support::stderr(&turned);
+    assert!(turned.status.success(), "{err}");
+    assert!(err.contains("old work queue `t.reload`"), "{err}");
+    // Applied again once the queue is gone: nothing to say.
+    broker
+        .mgmt
+        .delete(&format!("queues/{}/t.reload", enc(&broker.vhost)))
+        .unwrap();
+    let clean = apply(&after);
+    assert!(
+        !crate::support::stderr(&clean).contains("old work queue"),
+        "{}",
+        crate::support::stderr(&clean)
+    );
 }

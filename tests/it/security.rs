@@ -213,11 +213,34 @@ fn a_worker_refused_its_own_broadcast_queue_stops_at_start_and_says_why() {
     );
     let apply = run(&url, topo.as_str(), &["topology", "apply"], "warn");
     assert!(apply.status.success(), "{}", stderr(&apply));
-    let started = Instant::now();
-    let worker = run(&url, topo.as_str(), &["worker"], "warn");
-    let err = stderr(&worker);
-    assert_eq!(worker.status.code(), Some(1), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(20), "it stops at once");
+    // Spawned, not `output()`: a worker that kept retrying would hang the test instead of
+    // failing it.
+    let log = TempFile::path("refused");
+    let child = warren_bin()
+        .env("WARREN_AMQP_URL", &url)
+        .env("WARREN_NAMESPACE", "t")
+        .env("WARREN_TOPOLOGY", topo.as_str())
+        .env("RUST_LOG", "warn")
+        .arg("worker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log.0).unwrap())
+        .spawn()
+        .unwrap();
+    let mut worker = crate::support::Reaped(child, Some(log));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept running: {}",
+            worker.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = worker.log();
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("t.reload@") && err.contains("ACCESS_REFUSED") && err.contains("broadcast"),
         "{err}"

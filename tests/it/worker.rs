@@ -51,7 +51,10 @@ pub(crate) fn spawn(
     (token, handle)
 }
 
-pub(crate) async fn stop(token: CancellationToken, handle: tokio::task::JoinHandle<warren::Result<()>>) {
+pub(crate) async fn stop(
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<warren::Result<()>>,
+) {
     token.cancel();
     tokio::time::timeout(Duration::from_secs(30), handle)
         .await
@@ -479,10 +482,15 @@ async fn a_forcibly_closed_worker_connection_reconnects_and_loses_nothing() {
     for r in producer.enqueue_many((0..600).map(|n| Job { n })).await {
         r.unwrap();
     }
-    let name = warren::broker::connection_name(&role);
+    // `warren {role} {host}:{pid}`, with `-{n}` when it is not the process's first worker.
+    let prefix = format!("warren {role} ");
     let mgmt = broker.mgmt.clone();
     let closed =
         crate::support::eventually(Duration::from_secs(20), "the worker connection", || {
+            let name = mgmt.connections().ok()?.into_iter().find_map(|c| {
+                let name = c["client_properties"]["connection_name"].as_str()?;
+                name.starts_with(&prefix).then(|| name.to_string())
+            })?;
             mgmt.close_connections_named(&name).ok().filter(|n| *n > 0)
         })
         .await;

@@ -145,6 +145,20 @@ impl Dlq<'_> {
         for id in &report.failed {
             writeln!(out, "FAILED {id} (still dead)").map_err(write_err)?;
         }
+        if report.merged > 0 {
+            writeln!(
+                out,
+                "{} more dead copies of those broadcast tasks (one per worker) {}: one replay \
+                 reaches every worker",
+                report.merged,
+                if dry_run {
+                    "would be removed"
+                } else {
+                    "removed"
+                }
+            )
+            .map_err(write_err)?;
+        }
         // A replayed broadcast is broadcast again, to the workers running now.
         let to = if settings.is_broadcast(self.task) {
             format!("every worker receiving `{}` now", self.task)

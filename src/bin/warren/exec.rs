@@ -146,6 +146,8 @@ impl ExecHandler {
 /// another worker, two runs of one task at once. The signal follows the death of the thread
 /// that spawned it; tokio's runtime threads live as long as the worker. Processes the program
 /// starts itself are its own to stop (a shell's `sleep` runs on when the shell is killed).
+/// The price: with a `pre_exec` hook std forks instead of using `posix_spawn`, which costs more
+/// the larger the worker's memory; next to a program's own start-up it is small.
 #[cfg(target_os = "linux")]
 fn die_with_worker(cmd: &mut Command) {
     // SAFETY: `getpid` before the fork; between fork and exec only async-signal-safe calls
@@ -153,7 +155,7 @@ fn die_with_worker(cmd: &mut Command) {
     let worker = unsafe { libc::getpid() };
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The worker may have died between the fork and the prctl.

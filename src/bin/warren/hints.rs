@@ -74,6 +74,11 @@ pub(crate) fn for_error(err: &Error) -> Option<String> {
     Some(hint)
 }
 
+fn is_access_refused(err: &lapin::Error) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::ACCESSREFUSED)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,9 +105,4 @@ mod tests {
         );
         assert_eq!(for_error(&Error::InvalidInput("bad".into())), None);
     }
-}
-
-fn is_access_refused(err: &lapin::Error) -> bool {
-    matches!(err.kind(), lapin::ErrorKind::ProtocolError(e)
-        if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::ACCESSREFUSED)))
 }

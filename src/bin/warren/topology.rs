@@ -164,6 +164,9 @@ async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
     let started = Instant::now();
     let session = Session::open(settings, "cli").await?;
     let result = session.apply(&settings.plan()).await;
+    if result.is_ok() {
+        warn_of_old_work_queues(settings, &session).await;
+    }
     session.close("done").await;
     let report = result?;
     let vhost = session.vhost();
@@ -195,6 +198,28 @@ async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
         .map_err(write_err)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A type that became a broadcast type keeps its old work queue, still bound under the task
+/// name: it would collect a copy of every broadcast with nobody consuming it. Say so.
+async fn warn_of_old_work_queues(settings: &Settings, session: &Session) {
+    let names = warren::topology::Names::new(&settings.namespace);
+    for (task, _) in settings.tasks.iter().filter(|(_, t)| t.broadcast) {
+        let queue = names.work_queue(task);
+        let Ok(ch) = session.channel().await else {
+            return;
+        };
+        // A missing queue closes the channel (404): the usual case, nothing to say.
+        if let Ok(q) = warren::topology::declare::inspect(&ch, &queue).await {
+            tracing::warn!(
+                "`{task}` is a broadcast type, but its old work queue `{queue}` ({} messages) \
+                 is still bound and collects a copy of every broadcast; once it is drained, \
+                 delete it (management UI, or `rabbitmqctl delete_queue {queue}`)",
+                q.message_count()
+            );
+            warren::broker::close_channel(&ch, "inspected").await;
+        }
+    }
 }
 
 fn export(settings: &Settings, output: Option<PathBuf>, out: &mut dyn Write) -> Result<ExitCode> {
