@@ -98,6 +98,21 @@ async fn own_queues(broker: &TestBroker, task: &str, want: usize) -> BTreeMap<St
     .await
 }
 
+/// Puts a dead copy of task `dead-1` into `t.reload.dead`, confirmed (`ch` in confirm mode).
+async fn dead_copy(ch: &lapin::Channel) {
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "t.reload.dead".into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"{\"n\":3}",
+            lapin::BasicProperties::default().with_message_id("dead-1".into()),
+        )
+        .await
+        .unwrap();
+    assert!(confirm.await.unwrap().is_ack());
+}
+
 fn runs_of(runs: &Runs) -> Vec<(usize, u32, u32)> {
     runs.lock().unwrap().clone()
 }
@@ -296,15 +311,10 @@ async fn a_broadcast_nobody_receives_goes_nowhere_and_a_replay_needs_a_worker_an
     );
     // A dead broadcast replayed while no worker receives the type would go nowhere: the
     // replay fails and the dead copy stays.
-    ch.basic_publish(
-        "".into(),
-        "t.reload.dead".into(),
-        lapin::options::BasicPublishOptions::default(),
-        b"{\"n\":3}",
-        lapin::BasicProperties::default().with_message_id("dead-1".into()),
-    )
-    .await
-    .unwrap();
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    dead_copy(&ch).await;
     let cli_env = [("WARREN_TOPOLOGY", topology.as_str())];
     let replay = broker.cli_with(&["dlq", "replay", "reload", "--all"], &cli_env, None);
     assert_eq!(
@@ -322,15 +332,7 @@ async fn a_broadcast_nobody_receives_goes_nowhere_and_a_replay_needs_a_worker_an
     // Two more copies of it, as if three workers had dead-lettered one broadcast each: with
     // a worker running, one replay reaches it, once, and the copies go.
     for _ in 0..2 {
-        ch.basic_publish(
-            "".into(),
-            "t.reload.dead".into(),
-            lapin::options::BasicPublishOptions::default(),
-            b"{\"n\":3}",
-            lapin::BasicProperties::default().with_message_id("dead-1".into()),
-        )
-        .await
-        .unwrap();
+        dead_copy(&ch).await;
     }
     let runs: Runs = Arc::default();
     let worker = spawn(recording_worker(&settings, 0, &runs, never));
