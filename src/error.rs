@@ -163,6 +163,51 @@ pub enum Error {
     /// A bug in Warren: an invariant did not hold. Please report it.
     #[error("internal error (a bug in Warren, please report it): {0}")]
     Internal(String),
+
+    /// Waiting for a task's outcome did not give its result.
+    #[error(transparent)]
+    Wait(#[from] WaitFailure),
+}
+
+/// Why waiting for a task's outcome ([`crate::Producer::call`]) gave no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitFailure {
+    /// No answer came in time. The task is enqueued and may still run (or be running).
+    #[error("no answer for `{task}` task {id} within {after}; it is enqueued and may still run")]
+    TimedOut {
+        /// Task name.
+        task: String,
+        /// Task id.
+        id: String,
+        /// The wait, as written in durations (`30s`).
+        after: String,
+    },
+    /// The task went dead: its reason (`failed`, `permanent`, `expired`, …) and last error.
+    #[error("`{task}` task {id} is dead ({reason}): {error}")]
+    Dead {
+        /// Task name.
+        task: String,
+        /// Task id.
+        id: String,
+        /// Dead-letter reason.
+        reason: String,
+        /// Its last error.
+        error: String,
+    },
+    /// The task succeeded, but its answer does not decode as the caller's result type.
+    #[error(
+        "the result of `{task}` task {id} is not what the caller expects ({error}); it was: {raw}"
+    )]
+    UndecodableResult {
+        /// Task name.
+        task: String,
+        /// Task id.
+        id: String,
+        /// The decoder's error.
+        error: String,
+        /// The answer's body as text.
+        raw: String,
+    },
 }
 
 /// Which of our connection settings the broker refused.
@@ -254,6 +299,7 @@ impl Clone for Error {
                 source: copy_io(source),
             },
             Error::Internal(s) => Error::Internal(s.clone()),
+            Error::Wait(w) => Error::Wait(w.clone()),
         }
     }
 }
@@ -286,6 +332,7 @@ impl Error {
             | Error::WouldNotFit(_)
             | Error::UnsupportedBroker(_)
             | Error::Io { .. }
+            | Error::Wait(_)
             | Error::Internal(_) => false,
         }
     }
@@ -313,6 +360,7 @@ impl Error {
             | Error::WouldNotFit(_)
             | Error::UnsupportedBroker(_)
             | Error::Io { .. }
+            | Error::Wait(_)
             | Error::Internal(_) => false,
         }
     }

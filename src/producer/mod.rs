@@ -5,18 +5,23 @@
 //! reusing the same task id, so a retry after an ambiguous failure can at worst duplicate a
 //! task (the consumer sees the same id twice), never drop it.
 
+mod answers;
 mod prepare;
 mod publish;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use serde::de::DeserializeOwned;
+
 use crate::broker::Pool;
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WaitFailure};
 use crate::task::Task;
 use crate::topology::Routes;
+use crate::wire::answer::Answer;
 use crate::wire::copies::Outgoing;
+use answers::Answers;
 use prepare::Preparer;
 use publish::Publisher;
 
@@ -46,6 +51,10 @@ pub struct EnqueueOptions {
     /// Priority (0 lowest), for task types declared with `priorities = N`: higher runs first,
     /// values above N count as N. Retries and delays keep it. Other types ignore it.
     pub priority: Option<u8>,
+    /// A queue the worker answers in with the task's final outcome ([`crate::wire::answer`]),
+    /// for answers that must outlive the caller's connection: declare it durable and read it
+    /// yourself. The `call` methods answer over direct reply-to instead and refuse this.
+    pub reply_to: Option<String>,
 }
 
 impl EnqueueOptions {
@@ -84,6 +93,11 @@ impl EnqueueOptions {
         self.priority = Some(p);
         self
     }
+    /// Options with a reply queue (see [`EnqueueOptions::reply_to`]).
+    pub fn reply_to(mut self, queue: impl Into<String>) -> Self {
+        self.reply_to = Some(queue.into());
+        self
+    }
 }
 
 /// Publishes tasks with confirms. Cheap to clone; share it across tokio tasks.
@@ -97,6 +111,10 @@ struct Inner {
     settings: Settings,
     routes: Routes,
     publisher: Publisher,
+    /// Publishes the tasks a caller waits for, on its own connection (`warren {role}-wait`),
+    /// whose channel also consumes their answers. Connects on the first wait.
+    waiter: Publisher,
+    answers: Arc<Answers>,
 }
 
 impl Producer {
@@ -115,15 +133,27 @@ impl Producer {
     /// [`Error::Config`] when the AMQP URL is unusable.
     pub fn with_role(settings: &Settings, role: &str) -> Result<Producer> {
         let pool = Pool::new(&settings.amqp_url, role, 2, Some(settings.connect_timeout))?;
+        let wait_pool = Pool::new(
+            &settings.amqp_url,
+            &format!("{role}-wait"),
+            1,
+            Some(settings.connect_timeout),
+        )?;
+        let answers = Arc::new(Answers::default());
+        let publisher = |pool| {
+            Publisher::new(
+                pool,
+                settings.connect_timeout,
+                CONFIRM_WINDOW_DEFAULT,
+                &settings.namespace,
+            )
+        };
         Ok(Producer {
             inner: Arc::new(Inner {
                 routes: settings.routes(),
-                publisher: Publisher::new(
-                    pool,
-                    settings.connect_timeout,
-                    CONFIRM_WINDOW_DEFAULT,
-                    &settings.namespace,
-                ),
+                publisher: publisher(pool),
+                waiter: publisher(wait_pool).answering(answers.clone()),
+                answers,
                 settings: settings.clone(),
             }),
         })
@@ -136,6 +166,7 @@ impl Producer {
     /// later enqueue connects again.
     pub async fn close(&self) {
         self.inner.publisher.close().await;
+        self.inner.waiter.close().await;
     }
 
     /// The settings this producer publishes with.
@@ -208,6 +239,158 @@ impl Producer {
         self.inner.publisher.publish_all(prepared).await
     }
 
+    /// Enqueues `task` and waits up to `timeout` for its final outcome: the value its handler
+    /// returned, decoded as `R`. Retries in between do not answer; the final outcome does,
+    /// once. The answer comes over direct reply-to (no queue per call): at most once, and lost
+    /// if this producer's connection drops meanwhile; the task itself runs at least once
+    /// either way.
+    ///
+    /// # Errors
+    /// [`Error::Wait`]: [`WaitFailure::TimedOut`] (the task is enqueued and may still run),
+    /// [`WaitFailure::Dead`] (its reason and error), [`WaitFailure::UndecodableResult`] (with
+    /// the raw answer); [`Error::InvalidInput`] for a broadcast type or options with a
+    /// `reply_to`; and the errors of [`Producer::enqueue_raw`].
+    pub async fn call<T: Task, R: DeserializeOwned>(
+        &self,
+        task: &T,
+        options: EnqueueOptions,
+        timeout: Duration,
+    ) -> Result<R> {
+        let body = serialize(task)?;
+        let (id, answer) = self
+            .enqueue_wait_raw(T::NAME, body, options, timeout)
+            .await?;
+        decode(T::NAME, id, answer)
+    }
+
+    /// Enqueues a group of tasks and waits up to `timeout` (for all of them together) for each
+    /// one's outcome, as [`Producer::call`]; one result per task, in input order.
+    pub async fn call_many<T: Task, R: DeserializeOwned>(
+        &self,
+        tasks: impl IntoIterator<Item = T>,
+        timeout: Duration,
+    ) -> Vec<Result<R>> {
+        let items = tasks.into_iter().map(|t| {
+            (
+                T::NAME.to_string(),
+                serialize(&t),
+                EnqueueOptions::default(),
+            )
+        });
+        self.enqueue_many_wait_raw(items, timeout)
+            .await
+            .into_iter()
+            .map(|r| r.and_then(|(id, answer)| decode(T::NAME, id, answer)))
+            .collect()
+    }
+
+    /// Enqueues a JSON `body` as task `task` and waits up to `timeout` for its final outcome;
+    /// returns its id and the answer, [`Answer::Dead`] included.
+    ///
+    /// # Errors
+    /// As [`Producer::call`], except that a dead task is an answer here, not an error.
+    pub async fn enqueue_wait_raw(
+        &self,
+        task: &str,
+        body: Vec<u8>,
+        options: EnqueueOptions,
+        timeout: Duration,
+    ) -> Result<(String, Answer)> {
+        let item = (task.to_string(), Ok(body), options);
+        let mut results = self.enqueue_many_wait_raw([item], timeout).await;
+        results.pop().unwrap_or_else(|| {
+            Err(Error::Internal(
+                "waiting for one task gave no result".into(),
+            ))
+        })
+    }
+
+    /// As [`Producer::enqueue_wait_raw`] for many tasks, pipelined; `timeout` bounds the whole
+    /// wait. One result per task, in input order.
+    pub async fn enqueue_many_wait_raw(
+        &self,
+        items: impl IntoIterator<Item = (String, Result<Vec<u8>>, EnqueueOptions)>,
+        timeout: Duration,
+    ) -> Vec<Result<(String, Answer)>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let answers = &self.inner.answers;
+        let mut waits = Vec::new();
+        let mut messages = Vec::new();
+        for (task, body, options) in items {
+            let prepared = body
+                .and_then(|b| self.prepare_awaited(&task, b, options))
+                .and_then(|out| Ok((answers.expect(&out.id)?, out)));
+            match prepared {
+                Ok((rx, out)) => {
+                    waits.push(Some((task, out.id.clone(), rx)));
+                    messages.push(Ok(out));
+                }
+                Err(e) => {
+                    waits.push(None);
+                    messages.push(Err(e));
+                }
+            }
+        }
+        let published = self.inner.waiter.publish_all(messages.into_iter()).await;
+        let mut results = Vec::with_capacity(published.len());
+        for (published, wait) in published.into_iter().zip(waits) {
+            let result = match (published, wait) {
+                (Err(e), wait) => {
+                    if let Some((_, id, _)) = wait {
+                        answers.forget(&id);
+                    }
+                    Err(e)
+                }
+                (Ok(_), Some((task, id, rx))) => {
+                    match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(answer)) => Ok((id, answer)),
+                        Ok(Err(_)) => Err(Error::Internal(format!(
+                            "the answer to `{task}` task {id} could not be read"
+                        ))),
+                        Err(_) => {
+                            answers.forget(&id);
+                            Err(Error::Wait(WaitFailure::TimedOut {
+                                task,
+                                id,
+                                after: crate::config::duration_text(timeout),
+                            }))
+                        }
+                    }
+                }
+                (Ok(id), None) => Err(Error::Internal(format!(
+                    "task {id} was published without a wait"
+                ))),
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// Prepares a task a caller waits for: its answer comes over direct reply-to.
+    fn prepare_awaited(
+        &self,
+        task: &str,
+        body: Vec<u8>,
+        mut options: EnqueueOptions,
+    ) -> Result<Outgoing> {
+        if options.reply_to.is_some() {
+            return Err(Error::InvalidInput(
+                "waiting answers over direct reply-to; for answers in a queue you named, \
+                 enqueue with EnqueueOptions::reply_to and read that queue"
+                    .into(),
+            ));
+        }
+        if self.inner.settings.is_broadcast(task) {
+            return Err(Error::InvalidInput(format!(
+                "`{task}` is a broadcast type: every worker running it would answer, and \
+                 waiting for many answers to one task is not supported yet; enqueue it without \
+                 waiting"
+            )));
+        }
+        options.reply_to = Some(answers::DIRECT_REPLY_TO.to_string());
+        self.prepare(task, body, options)
+    }
+
     /// Publishes one prepared message with a confirm, retrying a lost connection like
     /// [`Producer::enqueue_raw`]; the worker's retry and dead copies and replays go out here.
     pub(crate) async fn publish(&self, message: Outgoing) -> Result<()> {
@@ -234,5 +417,30 @@ impl Producer {
             routes: &self.inner.routes,
         }
         .message(task, body, options, SystemTime::now())
+    }
+}
+
+fn serialize<T: Task>(task: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(task)
+        .map_err(|e| Error::InvalidInput(format!("cannot serialize a `{}` task: {e}", T::NAME)))
+}
+
+/// The caller's result from an answer: the value decoded as `R`, or why there is none.
+fn decode<R: DeserializeOwned>(task: &str, id: String, answer: Answer) -> Result<R> {
+    match answer {
+        Answer::Succeeded(body) => serde_json::from_slice(&body).map_err(|e| {
+            Error::Wait(WaitFailure::UndecodableResult {
+                task: task.to_string(),
+                id,
+                error: e.to_string(),
+                raw: String::from_utf8_lossy(&body).into_owned(),
+            })
+        }),
+        Answer::Dead { reason, error, .. } => Err(Error::Wait(WaitFailure::Dead {
+            task: task.to_string(),
+            id,
+            reason,
+            error,
+        })),
     }
 }

@@ -8,7 +8,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::topology::ladder::round_up_secs;
 use crate::topology::{Routes, validate_task_name};
-use crate::wire::copies::Outgoing;
+use crate::wire::copies::{IfUnroutable, Outgoing};
 use crate::wire::{Envelope, new_task_id, unix_ms};
 
 /// Longest task id a caller may choose, in bytes (AMQP short strings hold 255).
@@ -45,12 +45,15 @@ impl Preparer<'_> {
         env.expires_at_ms = expires_at.map(unix_ms);
         env.correlation_id = options.correlation_id;
         env.priority = options.priority;
+        env.reply_to = options.reply_to;
         // Inside a handler, a new task joins the running task's trace.
         env.traceparent = options.traceparent.or_else(crate::trace::current);
         let (route, expiration) = if delay == 0 {
-            // The broker expires (and dead-letters) an undelayed task even with no worker.
+            // The broker expires (and dead-letters) an undelayed task even with no worker;
+            // not one a caller waits for: the worker refuses it when it arrives, and answers.
             let ttl = env
                 .expires_at_ms
+                .filter(|_| env.reply_to.is_none())
                 .map(|at| at.saturating_sub(unix_ms(now)).max(1));
             (self.routes.work(task), ttl)
         } else {
@@ -64,7 +67,11 @@ impl Preparer<'_> {
             route,
             body,
             properties: env.properties(expiration),
-            broadcast: s.is_broadcast(task),
+            if_unroutable: if s.is_broadcast(task) {
+                IfUnroutable::Broadcast
+            } else {
+                IfUnroutable::Error
+            },
         })
     }
 

@@ -6,6 +6,7 @@
 //! failure can at worst duplicate a task, never drop it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,9 +16,10 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{Channel, Confirmation};
 use tokio::sync::Mutex;
 
+use super::answers::Answers;
 use crate::broker::{self, Pool};
 use crate::error::{Error, Result};
-use crate::wire::copies::Outgoing;
+use crate::wire::copies::{IfUnroutable, Outgoing};
 
 /// Publishes with confirms on one channel of a pooled connection, replaced after a failure.
 #[derive(Debug)]
@@ -32,6 +34,9 @@ pub(super) struct Publisher {
     window: usize,
     /// The namespace, named in an unroutable task's error.
     namespace: String,
+    /// Set on the publisher of tasks a caller waits for: each of its channels consumes
+    /// direct reply-to into these waits.
+    answers: Option<Arc<Answers>>,
 }
 
 /// State of one `publish_all`: items not yet read, messages published but unsettled, messages
@@ -89,7 +94,15 @@ impl Publisher {
             retry_for,
             window,
             namespace: namespace.to_string(),
+            answers: None,
         }
+    }
+
+    /// This publisher's channels consume direct reply-to into `answers`; publish the tasks a
+    /// caller waits for with it, `reply_to` = [`super::answers::DIRECT_REPLY_TO`].
+    pub(super) fn answering(mut self, answers: Arc<Answers>) -> Publisher {
+        self.answers = Some(answers);
+        self
     }
 
     /// Closes the channel and its connection with the handshake; a later publish connects
@@ -123,6 +136,16 @@ impl Publisher {
                 operation: "enabling publisher confirms".into(),
                 source,
             })?;
+        if let Some(answers) = &self.answers {
+            answers
+                .clone()
+                .listen(&ch)
+                .await
+                .map_err(|source| Error::Amqp {
+                    operation: "consuming direct reply-to".into(),
+                    source,
+                })?;
+        }
         *slot = Some((conn, ch.clone()));
         Ok(ch)
     }
@@ -271,9 +294,14 @@ impl Publisher {
         let m = run.held.get(&i)?;
         let definite = match outcome {
             Ok(Confirmation::Ack(None)) => Ok(m.id.clone()),
-            Ok(Confirmation::Ack(Some(_))) if m.broadcast => {
+            Ok(Confirmation::Ack(Some(_))) if m.if_unroutable == IfUnroutable::Broadcast => {
                 tracing::warn!(task.kind = %m.task, task.id = %m.id,
                     "no worker receives this broadcast type right now; it ran nowhere");
+                Ok(m.id.clone())
+            }
+            Ok(Confirmation::Ack(Some(_))) if m.if_unroutable == IfUnroutable::Answer => {
+                tracing::debug!(task.kind = %m.task, task.id = %m.id,
+                    "the caller waiting for this task has gone; its answer is dropped");
                 Ok(m.id.clone())
             }
             Ok(Confirmation::Ack(Some(_))) => Err(Error::Unroutable {

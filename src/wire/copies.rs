@@ -23,10 +23,21 @@ pub(crate) struct Outgoing {
     pub(crate) route: Route,
     pub(crate) body: Vec<u8>,
     pub(crate) properties: BasicProperties,
-    /// A new broadcast: the broker returning it unroutable means no worker receives the
-    /// type right now, which is a delivery to nobody, not an error. Copies (retries, dead,
-    /// replays) must reach a queue and keep `false`.
-    pub(crate) broadcast: bool,
+    /// What the broker returning it unroutable means.
+    pub(crate) if_unroutable: IfUnroutable,
+}
+
+/// What an unroutable (returned) message means to its publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfUnroutable {
+    /// An error: a task must reach a queue (new tasks of ordinary types, and every copy).
+    Error,
+    /// A new broadcast with no worker receiving its type right now: delivered to nobody,
+    /// confirmed, with a warning.
+    Broadcast,
+    /// An answer to a caller who has gone (or a reply queue that is not there): the task's
+    /// outcome stands; only the answer is lost.
+    Answer,
 }
 
 /// A task as it arrived, which every copy starts from.
@@ -105,7 +116,7 @@ impl Original<'_> {
             route,
             body: self.body.to_vec(),
             properties: env.properties_with(headers, None),
-            broadcast: false,
+            if_unroutable: IfUnroutable::Error,
         }
     }
 }
@@ -127,6 +138,7 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
         correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
         traceparent: header_str(props, header::TRACEPARENT),
         priority: *props.priority(),
+        reply_to: props.reply_to().as_ref().map(|s| s.to_string()),
     };
     let mut headers = merged(&env, props);
     let replays = header_int(props, header::REPLAYS).unwrap_or(0) + 1;

@@ -114,7 +114,12 @@ pub fn read_envelope(
         correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
         traceparent: header_str(props, header::TRACEPARENT),
         priority: *props.priority(),
+        reply_to: reply_to_of(props),
     })
+}
+
+fn reply_to_of(props: &BasicProperties) -> Option<String> {
+    props.reply_to().as_ref().map(|s| s.to_string())
 }
 
 /// The envelope a delivery that [`read_envelope`] rejected is dead-lettered with: the
@@ -123,6 +128,7 @@ pub fn fallback_envelope(task: &str, props: &BasicProperties) -> Envelope {
     let mut env = Envelope::new(id_of(props), task);
     env.enqueued_at_ms = enqueued_at(props);
     env.priority = *props.priority();
+    env.reply_to = reply_to_of(props);
     env
 }
 

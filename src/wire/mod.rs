@@ -8,6 +8,7 @@
 //! on those belong to the broker. Strings are long strings: a short string in a field table
 //! makes RabbitMQ reset the connection.
 
+pub mod answer;
 pub mod copies;
 pub mod decode;
 mod reason;
@@ -40,6 +41,8 @@ pub mod header {
     /// How many runs a worker's shutdown interrupted (integer; absent means none). Such runs
     /// do not count as attempts, up to the type's `max_interruptions`.
     pub const INTERRUPTED: &str = "warren-interrupted";
+    /// On an answer to a waiting caller: `succeeded` or `dead` ([`super::answer`]).
+    pub const OUTCOME: &str = "warren-outcome";
 }
 
 /// Content type of every task body.
@@ -67,6 +70,10 @@ pub struct Envelope {
     /// AMQP `priority` (0–255; a priority queue orders by it, others ignore it). Kept by every
     /// copy, so retries and delayed tasks arrive with the priority they were enqueued with.
     pub priority: Option<u8>,
+    /// AMQP `reply_to`: where the worker answers with the task's final outcome (direct
+    /// reply-to's `amq.rabbitmq.reply-to…`, or a queue the caller named). Kept by every copy,
+    /// so the answer comes after the last retry, once.
+    pub reply_to: Option<String>,
 }
 
 impl Envelope {
@@ -82,6 +89,7 @@ impl Envelope {
             correlation_id: None,
             traceparent: None,
             priority: None,
+            reply_to: None,
         }
     }
 
@@ -147,6 +155,9 @@ impl Envelope {
         }
         if let Some(prio) = self.priority {
             p = p.with_priority(prio);
+        }
+        if let Some(to) = &self.reply_to {
+            p = p.with_reply_to(to.as_str().into());
         }
         p
     }

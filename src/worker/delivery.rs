@@ -154,8 +154,9 @@ async fn run_and_settle(
     };
     let (result, took) = run(task, future, trace, &shared.hard_stop).await;
     let action = match result {
-        RunResult::Success => Action::Ack,
-        failed => judge(shared, task).after_run(&original, failed),
+        // The common case decides without the judge (no clock, no random number).
+        RunResult::Success(_) if env.reply_to.is_none() => Action::Ack,
+        ran => judge(shared, task).after_run(&original, ran),
     };
     if settle(shared, task, held, action).await {
         finished(took);
@@ -170,6 +171,7 @@ fn judge<'a>(shared: &'a Shared, task: &'a Registered) -> Judge<'a> {
         max_delay: shared.max_delay,
         worker: &shared.worker_name,
         own_key: task.own_key(),
+        max_result_bytes: shared.max_result_bytes,
         now_ms: unix_ms(SystemTime::now()),
         unit_random: rand::random::<f64>(),
     }
@@ -183,6 +185,7 @@ fn context(shared: &Shared, task: &Registered, env: &Envelope, trace: String) ->
         max_attempts: task.policy.max_attempts,
         enqueued_at: UNIX_EPOCH + Duration::from_millis(env.enqueued_at_ms),
         correlation_id: env.correlation_id.clone(),
+        awaited: env.reply_to.is_some(),
         traceparent: trace,
         // A clone, not a child token: children register with the parent under a lock.
         cancel: shared.hard_stop.clone(),
@@ -224,7 +227,7 @@ async fn run(
         _ = hard_stop.cancelled() => tokio::time::timeout(INTERRUPT_WAIT, &mut limited).await.ok(),
     };
     let result = match ended {
-        Some(Ok(Ok(Ok(())))) => RunResult::Success,
+        Some(Ok(Ok(Ok(value)))) => RunResult::Success(value),
         _ if hard_stop.is_cancelled() => RunResult::Interrupted,
         None => RunResult::Interrupted,
         Some(Ok(Ok(Err(TaskError::Retryable(e))))) => RunResult::Retryable(error_chain(&*e)),
@@ -253,15 +256,20 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
             task.metrics.outcome(Outcome::Success);
             true
         }
+        Action::Answer { answer } => {
+            span.record("outcome", "success");
+            publish_then_ack(shared, task, held, answer, None, Outcome::Success).await
+        }
         Action::Retry { delay, error, copy } => {
             span.record("outcome", "retry");
             tracing::warn!(error = %error, retry_in = %crate::config::duration_text(delay), "attempt failed; retrying");
-            publish_then_ack(shared, task, held, copy, Outcome::Retry).await
+            publish_then_ack(shared, task, held, copy, None, Outcome::Retry).await
         }
-        Action::Dead { why, copy } => {
+        Action::Dead { why, copy, answer } => {
             span.record("outcome", "dead");
             log_death(&copy, &why);
-            publish_then_ack(shared, task, held, copy, Outcome::Dead(why.reason)).await
+            let outcome = Outcome::Dead(why.reason);
+            publish_then_ack(shared, task, held, copy, answer.map(|a| *a), outcome).await
         }
         Action::Interrupted { copy } => {
             span.record("outcome", "interrupted");
@@ -271,7 +279,7 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
                 interruptions,
                 "the worker stopped before the task finished; back to its queue, same attempt"
             );
-            publish_then_ack(shared, task, held, copy, Outcome::Interrupted).await
+            publish_then_ack(shared, task, held, copy, None, Outcome::Interrupted).await
         }
         Action::Abandon => {
             span.record("outcome", "interrupted");
@@ -298,8 +306,8 @@ fn log_death(copy: &Outgoing, why: &Rejection) {
     }
 }
 
-/// Publishes `copy` with a confirm, then acks; if publishing fails, requeues instead. Returns
-/// whether it acked.
+/// Publishes `copy`, then `and_then` (a waiting caller's answer after the dead copy), each
+/// with a confirm, then acks; if publishing fails, requeues instead. Returns whether it acked.
 ///
 /// Boxed: this cold path (a message, a confirm, a backoff timer) would otherwise be part of
 /// every delivery's future, which tokio copies when it spawns one.
@@ -308,11 +316,19 @@ fn publish_then_ack<'a>(
     task: &'a Registered,
     held: &'a Held,
     copy: Outgoing,
+    and_then: Option<Outgoing>,
     outcome: Outcome,
 ) -> futures_util::future::BoxFuture<'a, bool> {
     Box::pin(async move {
         let (kind, id) = (copy.task.clone(), copy.id.clone());
-        match shared.producer.publish(copy).await {
+        let mut published = Ok(());
+        for copy in std::iter::once(copy).chain(and_then) {
+            published = shared.producer.publish(copy).await;
+            if published.is_err() {
+                break;
+            }
+        }
+        match published {
             Ok(()) => {
                 task.metrics.outcome(outcome);
                 held.ack();
@@ -320,12 +336,13 @@ fn publish_then_ack<'a>(
             }
             Err(err) => {
                 let what = match outcome {
-                    Outcome::Retry => "retry",
-                    Outcome::Interrupted => "interrupted",
-                    _ => "dead",
+                    Outcome::Retry => "retry copy",
+                    Outcome::Interrupted => "interrupted copy",
+                    Outcome::Success => "answer to the waiting caller",
+                    _ => "dead copy or the answer",
                 };
                 tracing::error!(task.kind = %kind, task.id = %id, error = %err,
-                    "could not publish the {what} copy; requeueing the delivery instead of acking it");
+                    "could not publish the {what}; requeueing the delivery instead of acking it");
                 // Don't spin: a broker that refuses now will likely refuse in the next ms.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 held.requeue();

@@ -6,11 +6,14 @@ use std::pin::Pin;
 use super::context::TaskContext;
 use super::telemetry::Metrics;
 use crate::retry::TaskPolicy;
+use serde::Serialize;
+
 use crate::task::{Task, TaskError};
 use crate::topology::OwnQueue;
 
-/// A handler's future.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
+/// A handler's future: `Ok` with the result's JSON when a caller waits for it
+/// ([`TaskContext::awaited`]), `Ok(None)` otherwise (or to answer `null`).
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, TaskError>> + Send>>;
 
 /// A type-erased handler: decodes the body (or says why it cannot) and starts the run.
 pub(super) type ErasedHandler =
@@ -64,17 +67,33 @@ impl Registered {
     }
 }
 
-/// `handler` behind a decoder of `T`: a body that is not a valid `T` is refused with why.
-pub(super) fn typed<T, F, Fut>(handler: F) -> Box<ErasedHandler>
+/// `handler` behind a decoder of `T`: a body that is not a valid `T` is refused with why. Its
+/// value is serialized only when a caller waits for it; one that cannot be is a permanent
+/// failure (it would fail again on every retry).
+pub(super) fn typed<T, R, F, Fut>(handler: F) -> Box<ErasedHandler>
 where
     T: Task,
+    R: Serialize + Send + 'static,
     F: Fn(T, TaskContext) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+    Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
 {
     Box::new(move |body: &[u8], ctx: TaskContext| {
         let task: T = serde_json::from_slice(body)
             .map_err(|e| format!("not a valid `{}` task: {e}", T::NAME))?;
-        Ok(Box::pin(handler(task, ctx)) as HandlerFuture)
+        let awaited = ctx.awaited;
+        let run = handler(task, ctx);
+        Ok(Box::pin(async move {
+            let value = run.await?;
+            if !awaited {
+                return Ok(None);
+            }
+            serde_json::to_vec(&value).map(Some).map_err(|e| {
+                TaskError::permanent(format!(
+                    "cannot serialize the result of a `{}` task: {e}",
+                    T::NAME
+                ))
+            })
+        }) as HandlerFuture)
     })
 }
 

@@ -50,6 +50,8 @@ struct Shared {
     max_delay: Duration,
     /// Connection name, written as `warren-worker` on dead copies.
     worker_name: String,
+    /// Largest result sent to a waiting caller (`max_payload_bytes`).
+    max_result_bytes: usize,
     prefetch: u16,
     /// Bounds the handlers running at once in this process.
     semaphore: Arc<Semaphore>,
@@ -113,14 +115,17 @@ impl Worker {
 
     /// Registers the handler of task type `T`. Its policy is `T::policy` applied to the
     /// topology file's. A body that does not decode as `T` is dead-lettered as `undecodable`.
+    /// The handler's value (`()` for most) is sent to a caller that waits for the task
+    /// ([`Producer::call`]).
     ///
     /// # Panics
     /// When `T::NAME` is not a valid task name: that is a bug in the program, not input.
-    pub fn handle<T, F, Fut>(mut self, handler: F) -> Worker
+    pub fn handle<T, R, F, Fut>(mut self, handler: F) -> Worker
     where
         T: Task,
+        R: serde::Serialize + Send + 'static,
         F: Fn(T, TaskContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
+        Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
     {
         if let Err(e) = validate_task_name(T::NAME) {
             panic!("Task::NAME of {}: {e}", std::any::type_name::<T>());
@@ -221,6 +226,7 @@ impl Worker {
             routes: self.settings.routes(),
             max_delay: self.settings.max_delay,
             worker_name: name,
+            max_result_bytes: self.settings.max_payload_bytes,
             prefetch: self.prefetch,
             semaphore: Arc::new(Semaphore::new(self.concurrency)),
             concurrency: self.concurrency,

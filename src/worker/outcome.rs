@@ -19,8 +19,8 @@ use crate::wire::decode::Rejection;
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RunResult {
-    /// The handler returned `Ok`.
-    Success,
+    /// The handler returned `Ok`, with its result's JSON when a caller waits for it.
+    Success(Option<Vec<u8>>),
     /// A retryable error, a panic or the time limit, with its text.
     Retryable(String),
     /// A permanent error, with its text.
@@ -34,14 +34,20 @@ pub(crate) enum RunResult {
 pub(crate) enum Action {
     /// Ack it: the outcome needs nothing else in the broker.
     Ack,
+    /// It succeeded and a caller waits: publish `answer`, then ack.
+    Answer { answer: Outgoing },
     /// Publish `copy` into the ladder to run again after `delay`, then ack.
     Retry {
         delay: Duration,
         error: String,
         copy: Outgoing,
     },
-    /// Publish `copy` to the dead queue, then ack.
-    Dead { why: Rejection, copy: Outgoing },
+    /// Publish `copy` to the dead queue, then `answer` to a waiting caller, then ack.
+    Dead {
+        why: Rejection,
+        copy: Outgoing,
+        answer: Option<Box<Outgoing>>,
+    },
     /// Publish `copy` (same attempt, one more interruption) to the work queue, then ack.
     Interrupted { copy: Outgoing },
     /// A broadcast run this worker's shutdown interrupted: ack it and publish nothing. The
@@ -61,6 +67,8 @@ pub(crate) struct Judge<'a> {
     /// Broadcast types: the key that reaches this worker's own queue only ([`crate::topology::OwnQueue::retry_key`]);
     /// `None` for the work queue's types.
     pub(crate) own_key: Option<&'a str>,
+    /// Largest result a waiting caller is sent (`max_payload_bytes`).
+    pub(crate) max_result_bytes: usize,
     pub(crate) now_ms: u64,
     pub(crate) unit_random: f64,
 }
@@ -83,7 +91,7 @@ impl Judge<'_> {
     /// The action after `original` ran with `result`.
     pub(crate) fn after_run(&self, original: &Original<'_>, result: RunResult) -> Action {
         let error = match result {
-            RunResult::Success => return Action::Ack,
+            RunResult::Success(value) => return self.succeeded(original, value),
             RunResult::Permanent(error) => {
                 return self.refuse(original, Rejection::new(Reason::Permanent, error));
             }
@@ -106,6 +114,29 @@ impl Judge<'_> {
                 let error = format!("attempt {attempt}/{max}: {error}");
                 self.refuse(original, Rejection::new(Reason::Failed, error))
             }
+        }
+    }
+
+    /// The action after a successful run: an ack, or, when a caller waits, its answer
+    /// first. A result over `max_result_bytes` fails the task for good (dead, `permanent`),
+    /// saying so: it would fail the same way on every retry.
+    fn succeeded(&self, original: &Original<'_>, value: Option<Vec<u8>>) -> Action {
+        if original.env.reply_to.is_none() {
+            return Action::Ack;
+        }
+        let value = value.unwrap_or_else(|| b"null".to_vec());
+        if value.len() > self.max_result_bytes {
+            let error = format!(
+                "its result is {} bytes, over max_payload_bytes ({}); return an id or a \
+                 location instead of the data",
+                value.len(),
+                self.max_result_bytes
+            );
+            return self.refuse(original, Rejection::new(Reason::Permanent, error));
+        }
+        match crate::wire::answer::succeeded(original.env, value) {
+            Some(answer) => Action::Answer { answer },
+            None => Action::Ack,
         }
     }
 
@@ -137,7 +168,8 @@ impl Judge<'_> {
             at_ms: self.now_ms,
         };
         let copy = original.dead(self.routes.dead(&original.env.task), &why, bed);
-        Action::Dead { why, copy }
+        let answer = crate::wire::answer::dead(original.env, &why).map(Box::new);
+        Action::Dead { why, copy, answer }
     }
 }
 
@@ -166,6 +198,7 @@ mod tests {
             max_delay: Duration::from_secs(60),
             worker: "warren worker h:1",
             own_key: None,
+            max_result_bytes: 16,
             now_ms: 1_000_000,
             unit_random: 0.5,
         }
@@ -190,9 +223,68 @@ mod tests {
             body: b"{}",
         };
         assert!(matches!(
-            judge(&p, &r).after_run(&original, RunResult::Success),
+            judge(&p, &r).after_run(&original, RunResult::Success(None)),
             Action::Ack
         ));
+    }
+
+    #[test]
+    fn a_waited_success_answers_its_value_and_one_too_large_goes_dead_saying_so() {
+        let (p, r, props) = (policy(3), routes(), BasicProperties::default());
+        let mut env = envelope(1);
+        env.reply_to = Some("amq.rabbitmq.reply-to.x".into());
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let j = judge(&p, &r);
+        let action = j.after_run(&original, RunResult::Success(Some(b"42".to_vec())));
+        let Action::Answer { answer } = action else {
+            panic!("expected an answer, got {action:?}")
+        };
+        assert_eq!(answer.body, b"42");
+        assert_eq!(answer.route.routing_key, "amq.rabbitmq.reply-to.x");
+        // A handler that returned nothing answers `null`.
+        let action = j.after_run(&original, RunResult::Success(None));
+        assert!(matches!(&action, Action::Answer { answer } if answer.body == b"null"));
+        // 17 bytes > 16: dead as permanent, and the caller is told.
+        let big = b"\"0123456789abcde\"".to_vec();
+        let action = j.after_run(&original, RunResult::Success(Some(big)));
+        let Action::Dead { why, answer, .. } = action else {
+            panic!("expected a dead copy, got {action:?}")
+        };
+        assert_eq!(why.reason, Reason::Permanent);
+        assert!(
+            why.error.contains("17 bytes, over max_payload_bytes (16)"),
+            "{}",
+            why.error
+        );
+        let answer = answer.expect("the caller hears of it");
+        assert!(matches!(
+            crate::wire::answer::read(&answer.properties, &answer.body),
+            Some(crate::wire::answer::Answer::Dead { reason, .. }) if reason == "permanent"
+        ));
+    }
+
+    #[test]
+    fn a_retry_does_not_answer_and_keeps_the_reply_address() {
+        let (p, r, props) = (policy(3), routes(), BasicProperties::default());
+        let mut env = envelope(1);
+        env.reply_to = Some("amq.rabbitmq.reply-to.x".into());
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let action = judge(&p, &r).after_run(&original, RunResult::Retryable("boom".into()));
+        let Action::Retry { copy, .. } = action else {
+            panic!("expected a retry, got {action:?}")
+        };
+        assert_eq!(
+            copy.properties.reply_to().as_ref().map(|s| s.as_str()),
+            Some("amq.rabbitmq.reply-to.x")
+        );
     }
 
     #[test]
@@ -256,7 +348,7 @@ mod tests {
             body: b"{}",
         };
         let action = judge(&p, &r).after_run(&original, RunResult::Retryable("boom".into()));
-        let Action::Dead { why, copy } = action else {
+        let Action::Dead { why, copy, .. } = action else {
             panic!("expected a dead copy, got {action:?}")
         };
         assert_eq!(why.reason, Reason::Failed);
@@ -274,7 +366,7 @@ mod tests {
             body: b"{}",
         };
         let action = judge(&p, &r).after_run(&original, RunResult::Permanent("bad".into()));
-        let Action::Dead { why, copy } = action else {
+        let Action::Dead { why, copy, .. } = action else {
             panic!("expected a dead copy, got {action:?}")
         };
         assert_eq!((why.reason, why.error.as_str()), (Reason::Permanent, "bad"));

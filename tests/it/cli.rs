@@ -390,7 +390,7 @@ async fn a_worker_facing_a_silent_port_keeps_trying_and_still_stops_when_told() 
     let mut settings = warren::Settings::from_toml("namespace = \"t\"\n[tasks.job]\n").unwrap();
     settings.amqp_url = silent.url();
     let worker = warren::Worker::new(&settings)
-        .handle_json("job", |_, _| Box::pin(async { Ok(()) }))
+        .handle_json("job", |_, _| Box::pin(async { Ok(None) }))
         .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(worker.run(stop.clone()));

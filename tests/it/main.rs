@@ -7,6 +7,7 @@ mod contract;
 mod faults;
 mod ops;
 mod producer;
+mod results;
 mod security;
 mod support;
 mod topology;

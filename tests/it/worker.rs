@@ -206,8 +206,9 @@ async fn an_always_failing_task_is_dead_after_exactly_max_attempts_and_a_permane
             let runs = r2.clone();
             async move {
                 *runs.lock().unwrap().entry(job.n).or_default() += 1;
+                // Never `Ok`: the handler's value type must be named.
                 if job.n == 1 {
-                    Err(TaskError::retry("disk full"))
+                    Err::<(), _>(TaskError::retry("disk full"))
                 } else {
                     Err(TaskError::permanent("bad address"))
                 }

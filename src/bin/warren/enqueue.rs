@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use warren::config::parse_duration;
+use warren::error::WaitFailure;
+use warren::wire::answer::Answer;
 use warren::{EnqueueOptions, Error, Producer, Result, Settings};
 
 use crate::hints;
@@ -47,6 +49,25 @@ pub struct EnqueueArgs {
     /// Enqueue this many copies through the pipelined bulk path.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000), conflicts_with = "stdin")]
     pub count: Option<u64>,
+    /// Wait this long for the outcome, e.g. `30s`: print the result (exit 0), or the reason
+    /// a dead task died (stderr, exit 1); 124 when no answer came in time (the task may still
+    /// run). With --count, one line per task.
+    #[arg(long, value_parser = parse_wait, conflicts_with = "stdin", allow_hyphen_values = true)]
+    pub wait: Option<Duration>,
+}
+
+/// Most tasks `--count N --wait` waits for at once: each wait holds its answer in memory.
+const WAIT_COUNT_MAX: u64 = 100_000;
+
+/// Exit code of a wait that got no answer in time, as `timeout(1)` has it.
+const EXIT_TIMED_OUT: u8 = 124;
+
+fn parse_wait(text: &str) -> std::result::Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err("a wait of 0s could never see an answer; give e.g. 30s".into());
+    }
+    Ok(d)
 }
 
 /// A task name the loaded topology file does not declare is a typo far more often than an
@@ -112,6 +133,9 @@ pub(crate) async fn run(
 ) -> Result<ExitCode> {
     warren::topology::validate_task_name(&args.task).map_err(Error::InvalidInput)?;
     check_declared(settings, &args.task, topology)?;
+    if args.wait.is_some() {
+        check_waitable(settings, &args)?;
+    }
     let options = EnqueueOptions {
         delay: args.delay,
         expires_in: args.expires_in,
@@ -120,6 +144,7 @@ pub(crate) async fn run(
         correlation_id: args.correlation_id.clone(),
         traceparent: None,
         priority: args.priority,
+        reply_to: None,
     };
     let producer = Producer::with_role(settings, "cli")?;
     let outcome = if args.stdin.is_some() {
@@ -130,6 +155,24 @@ pub(crate) async fn run(
     // Close with the handshake before the process exits (confirmed tasks are safe either way).
     producer.close().await;
     outcome
+}
+
+/// `--wait` is refused, before anything is published, for a broadcast type (every worker
+/// would answer) and for more than [`WAIT_COUNT_MAX`] tasks.
+fn check_waitable(settings: &Settings, args: &EnqueueArgs) -> Result<()> {
+    if settings.is_broadcast(&args.task) {
+        return Err(Error::InvalidInput(format!(
+            "--wait: `{}` is a broadcast type, run by every worker, and waiting for one answer \
+             from each is not supported yet; enqueue it without --wait",
+            args.task
+        )));
+    }
+    if args.count.is_some_and(|n| n > WAIT_COUNT_MAX) {
+        return Err(Error::InvalidInput(format!(
+            "--wait holds every answer in memory: at most --count {WAIT_COUNT_MAX}"
+        )));
+    }
+    Ok(())
 }
 
 /// `warren enqueue` with `--payload`, `--payload-file` or neither, once or `--count` times.
@@ -152,6 +195,22 @@ async fn enqueue_payload(
         }
         (None, None) => b"{}".to_vec(),
     };
+    if let Some(wait) = args.wait {
+        let count = args.count.unwrap_or(1);
+        let items = (1..=count).map(|n| {
+            let id = match args.count {
+                None => args.id.clone(),
+                Some(_) => args.id.as_ref().map(|id| format!("{id}-{n}")),
+            };
+            let options = EnqueueOptions {
+                id,
+                ..options.clone()
+            };
+            (args.task.clone(), Ok(body.clone()), options)
+        });
+        let results = producer.enqueue_many_wait_raw(items, wait).await;
+        return print_answers(results, args.count.is_some(), out);
+    }
     match args.count {
         None => {
             let id = producer
@@ -182,6 +241,70 @@ async fn enqueue_payload(
             enqueue_in_chunks(producer, &args.task, items, count, out).await
         }
     }
+}
+
+/// Prints what `--wait` learnt. One task: the result alone on stdout (exit 0), or why it
+/// is dead on stderr (exit 1), or that no answer came in time (exit 124). With --count, one
+/// line per task on stdout, `ID<TAB>RESULT`, `ID<TAB>dead (REASON): ERROR` or
+/// `ID<TAB>no answer`; exit 1 when any is dead, else 124 when any timed out.
+fn print_answers(
+    results: Vec<Result<(String, Answer)>>,
+    many: bool,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let (mut dead, mut late) = (false, false);
+    for result in results {
+        let line = match result {
+            Ok((id, Answer::Succeeded(value))) => {
+                let value = String::from_utf8_lossy(&value);
+                if many {
+                    format!("{id}\t{}", value.trim_end())
+                } else {
+                    value.trim_end().to_string()
+                }
+            }
+            Ok((
+                id,
+                Answer::Dead {
+                    reason,
+                    error,
+                    attempts,
+                },
+            )) => {
+                dead = true;
+                let runs = attempts.map_or_else(String::new, |n| format!(" after {n} run(s)"));
+                let why = format!("dead ({reason}){runs}: {error}");
+                if !many {
+                    eprintln!("error: task {id} is {why}");
+                    continue;
+                }
+                format!("{id}\t{why}")
+            }
+            Err(Error::Wait(WaitFailure::TimedOut { task, id, after })) => {
+                late = true;
+                if !many {
+                    eprintln!(
+                        "error: no answer for `{task}` task {id} within {after}; it is enqueued \
+                         and may still run (or wait longer with a larger --wait)"
+                    );
+                    continue;
+                }
+                format!("{id}\tno answer")
+            }
+            Err(e) if many => {
+                dead = true;
+                eprintln!("error: {}", hints::explained(&e));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        writeln!(out, "{line}").map_err(write_err)?;
+    }
+    Ok(match (dead, late) {
+        (true, _) => ExitCode::from(1),
+        (false, true) => ExitCode::from(EXIT_TIMED_OUT),
+        (false, false) => ExitCode::SUCCESS,
+    })
 }
 
 /// Chunk size of the bulk paths: bounds memory while keeping the confirm window full.

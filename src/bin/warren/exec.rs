@@ -29,7 +29,7 @@ pub const EXIT_PERMANENT: i32 = 65;
 /// Bytes of stderr kept: the recorded error of a failed run, debug log lines of a good one.
 const STDERR_TAIL: usize = 2048;
 
-/// Bytes of stdout kept (logged at debug; the results issue makes it the task's result).
+/// Bytes of stdout kept when no caller waits for the result (logged at debug).
 const STDOUT_TAIL: usize = 2048;
 
 /// Script extensions whose first argument is checked at start: `["sh", "handlers/x.sh"]`
@@ -42,6 +42,8 @@ pub(crate) struct ExecHandler {
     program: PathBuf,
     args: Vec<String>,
     workdir: PathBuf,
+    /// Largest stdout sent as the result to a waiting caller (`max_payload_bytes`).
+    result_limit: usize,
 }
 
 impl ExecHandler {
@@ -75,7 +77,14 @@ impl ExecHandler {
             program,
             args: args.to_vec(),
             workdir: workdir.to_path_buf(),
+            result_limit: warren::config::MAX_PAYLOAD_BYTES_DEFAULT,
         })
+    }
+
+    /// The largest stdout a waiting caller is sent; a longer one fails the task for good.
+    pub(crate) fn result_limit(mut self, bytes: usize) -> ExecHandler {
+        self.result_limit = bytes;
+        self
     }
 
     /// The handler function for `Worker::handle_json`.
@@ -88,7 +97,11 @@ impl ExecHandler {
         }
     }
 
-    async fn run(&self, body: Vec<u8>, ctx: &TaskContext) -> std::result::Result<(), TaskError> {
+    async fn run(
+        &self,
+        body: Vec<u8>,
+        ctx: &TaskContext,
+    ) -> std::result::Result<Option<Vec<u8>>, TaskError> {
         let shown = self.program.display().to_string();
         let mut child = self
             .command(ctx)
@@ -102,10 +115,13 @@ impl ExecHandler {
                 let _ = stdin.write_all(&body).await;
             } // dropped here: the program sees the end of its input
         };
+        // A waiting caller gets stdout as the result: read it from its start, up to the
+        // limit; else only its tail is kept, for the debug log.
+        let keep = ctx.awaited.then_some(self.result_limit);
         let finished = async {
             let ((), out, err) = tokio::join!(
                 feed,
-                read_tail(stdout, STDOUT_TAIL),
+                read_stdout(stdout, keep),
                 read_tail(stderr, STDERR_TAIL)
             );
             (child.wait().await, out, err)
@@ -116,7 +132,17 @@ impl ExecHandler {
         };
         let status =
             status.map_err(|e| TaskError::retry(format!("waiting for `{shown}` failed: {e}")))?;
-        outcome(status, &out, &err)
+        let (out, total) = out;
+        outcome(status, &out, &err)?;
+        let Some(limit) = keep else { return Ok(None) };
+        if total > limit {
+            return Err(TaskError::permanent(format!(
+                "its stdout, the result a caller waits for, is {total} bytes, over \
+                 max_payload_bytes ({limit}); print an id or a location instead of the data"
+            )));
+        }
+        // An empty stdout answers `null`, like a handler that returns nothing.
+        Ok((!out.iter().all(u8::is_ascii_whitespace)).then_some(out))
     }
 
     fn command(&self, ctx: &TaskContext) -> Command {
@@ -199,6 +225,36 @@ fn outcome(
             )))
         }
     }
+}
+
+/// Reads stdout to its end: with `Some(limit)`, its first `limit + 1` bytes at most (the
+/// result a caller waits for); else its last [`STDOUT_TAIL`] bytes. Also returns how many
+/// bytes it had.
+async fn read_stdout(
+    pipe: Option<impl AsyncRead + Unpin>,
+    keep: Option<usize>,
+) -> (Vec<u8>, usize) {
+    let Some(limit) = keep else {
+        let tail = read_tail(pipe, STDOUT_TAIL).await;
+        let n = tail.len();
+        return (tail, n);
+    };
+    let Some(mut pipe) = pipe else {
+        return (Vec::new(), 0);
+    };
+    let (mut head, mut total) = (Vec::new(), 0usize);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                total += n;
+                let room = (limit + 1).saturating_sub(head.len());
+                head.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (head, total)
 }
 
 /// Reads `pipe` to its end, keeping only its last `keep` bytes: memory stays within

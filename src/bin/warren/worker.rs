@@ -85,7 +85,8 @@ pub(crate) async fn run(settings: &Settings, args: WorkerArgs, workdir: &Path) -
                 if with_exec.is_empty() { "none".to_string() } else { with_exec.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
             ))
         })?;
-        let handler = ExecHandler::new(name, &exec, workdir)?;
+        let handler =
+            ExecHandler::new(name, &exec, workdir)?.result_limit(settings.max_payload_bytes);
         worker = worker.handle_json(name, handler.into_handler())?;
     }
     if let Some(n) = args.concurrency {
