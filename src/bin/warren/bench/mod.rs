@@ -24,6 +24,7 @@ mod child;
 mod raw;
 mod repetition;
 mod report;
+mod rpc;
 mod side;
 mod timing;
 

@@ -63,7 +63,10 @@ impl Bench<'_> {
         }
         // Paced: a steady rate, latency only.
         step("paced latency");
-        self.paced(f).await
+        self.paced(f).await?;
+        // Request and response: enqueue and wait, against a raw RPC loop.
+        step("round trips");
+        self.round_trips(f).await
     }
 
     async fn purge(&self, queue: &str) -> Result<()> {

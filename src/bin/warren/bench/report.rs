@@ -69,6 +69,31 @@ pub(super) const RATIOS: &[(&str, &str, &str)] = &[
         "warren.paced_p99_ms",
         "raw.paced_p99_ms",
     ),
+    (
+        "round trip p50, one call at a time: warren / raw RPC",
+        "warren.rpc_seq_p50_ms",
+        "raw.rpc_seq_p50_ms",
+    ),
+    (
+        "round trip p99, one call at a time: warren / raw RPC",
+        "warren.rpc_seq_p99_ms",
+        "raw.rpc_seq_p99_ms",
+    ),
+    (
+        "round trip p50, 100 in flight: warren / raw RPC",
+        "warren.rpc_100_p50_ms",
+        "raw.rpc_100_p50_ms",
+    ),
+    (
+        "round trip p99, 100 in flight: warren / raw RPC",
+        "warren.rpc_100_p99_ms",
+        "raw.rpc_100_p99_ms",
+    ),
+    (
+        "round trips per second, 100 in flight: warren / raw RPC",
+        "warren.rpc_100",
+        "raw.rpc_100",
+    ),
 ];
 
 /// Median, minimum and maximum of `v`; `None` when it is empty.
