@@ -172,8 +172,9 @@ pub enum Error {
 /// Why waiting for a task's outcome ([`crate::Producer::call`]) gave no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WaitFailure {
-    /// No answer came in time. The task is enqueued and may still run (or be running).
-    #[error("no answer for `{task}` task {id} within {after}; it is enqueued and may still run")]
+    /// No answer came in time. The task may still run (or be running): it was enqueued, or
+    /// its publishing took the whole wait.
+    #[error("no answer for `{task}` task {id} within {after}; the task may still run")]
     TimedOut {
         /// Task name.
         task: String,

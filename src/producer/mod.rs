@@ -306,7 +306,7 @@ impl Producer {
     }
 
     /// As [`Producer::enqueue_wait_raw`] for many tasks, pipelined; `timeout` bounds the whole
-    /// wait. One result per task, in input order.
+    /// call, publishing included. One result per task, in input order.
     pub async fn enqueue_many_wait_raw(
         &self,
         items: impl IntoIterator<Item = (String, Result<Vec<u8>>, EnqueueOptions)>,
@@ -314,52 +314,61 @@ impl Producer {
     ) -> Vec<Result<(String, Answer)>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let answers = &self.inner.answers;
-        let mut waits = Vec::new();
+        // Every wait still registered when this call ends is forgotten, however it ends (a
+        // caller that drops this future included).
+        let mut registered = Forget {
+            answers,
+            ids: Vec::new(),
+        };
+        let mut slots = Vec::new();
         let mut messages = Vec::new();
         for (task, body, options) in items {
             let prepared = body
                 .and_then(|b| self.prepare_awaited(&task, b, options))
-                .and_then(|out| Ok((answers.expect(&out.id)?, out)));
-            match prepared {
-                Ok((rx, out)) => {
-                    waits.push(Some((task, out.id.clone(), rx)));
-                    messages.push(Ok(out));
-                }
-                Err(e) => {
-                    waits.push(None);
-                    messages.push(Err(e));
-                }
-            }
+                .and_then(|out| Ok((answers.expect(&task, &out.id)?, out)));
+            slots.push(prepared.map(|(rx, out)| {
+                registered.ids.push(out.id.clone());
+                let slot = (task, out.id.clone(), rx);
+                messages.push(Ok(out));
+                slot
+            }));
         }
-        let published = self.inner.waiter.publish_all(messages.into_iter()).await;
-        let mut results = Vec::with_capacity(published.len());
-        for (published, wait) in published.into_iter().zip(waits) {
-            let result = match (published, wait) {
-                (Err(e), wait) => {
-                    if let Some((_, id, _)) = wait {
-                        answers.forget(&id);
-                    }
-                    Err(e)
-                }
-                (Ok(_), Some((task, id, rx))) => {
-                    match tokio::time::timeout_at(deadline, rx).await {
+        let publishing = self.inner.waiter.publish_all(messages.into_iter());
+        // Publishing may retry a lost connection: it counts against the wait too.
+        let mut published = tokio::time::timeout_at(deadline, publishing)
+            .await
+            .map(Vec::into_iter);
+        let after = crate::config::duration_text(timeout);
+        let timed_out = |task: String, id: String| {
+            Error::Wait(WaitFailure::TimedOut {
+                task,
+                id,
+                after: after.clone(),
+            })
+        };
+        let mut results = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let result = match slot {
+                Err(e) => Err(e),
+                Ok((task, id, mut rx)) => match published.as_mut().map(Iterator::next) {
+                    Err(_) => Err(timed_out(task, id)),
+                    Ok(None) => Err(Error::Internal(format!("task {id} has no publish result"))),
+                    Ok(Some(Err(e))) => Err(e),
+                    Ok(Some(Ok(_))) => match tokio::time::timeout_at(deadline, &mut rx).await {
                         Ok(Ok(answer)) => Ok((id, answer)),
                         Ok(Err(_)) => Err(Error::Internal(format!(
-                            "the answer to `{task}` task {id} could not be read"
+                            "the wait for `{task}` task {id} ended without its answer"
                         ))),
                         Err(_) => {
                             answers.forget(&id);
-                            Err(Error::Wait(WaitFailure::TimedOut {
-                                task,
-                                id,
-                                after: crate::config::duration_text(timeout),
-                            }))
+                            // It may have come between the deadline and the forget.
+                            match rx.try_recv() {
+                                Ok(answer) => Ok((id, answer)),
+                                Err(_) => Err(timed_out(task, id)),
+                            }
                         }
-                    }
-                }
-                (Ok(id), None) => Err(Error::Internal(format!(
-                    "task {id} was published without a wait"
-                ))),
+                    },
+                },
             };
             results.push(result);
         }
@@ -380,15 +389,9 @@ impl Producer {
                     .into(),
             ));
         }
-        if self.inner.settings.is_broadcast(task) {
-            return Err(Error::InvalidInput(format!(
-                "`{task}` is a broadcast type: every worker running it would answer, and \
-                 waiting for many answers to one task is not supported yet; enqueue it without \
-                 waiting"
-            )));
-        }
         options.reply_to = Some(answers::DIRECT_REPLY_TO.to_string());
-        self.prepare(task, body, options)
+        self.preparer(true)
+            .message(task, body, options, SystemTime::now())
     }
 
     /// Publishes one prepared message with a confirm, retrying a lost connection like
@@ -412,11 +415,16 @@ impl Producer {
 
     /// Validates and encodes one task; nothing is sent.
     fn prepare(&self, task: &str, body: Vec<u8>, options: EnqueueOptions) -> Result<Outgoing> {
+        self.preparer(false)
+            .message(task, body, options, SystemTime::now())
+    }
+
+    fn preparer(&self, direct_reply_ok: bool) -> Preparer<'_> {
         Preparer {
             settings: &self.inner.settings,
             routes: &self.inner.routes,
+            direct_reply_ok,
         }
-        .message(task, body, options, SystemTime::now())
     }
 }
 
@@ -442,5 +450,19 @@ fn decode<R: DeserializeOwned>(task: &str, id: String, answer: Answer) -> Result
             reason,
             error,
         })),
+    }
+}
+
+/// Forgets the waits of `ids` when dropped (those answered are gone already).
+struct Forget<'a> {
+    answers: &'a Answers,
+    ids: Vec<String>,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            self.answers.forget(id);
+        }
     }
 }

@@ -19,6 +19,9 @@ pub(crate) const TASK_ID_MAX: usize = 255;
 pub(crate) struct Preparer<'a> {
     pub(crate) settings: &'a Settings,
     pub(crate) routes: &'a Routes,
+    /// True on the producer's waiting path, which publishes on a channel that consumes
+    /// direct reply-to; anywhere else such a `reply_to` makes the broker close the channel.
+    pub(crate) direct_reply_ok: bool,
 }
 
 impl Preparer<'_> {
@@ -41,6 +44,7 @@ impl Preparer<'_> {
         check_delay(delay, s.max_delay)?;
         let expires_at = self.expiry(task, &options, now)?;
         check_id(options.id.as_deref())?;
+        check_reply_to(s, task, options.reply_to.as_deref(), self.direct_reply_ok)?;
         let mut env = Envelope::new(options.id.unwrap_or_else(new_task_id), task);
         env.expires_at_ms = expires_at.map(unix_ms);
         env.correlation_id = options.correlation_id;
@@ -128,6 +132,38 @@ fn check_id(id: Option<&str>) -> Result<()> {
     }
 }
 
+/// A `reply_to`: 1 to 255 bytes (an AMQP short string); direct reply-to only where the
+/// publishing channel consumes it; none on a broadcast type (every worker would answer).
+fn check_reply_to(
+    settings: &Settings,
+    task: &str,
+    reply_to: Option<&str>,
+    direct_reply_ok: bool,
+) -> Result<()> {
+    let Some(to) = reply_to else { return Ok(()) };
+    if to.is_empty() || to.len() > 255 {
+        return Err(Error::InvalidInput(format!(
+            "a reply queue name must be 1 to 255 bytes (it is {})",
+            to.len()
+        )));
+    }
+    if to.starts_with(crate::wire::answer::DIRECT_REPLY_TO) && !direct_reply_ok {
+        return Err(Error::InvalidInput(
+            "direct reply-to needs the publishing channel to consume it: use Producer::call \
+             or enqueue_wait_raw to wait for an answer"
+                .into(),
+        ));
+    }
+    if settings.is_broadcast(task) {
+        return Err(Error::InvalidInput(format!(
+            "`{task}` is a broadcast type: every worker running it would answer, and waiting \
+             for many answers to one task is not supported yet; enqueue it without waiting or \
+             a reply queue"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use lapin::types::AMQPValue;
@@ -151,6 +187,7 @@ mod tests {
         Preparer {
             settings: &s,
             routes: &routes,
+            direct_reply_ok: false,
         }
         .message(task, body.to_vec(), options, now)
     }

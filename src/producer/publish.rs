@@ -250,7 +250,7 @@ impl Publisher {
                     m.route.exchange.as_str().into(),
                     m.route.routing_key.as_str().into(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory: m.if_unroutable.mandatory(),
                         ..Default::default()
                     },
                     &m.body,
@@ -299,9 +299,9 @@ impl Publisher {
                     "no worker receives this broadcast type right now; it ran nowhere");
                 Ok(m.id.clone())
             }
-            Ok(Confirmation::Ack(Some(_))) if m.if_unroutable == IfUnroutable::Answer => {
-                tracing::debug!(task.kind = %m.task, task.id = %m.id,
-                    "the caller waiting for this task has gone; its answer is dropped");
+            Ok(Confirmation::Ack(Some(_))) if m.if_unroutable == IfUnroutable::QueueAnswer => {
+                tracing::warn!(task.kind = %m.task, task.id = %m.id, queue = %m.route.routing_key,
+                    "the reply queue this task names does not exist; its answer is lost");
                 Ok(m.id.clone())
             }
             Ok(Confirmation::Ack(Some(_))) => Err(Error::Unroutable {

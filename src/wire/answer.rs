@@ -34,6 +34,10 @@ pub enum Answer {
     },
 }
 
+/// The pseudo-queue of RabbitMQ's direct reply-to, and the prefix of the addresses the broker
+/// gives the tasks published with it.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// `warren-outcome` values.
 const SUCCEEDED: &str = "succeeded";
 const DEAD: &str = "dead";
@@ -87,9 +91,11 @@ fn message(env: &Envelope, headers: FieldTable, body: Vec<u8>) -> Option<Outgoin
         },
         body,
         properties,
-        // A caller that has gone (direct reply-to) or a reply queue that is not there: the
-        // task's outcome stands, only the answer is lost.
-        if_unroutable: IfUnroutable::Answer,
+        if_unroutable: if to.starts_with(DIRECT_REPLY_TO) {
+            IfUnroutable::DirectAnswer
+        } else {
+            IfUnroutable::QueueAnswer
+        },
     })
 }
 
@@ -135,7 +141,18 @@ mod tests {
             out.properties.correlation_id().as_ref().map(|s| s.as_str()),
             Some("id-1")
         );
-        assert_eq!(out.if_unroutable, IfUnroutable::Answer);
+        assert_eq!(out.if_unroutable, IfUnroutable::DirectAnswer);
+        assert!(
+            !out.if_unroutable.mandatory(),
+            "the broker would return every answer"
+        );
+        let mut named = waited();
+        named.reply_to = Some("my.results".into());
+        let to_queue = succeeded(&named, b"1".to_vec()).unwrap();
+        assert!(
+            to_queue.if_unroutable.mandatory(),
+            "a missing reply queue is noticed"
+        );
         assert_eq!(
             read(&out.properties, &out.body),
             Some(Answer::Succeeded(b"{\"w\":64}".to_vec()))

@@ -35,9 +35,20 @@ pub(crate) enum IfUnroutable {
     /// A new broadcast with no worker receiving its type right now: delivered to nobody,
     /// confirmed, with a warning.
     Broadcast,
-    /// An answer to a caller who has gone (or a reply queue that is not there): the task's
-    /// outcome stands; only the answer is lost.
-    Answer,
+    /// An answer over direct reply-to, published without `mandatory`: the broker counts a
+    /// reply to `amq.rabbitmq.reply-to.*` as unrouted and would return every one. A caller
+    /// that has gone loses it; the task's outcome stands.
+    DirectAnswer,
+    /// An answer into a queue the caller named: returned when that queue does not exist,
+    /// which loses the answer (with a warning); the task's outcome stands.
+    QueueAnswer,
+}
+
+impl IfUnroutable {
+    /// Whether to publish with `mandatory`.
+    pub(crate) fn mandatory(self) -> bool {
+        self != IfUnroutable::DirectAnswer
+    }
 }
 
 /// A task as it arrived, which every copy starts from.
@@ -138,7 +149,8 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
         correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
         traceparent: header_str(props, header::TRACEPARENT),
         priority: *props.priority(),
-        reply_to: props.reply_to().as_ref().map(|s| s.to_string()),
+        // A replay answers nobody: whoever waited for the task has had its answer (dead).
+        reply_to: None,
     };
     let mut headers = merged(&env, props);
     let replays = header_int(props, header::REPLAYS).unwrap_or(0) + 1;

@@ -258,18 +258,18 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
         }
         Action::Answer { answer } => {
             span.record("outcome", "success");
-            publish_then_ack(shared, task, held, answer, None, Outcome::Success).await
+            publish_then_ack(shared, task, held, None, Some(answer), Outcome::Success).await
         }
         Action::Retry { delay, error, copy } => {
             span.record("outcome", "retry");
             tracing::warn!(error = %error, retry_in = %crate::config::duration_text(delay), "attempt failed; retrying");
-            publish_then_ack(shared, task, held, copy, None, Outcome::Retry).await
+            publish_then_ack(shared, task, held, Some(copy), None, Outcome::Retry).await
         }
         Action::Dead { why, copy, answer } => {
             span.record("outcome", "dead");
             log_death(&copy, &why);
             let outcome = Outcome::Dead(why.reason);
-            publish_then_ack(shared, task, held, copy, answer.map(|a| *a), outcome).await
+            publish_then_ack(shared, task, held, Some(copy), answer.map(|a| *a), outcome).await
         }
         Action::Interrupted { copy } => {
             span.record("outcome", "interrupted");
@@ -279,7 +279,7 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
                 interruptions,
                 "the worker stopped before the task finished; back to its queue, same attempt"
             );
-            publish_then_ack(shared, task, held, copy, None, Outcome::Interrupted).await
+            publish_then_ack(shared, task, held, Some(copy), None, Outcome::Interrupted).await
         }
         Action::Abandon => {
             span.record("outcome", "interrupted");
@@ -306,8 +306,12 @@ fn log_death(copy: &Outgoing, why: &Rejection) {
     }
 }
 
-/// Publishes `copy`, then `and_then` (a waiting caller's answer after the dead copy), each
-/// with a confirm, then acks; if publishing fails, requeues instead. Returns whether it acked.
+/// Publishes `copy` (retry, dead or interrupted) with a confirm, then `answer` to a waiting
+/// caller, then acks. If the copy cannot be published the delivery is requeued instead: the
+/// task's outcome must be in the broker before the ack. The answer is best effort: if it
+/// cannot be published it is lost (logged) and the delivery acked all the same; requeueing
+/// would run a finished task again, or loop on a reply queue that refuses. Returns whether
+/// it acked.
 ///
 /// Boxed: this cold path (a message, a confirm, a backoff timer) would otherwise be part of
 /// every delivery's future, which tokio copies when it spawns one.
@@ -315,40 +319,37 @@ fn publish_then_ack<'a>(
     shared: &'a Shared,
     task: &'a Registered,
     held: &'a Held,
-    copy: Outgoing,
-    and_then: Option<Outgoing>,
+    copy: Option<Outgoing>,
+    answer: Option<Outgoing>,
     outcome: Outcome,
 ) -> futures_util::future::BoxFuture<'a, bool> {
     Box::pin(async move {
-        let (kind, id) = (copy.task.clone(), copy.id.clone());
-        let mut published = Ok(());
-        for copy in std::iter::once(copy).chain(and_then) {
-            published = shared.producer.publish(copy).await;
-            if published.is_err() {
-                break;
-            }
-        }
-        match published {
-            Ok(()) => {
-                task.metrics.outcome(outcome);
-                held.ack();
-                true
-            }
-            Err(err) => {
+        if let Some(copy) = copy {
+            let (kind, id) = (copy.task.clone(), copy.id.clone());
+            if let Err(err) = shared.producer.publish(copy).await {
                 let what = match outcome {
-                    Outcome::Retry => "retry copy",
-                    Outcome::Interrupted => "interrupted copy",
-                    Outcome::Success => "answer to the waiting caller",
-                    _ => "dead copy or the answer",
+                    Outcome::Retry => "retry",
+                    Outcome::Interrupted => "interrupted",
+                    _ => "dead",
                 };
                 tracing::error!(task.kind = %kind, task.id = %id, error = %err,
-                    "could not publish the {what}; requeueing the delivery instead of acking it");
+                    "could not publish the {what} copy; requeueing the delivery instead of acking it");
                 // Don't spin: a broker that refuses now will likely refuse in the next ms.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 held.requeue();
-                false
+                return false;
             }
         }
+        if let Some(answer) = answer {
+            let (kind, id) = (answer.task.clone(), answer.id.clone());
+            if let Err(err) = shared.producer.publish(answer).await {
+                tracing::error!(task.kind = %kind, task.id = %id, error = %err,
+                    "could not answer the caller waiting for this task; its outcome stands");
+            }
+        }
+        task.metrics.outcome(outcome);
+        held.ack();
+        true
     })
 }
 

@@ -150,8 +150,18 @@ async fn a_caller_gets_the_typed_result_after_the_retries_once() {
         0,
         "one answer, not one per attempt"
     );
-    // A task nobody waits for still runs as before.
-    producer.enqueue(&thumb(1)).await.unwrap();
+    // Direct reply-to only where the channel consumes it: a plain enqueue naming it is
+    // refused before anything is sent (the broker would close the channel).
+    let refused = producer
+        .enqueue_with(
+            &thumb(1),
+            EnqueueOptions::default().reply_to("amq.rabbitmq.reply-to"),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "{refused:?}"
+    );
     stop(worker.0, worker.1).await;
 }
 
@@ -386,9 +396,10 @@ async fn warren_enqueue_wait_prints_an_exec_result_a_death_or_a_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-#[test]
-fn bad_waits_are_usage_errors_and_publish_nothing() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_waits_are_usage_errors_and_publish_nothing() {
     let broker = TestBroker::new();
+    let (_settings, _conn, ch) = broker.applied(TOPOLOGY).await;
     let topo = TempFile::with(&format!("{TOPOLOGY}[tasks.reload]\nbroadcast = true\n"));
     let env = [("WARREN_TOPOLOGY", topo.as_str())];
     let apply = broker.cli_with(&["topology", "apply"], &env, None);
@@ -402,10 +413,5 @@ fn bad_waits_are_usage_errors_and_publish_nothing() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
-    let queue = broker.queue_info("t.thumb");
-    assert_eq!(
-        queue["messages"].as_u64().unwrap_or(0),
-        0,
-        "nothing published"
-    );
+    assert_eq!(broker.count(&ch, "t.thumb").await, 0, "nothing published");
 }

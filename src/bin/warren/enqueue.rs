@@ -258,7 +258,9 @@ fn print_answers(
             Ok((id, Answer::Succeeded(value))) => {
                 let value = String::from_utf8_lossy(&value);
                 if many {
-                    format!("{id}\t{}", value.trim_end())
+                    // One line per task: JSON keeps newlines only as whitespace between tokens
+                    // (inside strings they are escaped), so they can become spaces.
+                    format!("{id}\t{}", value.trim_end().replace(['\n', '\r'], " "))
                 } else {
                     value.trim_end().to_string()
                 }
@@ -284,8 +286,8 @@ fn print_answers(
                 late = true;
                 if !many {
                     eprintln!(
-                        "error: no answer for `{task}` task {id} within {after}; it is enqueued \
-                         and may still run (or wait longer with a larger --wait)"
+                        "error: no answer for `{task}` task {id} within {after}; the task may \
+                         still run (wait longer with a larger --wait)"
                     );
                     continue;
                 }

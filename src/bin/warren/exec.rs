@@ -133,7 +133,8 @@ impl ExecHandler {
         let status =
             status.map_err(|e| TaskError::retry(format!("waiting for `{shown}` failed: {e}")))?;
         let (out, total) = out;
-        outcome(status, &out, &err)?;
+        // The debug log gets the tail only, however long a result is.
+        outcome(status, &out[out.len().saturating_sub(STDOUT_TAIL)..], &err)?;
         let Some(limit) = keep else { return Ok(None) };
         if total > limit {
             return Err(TaskError::permanent(format!(
@@ -141,8 +142,7 @@ impl ExecHandler {
                  max_payload_bytes ({limit}); print an id or a location instead of the data"
             )));
         }
-        // An empty stdout answers `null`, like a handler that returns nothing.
-        Ok((!out.iter().all(u8::is_ascii_whitespace)).then_some(out))
+        Ok(result_json(out))
     }
 
     fn command(&self, ctx: &TaskContext) -> Command {
@@ -225,6 +225,20 @@ fn outcome(
             )))
         }
     }
+}
+
+/// A program's stdout as the JSON result: as printed when it is JSON; an empty one is `null`
+/// (like a handler that returns nothing); any other text becomes a JSON string, without its
+/// trailing newline, so `echo done` answers `"done"`.
+fn result_json(out: Vec<u8>) -> Option<Vec<u8>> {
+    if out.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&out).is_ok() {
+        return Some(out);
+    }
+    let text = String::from_utf8_lossy(&out);
+    serde_json::to_vec(text.trim_end_matches(['\n', '\r'])).ok()
 }
 
 /// Reads stdout to its end: with `Some(limit)`, its first `limit + 1` bytes at most (the
@@ -324,6 +338,17 @@ mod tests {
 
     fn argv(words: &[&str]) -> Vec<String> {
         words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn stdout_is_the_result_as_json() {
+        assert_eq!(
+            result_json(b"{\"a\": 1}\n".to_vec()).unwrap(),
+            b"{\"a\": 1}\n"
+        );
+        assert_eq!(result_json(b"done\n".to_vec()).unwrap(), b"\"done\"");
+        assert_eq!(result_json(b" \n".to_vec()), None);
+        assert_eq!(result_json(b"a\"b\n".to_vec()).unwrap(), br#""a\"b""#);
     }
 
     #[test]
