@@ -186,7 +186,7 @@ pub enum WaitFailure {
     /// The task went dead: its reason (`failed`, `permanent`, `expired`, …) and last error.
     #[error("`{task}` task {id} is dead ({reason}): {error}")]
     Dead {
-        /// Task name.
+        /// The task type that died (for a chain, the step that stopped it).
         task: String,
         /// Task id.
         id: String,

@@ -52,7 +52,7 @@ pub mod worker;
 
 pub use config::Settings;
 pub use error::{Error, Result};
-pub use producer::{EnqueueOptions, Producer};
+pub use producer::{Chain, EnqueueOptions, Producer};
 pub use task::{Task, TaskError};
 pub use topology::QueueType;
 pub use worker::{TaskContext, Worker};

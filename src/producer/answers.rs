@@ -23,8 +23,9 @@ use crate::wire::answer::{self, Answer};
 pub(crate) use crate::wire::answer::DIRECT_REPLY_TO;
 
 /// A wait in progress: the task's name (an answer must be of the same type: a caller's own
-/// id may be reused across types) and where its answer goes.
-type Wait = (String, oneshot::Sender<Answer>);
+/// id may be reused across types; `None` for a chain, whose steps share the id) and where
+/// its answer goes.
+type Wait = (Option<String>, oneshot::Sender<Answer>);
 
 /// The waits in progress, by task id.
 #[derive(Debug, Default)]
@@ -45,7 +46,10 @@ impl Answers {
         let kind = props.kind().as_ref().map(|k| k.to_string());
         let waiter = {
             let mut waiting = self.lock();
-            let matches = |w: &Wait| kind.as_deref().is_none_or(|k| k == w.0);
+            let matches = |w: &Wait| match (&w.0, kind.as_deref()) {
+                (Some(wanted), Some(k)) => wanted == k,
+                _ => true,
+            };
             match id.as_deref() {
                 Some(id) if waiting.get(id).is_some_and(matches) => waiting.remove(id),
                 _ => None,
@@ -64,7 +68,7 @@ impl Answers {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when this producer already waits for that id.
-    pub(super) fn expect(&self, task: &str, id: &str) -> Result<oneshot::Receiver<Answer>> {
+    pub(super) fn expect(&self, task: Option<&str>, id: &str) -> Result<oneshot::Receiver<Answer>> {
         let mut waiting = self.lock();
         if waiting.contains_key(id) {
             return Err(Error::InvalidInput(format!(
@@ -72,7 +76,7 @@ impl Answers {
             )));
         }
         let (tx, rx) = oneshot::channel();
-        waiting.insert(id.to_string(), (task.to_string(), tx));
+        waiting.insert(id.to_string(), (task.map(str::to_string), tx));
         Ok(rx)
     }
 
@@ -135,8 +139,11 @@ mod tests {
     #[test]
     fn an_answer_reaches_its_wait_once_and_nothing_else_does() {
         let answers = Answers::default();
-        let mut rx = answers.expect("thumb", "id-1").unwrap();
-        assert!(answers.expect("thumb", "id-1").is_err(), "one wait per id");
+        let mut rx = answers.expect(Some("thumb"), "id-1").unwrap();
+        assert!(
+            answers.expect(Some("thumb"), "id-1").is_err(),
+            "one wait per id"
+        );
         // Not an answer (no `warren-outcome`): the wait stays.
         let other = lapin::BasicProperties::default().with_correlation_id("id-1".into());
         answers.hand_over(&other, b"{}");
@@ -149,7 +156,7 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), Answer::Succeeded(b"42".to_vec()));
         // A second answer for the id finds no wait, and a new wait may be made.
         answers.hand_over(&mine.properties, &mine.body);
-        assert!(answers.expect("thumb", "id-1").is_ok());
+        assert!(answers.expect(Some("thumb"), "id-1").is_ok());
         answers.forget("id-1");
         assert!(answers.lock().is_empty());
     }

@@ -55,6 +55,11 @@ pub struct EnqueueOptions {
     /// for answers that must outlive the caller's connection: declare it durable and read it
     /// yourself. The `call` methods answer over direct reply-to instead and refuse this.
     pub reply_to: Option<String>,
+    /// Makes this task the first step of a chain: these task types run after it, one after
+    /// another, each only once the previous one succeeded, each with the previous one's
+    /// result as its payload. The steps travel in the message (`warren-chain`), no store; a
+    /// waiting caller gets the last step's result, or the outcome of the step that died.
+    pub then: Vec<String>,
 }
 
 impl EnqueueOptions {
@@ -91,6 +96,11 @@ impl EnqueueOptions {
     /// Options with a priority (see [`EnqueueOptions::priority`]).
     pub fn priority(mut self, p: u8) -> Self {
         self.priority = Some(p);
+        self
+    }
+    /// Options with one more chain step after the ones so far (see [`EnqueueOptions::then`]).
+    pub fn then(mut self, task: impl Into<String>) -> Self {
+        self.then.push(task.into());
         self
     }
     /// Options with a reply queue (see [`EnqueueOptions::reply_to`]).
@@ -263,6 +273,32 @@ impl Producer {
         decode(T::NAME, id, answer)
     }
 
+    /// A chain that starts with `first`: add steps with [`Chain::then`], then
+    /// [`Chain::enqueue`] it or [`Chain::call`] it (wait for the last step's result).
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Fetch { url: String }
+    /// # impl warren::Task for Fetch { const NAME: &'static str = "fetch"; }
+    /// # #[derive(Serialize, Deserialize)] struct Parse;
+    /// # impl warren::Task for Parse { const NAME: &'static str = "parse"; }
+    /// # async fn example(producer: warren::Producer) -> warren::Result<()> {
+    /// let words: u64 = producer
+    ///     .chain(&Fetch { url: "https://example.com".into() })
+    ///     .then::<Parse>()
+    ///     .call(std::time::Duration::from_secs(30))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn chain<T: Task>(&self, first: &T) -> Chain<'_> {
+        Chain {
+            producer: self,
+            task: T::NAME,
+            body: serialize(first),
+            options: EnqueueOptions::default(),
+        }
+    }
+
     /// Enqueues a group of tasks and waits up to `timeout` (for all of them together) for each
     /// one's outcome, as [`Producer::call`]; one result per task, in input order.
     pub async fn call_many<T: Task, R: DeserializeOwned>(
@@ -325,7 +361,13 @@ impl Producer {
         for (task, body, options) in items {
             let prepared = body
                 .and_then(|b| self.prepare_awaited(&task, b, options))
-                .and_then(|out| Ok((answers.expect(&task, &out.id)?, out)));
+                .and_then(|out| {
+                    // A chain answers from its last step, or from whichever step died.
+                    let kind = crate::wire::decode::chain_of(&out.properties)
+                        .map_or(true, |c| c.is_empty())
+                        .then_some(task.as_str());
+                    Ok((answers.expect(kind, &out.id)?, out))
+                });
             slots.push(prepared.map(|(rx, out)| {
                 registered.ids.push(out.id.clone());
                 let slot = (task, out.id.clone(), rx);
@@ -444,8 +486,13 @@ fn decode<R: DeserializeOwned>(task: &str, id: String, answer: Answer) -> Result
                 raw: String::from_utf8_lossy(&body).into_owned(),
             })
         }),
-        Answer::Dead { reason, error, .. } => Err(Error::Wait(WaitFailure::Dead {
-            task: task.to_string(),
+        Answer::Dead {
+            reason,
+            error,
+            task: step,
+            ..
+        } => Err(Error::Wait(WaitFailure::Dead {
+            task: step.unwrap_or_else(|| task.to_string()),
             id,
             reason,
             error,
@@ -464,5 +511,59 @@ impl Drop for Forget<'_> {
         for id in &self.ids {
             self.answers.forget(id);
         }
+    }
+}
+
+/// A chain of tasks being built ([`Producer::chain`]): each step runs once the previous one
+/// succeeded, with its result as the payload.
+#[derive(Debug)]
+pub struct Chain<'a> {
+    producer: &'a Producer,
+    task: &'static str,
+    body: Result<Vec<u8>>,
+    options: EnqueueOptions,
+}
+
+impl Chain<'_> {
+    /// Runs task type `U` next, with the previous step's result as its payload (which must
+    /// decode as a `U`).
+    pub fn then<U: Task>(mut self) -> Self {
+        self.options.then.push(U::NAME.to_string());
+        self
+    }
+
+    /// The first task's options (delay, expiry, id, …); the steps added stay.
+    pub fn options(mut self, options: EnqueueOptions) -> Self {
+        let then = std::mem::take(&mut self.options.then);
+        self.options = EnqueueOptions {
+            then: [then, options.then].concat(),
+            ..options
+        };
+        self
+    }
+
+    /// Enqueues the chain's first task; returns its id (the chain's: every step has it).
+    ///
+    /// # Errors
+    /// As [`Producer::enqueue_raw`].
+    pub async fn enqueue(self) -> Result<String> {
+        let body = self.body?;
+        self.producer
+            .enqueue_raw(self.task, body, self.options)
+            .await
+    }
+
+    /// Enqueues the chain and waits up to `timeout` for its last step's result, or the
+    /// outcome of the step that died.
+    ///
+    /// # Errors
+    /// As [`Producer::call`].
+    pub async fn call<R: DeserializeOwned>(self, timeout: Duration) -> Result<R> {
+        let body = self.body?;
+        let (id, answer) = self
+            .producer
+            .enqueue_wait_raw(self.task, body, self.options, timeout)
+            .await?;
+        decode(self.task, id, answer)
     }
 }

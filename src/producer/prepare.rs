@@ -50,6 +50,8 @@ impl Preparer<'_> {
         env.correlation_id = options.correlation_id;
         env.priority = options.priority;
         env.reply_to = options.reply_to;
+        check_chain(s, task, &options.then)?;
+        env.chain = options.then;
         // Inside a handler, a new task joins the running task's trace.
         env.traceparent = options.traceparent.or_else(crate::trace::current);
         let (route, expiration) = if delay == 0 {
@@ -130,6 +132,33 @@ fn check_id(id: Option<&str>) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// A chain's steps: valid task names, none of them a broadcast type (a step has one
+/// successor, not one per worker), fitting the header (each name is at most 64 bytes).
+fn check_chain(settings: &Settings, first: &str, steps: &[String]) -> Result<()> {
+    if !steps.is_empty() && settings.is_broadcast(first) {
+        return Err(Error::InvalidInput(format!(
+            "`{first}` is a broadcast type: every worker would run it and continue the chain; \
+             start a chain with an ordinary task type"
+        )));
+    }
+    if steps.len() > 32 {
+        return Err(Error::InvalidInput(format!(
+            "a chain of {} steps is too long: at most 33 tasks (the first and 32 more)",
+            steps.len() + 1
+        )));
+    }
+    for step in steps {
+        validate_task_name(step).map_err(|e| Error::InvalidInput(format!("chain step: {e}")))?;
+        if settings.is_broadcast(step) {
+            return Err(Error::InvalidInput(format!(
+                "chain step `{step}` is a broadcast type: every worker would run it and \
+                 continue the chain; a chain step must be an ordinary task type"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A `reply_to`: 1 to 255 bytes (an AMQP short string); direct reply-to only where the

@@ -31,6 +31,8 @@ pub enum Answer {
         error: String,
         /// Runs made.
         attempts: Option<i64>,
+        /// The task type that died: for a chain, the step that stopped it.
+        task: Option<String>,
     },
 }
 
@@ -107,6 +109,7 @@ pub fn read(props: &BasicProperties, body: &[u8]) -> Option<Answer> {
             reason: header_str(props, header::REASON).unwrap_or_else(|| "unknown".into()),
             error: header_str(props, header::ERROR).unwrap_or_default(),
             attempts: header_int(props, header::ATTEMPT),
+            task: props.kind().as_ref().map(|k| k.to_string()),
         }),
         _ => None,
     }
@@ -169,7 +172,8 @@ mod tests {
             Some(Answer::Dead {
                 reason: "expired".into(),
                 error: "too late".into(),
-                attempts: Some(3)
+                attempts: Some(3),
+                task: Some("thumb".into()),
             })
         );
         // Anything else on the reply channel is not an answer.

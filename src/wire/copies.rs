@@ -96,6 +96,32 @@ impl Original<'_> {
         self.copy(self.env, merged(self.env, self.props), route)
     }
 
+    /// The next step of this task's chain, on `route` (its work queue), with `result` (this
+    /// step's value) as its payload: the same task id (the chain's), the next task type,
+    /// attempt 1, the steps after it, the caller's reply address; no expiry (that was the
+    /// first step's). `None` when this task is not part of a chain.
+    pub(crate) fn next_step(&self, route: Route, result: Vec<u8>) -> Option<Outgoing> {
+        let (next, rest) = self.env.chain.split_first()?;
+        let env = Envelope {
+            task: next.clone(),
+            attempt: 1,
+            interruptions: 0,
+            enqueued_at_ms: super::unix_ms(std::time::SystemTime::now()),
+            expires_at_ms: None,
+            chain: rest.to_vec(),
+            ..self.env.clone()
+        };
+        let headers = merged(&env, self.props);
+        Some(Outgoing {
+            task: env.task.clone(),
+            id: env.id.clone(),
+            route,
+            body: result,
+            properties: env.properties_with(headers, None),
+            if_unroutable: IfUnroutable::Error,
+        })
+    }
+
     /// The dead copy, saying why, when and by whom.
     pub(crate) fn dead(&self, route: Route, why: &Rejection, bed: Deathbed<'_>) -> Outgoing {
         let mut h = merged(self.env, self.props);
@@ -151,6 +177,8 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
         priority: *props.priority(),
         // A replay answers nobody: whoever waited for the task has had its answer (dead).
         reply_to: None,
+        // A dead step of a chain resumes the chain.
+        chain: super::decode::chain_of(props).unwrap_or_default(),
     };
     let mut headers = merged(&env, props);
     let replays = header_int(props, header::REPLAYS).unwrap_or(0) + 1;

@@ -115,7 +115,25 @@ pub fn read_envelope(
         traceparent: header_str(props, header::TRACEPARENT),
         priority: *props.priority(),
         reply_to: reply_to_of(props),
+        chain: chain_of(props)?,
     })
+}
+
+/// The chain's remaining steps from `warren-chain`: comma-separated valid task names.
+pub fn chain_of(props: &BasicProperties) -> Result<Vec<String>, Rejection> {
+    let Some(text) = header_str(props, header::CHAIN) else {
+        return Ok(Vec::new());
+    };
+    let steps: Vec<String> = text.split(',').map(str::to_string).collect();
+    for step in &steps {
+        crate::topology::validate_task_name(step).map_err(|e| {
+            Rejection::new(
+                Reason::InvalidHeader,
+                format!("`{}` names a bad chain step: {e}", header::CHAIN),
+            )
+        })?;
+    }
+    Ok(steps)
 }
 
 fn reply_to_of(props: &BasicProperties) -> Option<String> {

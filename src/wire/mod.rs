@@ -43,6 +43,9 @@ pub mod header {
     pub const INTERRUPTED: &str = "warren-interrupted";
     /// On an answer to a waiting caller: `succeeded` or `dead` ([`super::answer`]).
     pub const OUTCOME: &str = "warren-outcome";
+    /// The steps of a chain still to run after this task, comma-separated task names
+    /// (`resize,notify`); each receives the previous step's result as its payload.
+    pub const CHAIN: &str = "warren-chain";
 }
 
 /// Content type of every task body.
@@ -74,6 +77,10 @@ pub struct Envelope {
     /// reply-to's `amq.rabbitmq.reply-to…`, or a queue the caller named). Kept by every copy,
     /// so the answer comes after the last retry, once.
     pub reply_to: Option<String>,
+    /// The chain's steps still to run after this one (task names, in order); empty for a
+    /// task that is not part of a chain. Kept by every copy, so a dead step's copy resumes
+    /// the chain when replayed.
+    pub chain: Vec<String>,
 }
 
 impl Envelope {
@@ -90,6 +97,7 @@ impl Envelope {
             traceparent: None,
             priority: None,
             reply_to: None,
+            chain: Vec::new(),
         }
     }
 
@@ -112,6 +120,12 @@ impl Envelope {
         }
         if let Some(at) = self.expires_at_ms {
             h.insert(header::EXPIRES_AT.into(), AMQPValue::LongLongInt(at as i64));
+        }
+        if !self.chain.is_empty() {
+            h.insert(
+                header::CHAIN.into(),
+                AMQPValue::LongString(self.chain.join(",").as_str().into()),
+            );
         }
         if let Some(tp) = &self.traceparent {
             h.insert(

@@ -146,11 +146,11 @@ impl QueueConsumer {
             if self.stop.is_cancelled() {
                 return Ended::Stopped;
             }
-            // Take a permit first: while all handlers are busy, deliveries wait in the
-            // prefetch buffer rather than piling up as spawned tasks.
-            let Some(permit) = self.permit().await else {
-                return Ended::Stopped;
-            };
+            // The delivery first, then a permit: a consumer waiting for work of its own type
+            // must not hold a permit, or with fewer permits than task types an idle type
+            // starves the others (concurrency 1 and two types: nothing ever ran). While all
+            // handlers are busy, each consumer holds at most one delivery here; the rest
+            // wait in the prefetch buffer.
             let next = tokio::select! {
                 biased;
                 next = deliveries.next() => next,
@@ -159,6 +159,14 @@ impl QueueConsumer {
             match next {
                 Some(Ok(d)) => {
                     let (shared, task) = (self.shared.clone(), self.task.clone());
+                    let Some(permit) = self.permit().await else {
+                        // Stopping while it waited for a permit: it never started.
+                        if task.own.is_none() {
+                            let back = delivery::hand_back(shared, task, d, settler.clone());
+                            self.shared.tracker.spawn(back);
+                        }
+                        return Ended::Stopped;
+                    };
                     let run = delivery::process(shared, task, d, permit, settler.clone());
                     self.shared.tracker.spawn(run);
                 }

@@ -20,9 +20,9 @@ pub struct TaskContext {
     pub enqueued_at: SystemTime,
     /// The caller's correlation id, if any.
     pub correlation_id: Option<String>,
-    /// True when a caller waits for this task's result (it was enqueued with a reply
-    /// address): the value the handler returns is sent to it. Exec handlers collect stdout
-    /// only then.
+    /// True when this task's result is used: a caller waits for it (it was enqueued with a
+    /// reply address), or it is a step of a chain, whose next step gets it as its payload.
+    /// Exec handlers collect stdout only then.
     pub awaited: bool,
     /// This run's W3C `traceparent`: a child of the producer's context, or a new trace when
     /// the task arrived without one. Tasks enqueued from the handler join this trace.

@@ -155,7 +155,7 @@ async fn run_and_settle(
     let (result, took) = run(task, future, trace, &shared.hard_stop).await;
     let action = match result {
         // The common case decides without the judge (no clock, no random number).
-        RunResult::Success(_) if env.reply_to.is_none() => Action::Ack,
+        RunResult::Success(_) if env.reply_to.is_none() && env.chain.is_empty() => Action::Ack,
         ran => judge(shared, task).after_run(&original, ran),
     };
     if settle(shared, task, held, action).await {
@@ -185,7 +185,7 @@ fn context(shared: &Shared, task: &Registered, env: &Envelope, trace: String) ->
         max_attempts: task.policy.max_attempts,
         enqueued_at: UNIX_EPOCH + Duration::from_millis(env.enqueued_at_ms),
         correlation_id: env.correlation_id.clone(),
-        awaited: env.reply_to.is_some(),
+        awaited: env.reply_to.is_some() || !env.chain.is_empty(),
         traceparent: trace,
         // A clone, not a child token: children register with the parent under a lock.
         cancel: shared.hard_stop.clone(),
@@ -255,6 +255,10 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
             held.ack();
             task.metrics.outcome(Outcome::Success);
             true
+        }
+        Action::Next { next, unroutable } => {
+            span.record("outcome", "success");
+            continue_chain(shared, task, held, next, *unroutable).await
         }
         Action::Answer { answer } => {
             span.record("outcome", "success");
@@ -350,6 +354,36 @@ fn publish_then_ack<'a>(
         task.metrics.outcome(outcome);
         held.ack();
         true
+    })
+}
+
+/// Enqueues a chain's next step (confirmed), then acks; when the broker has no queue for
+/// the step, carries out `unroutable` (this task dead, with the chain) instead; any other
+/// failure requeues the delivery. Boxed like [`publish_then_ack`].
+fn continue_chain<'a>(
+    shared: &'a Shared,
+    task: &'a Registered,
+    held: &'a Held,
+    next: Outgoing,
+    unroutable: Action,
+) -> futures_util::future::BoxFuture<'a, bool> {
+    Box::pin(async move {
+        let (step, id) = (next.task.clone(), next.id.clone());
+        match shared.producer.publish(next).await {
+            Ok(()) => {
+                task.metrics.outcome(Outcome::Success);
+                held.ack();
+                true
+            }
+            Err(crate::Error::Unroutable { .. }) => settle(shared, task, held, unroutable).await,
+            Err(err) => {
+                tracing::error!(task.id = %id, next = %step, error = %err,
+                    "could not enqueue the chain's next step; requeueing the delivery instead of acking it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                held.requeue();
+                false
+            }
+        }
     })
 }
 

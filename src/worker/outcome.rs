@@ -36,6 +36,14 @@ pub(crate) enum Action {
     Ack,
     /// It succeeded and a caller waits: publish `answer`, then ack.
     Answer { answer: Outgoing },
+    /// It succeeded and its chain goes on: publish `next` (the next step, this value as its
+    /// payload), then ack. `unroutable` is what to do instead when the broker has no queue
+    /// for the next step: this task goes dead, carrying the chain, to be replayed once the
+    /// topology has the step.
+    Next {
+        next: Outgoing,
+        unroutable: Box<Action>,
+    },
     /// Publish `copy` into the ladder to run again after `delay`, then ack.
     Retry {
         delay: Duration,
@@ -121,7 +129,8 @@ impl Judge<'_> {
     /// first. A result over `max_result_bytes` fails the task for good (dead, `permanent`),
     /// saying so: it would fail the same way on every retry.
     fn succeeded(&self, original: &Original<'_>, value: Option<Vec<u8>>) -> Action {
-        if original.env.reply_to.is_none() {
+        let chained = !original.env.chain.is_empty();
+        if original.env.reply_to.is_none() && !chained {
             return Action::Ack;
         }
         let value = value.unwrap_or_else(|| b"null".to_vec());
@@ -133,6 +142,20 @@ impl Judge<'_> {
                 self.max_result_bytes
             );
             return self.refuse(original, Rejection::new(Reason::Permanent, error));
+        }
+        if let Some(step) = original.env.chain.first() {
+            let why = Rejection::new(
+                Reason::Permanent,
+                format!(
+                    "the chain's next step `{step}` has no queue: add it to the topology, \
+                     apply it, then replay this task"
+                ),
+            );
+            let unroutable = Box::new(self.refuse(original, why));
+            if let Some(next) = original.next_step(self.routes.work(step), value) {
+                return Action::Next { next, unroutable };
+            }
+            return Action::Ack;
         }
         match crate::wire::answer::succeeded(original.env, value) {
             Some(answer) => Action::Answer { answer },
@@ -265,6 +288,54 @@ mod tests {
             crate::wire::answer::read(&answer.properties, &answer.body),
             Some(crate::wire::answer::Answer::Dead { reason, .. }) if reason == "permanent"
         ));
+    }
+
+    #[test]
+    fn a_chained_success_enqueues_the_next_step_with_the_value_and_the_rest() {
+        let (p, r, props) = (policy(3), routes(), BasicProperties::default());
+        let mut env = envelope(2);
+        env.chain = vec!["b".into(), "c".into()];
+        env.reply_to = Some("amq.rabbitmq.reply-to.x".into());
+        env.expires_at_ms = Some(2_000_000);
+        let original = Original {
+            env: &env,
+            props: &props,
+            body: b"{}",
+        };
+        let action = judge(&p, &r).after_run(&original, RunResult::Success(Some(b"7".to_vec())));
+        let Action::Next { next, unroutable } = action else {
+            panic!("expected the next step, got {action:?}")
+        };
+        assert_eq!(next.route, r.work("b"));
+        assert_eq!((next.task.as_str(), next.id.as_str()), ("b", "id-1"));
+        assert_eq!(next.body, b"7", "the value is the next step's payload");
+        let h = |k| crate::wire::decode::header_str(&next.properties, k);
+        assert_eq!(h(header::CHAIN).as_deref(), Some("c"));
+        assert_eq!(
+            crate::wire::decode::header_int(&next.properties, header::ATTEMPT),
+            None,
+            "attempt 1"
+        );
+        assert_eq!(
+            crate::wire::decode::header_int(&next.properties, header::EXPIRES_AT),
+            None
+        );
+        assert_eq!(
+            next.properties.reply_to().as_ref().map(|s| s.as_str()),
+            Some("amq.rabbitmq.reply-to.x"),
+            "the last step answers the caller"
+        );
+        // With no queue for the next step, this one goes dead carrying the whole chain.
+        let Action::Dead { copy, why, .. } = *unroutable else {
+            panic!("expected a dead copy")
+        };
+        assert!(
+            why.error.contains("next step `b` has no queue"),
+            "{}",
+            why.error
+        );
+        let chain = crate::wire::decode::header_str(&copy.properties, header::CHAIN);
+        assert_eq!(chain.as_deref(), Some("b,c"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod broadcast;
+mod chains;
 mod cli;
 mod contract;
 mod faults;

@@ -1342,3 +1342,42 @@ async fn a_typed_value_handler_gets_what_serde_reads_from_the_enqueued_bytes() {
     assert_eq!(got["p1"]["u"], "café 😀");
     assert_eq!(got["p1"]["raw"], "café 😀");
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Other {
+    n: u32,
+}
+impl Task for Other {
+    const NAME: &'static str = "other";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_handler_serves_every_task_type_none_starves_another() {
+    // Concurrency 1 and two types: an idle type's consumer used to hold the only permit
+    // while it waited for work of its own, and the other type never ran.
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = broker.applied(&format!("{TOPOLOGY}[tasks.other]\n")).await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (r1, r2) = (ran.clone(), ran.clone());
+    let worker = Worker::new(&settings)
+        .concurrency(1)
+        .handle(move |_: Job, _: TaskContext| {
+            r1.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+        .handle(move |_: Other, _: TaskContext| {
+            r2.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        });
+    let (token, handle) = spawn(worker);
+    let producer = Producer::new(&settings).unwrap();
+    for n in 0..5 {
+        producer.enqueue(&Job { n }).await.unwrap();
+        producer.enqueue(&Other { n }).await.unwrap();
+    }
+    wait_count(Duration::from_secs(20), "both types' tasks", 10, || {
+        ran.load(Ordering::SeqCst)
+    })
+    .await;
+    stop(token, handle).await;
+}

@@ -49,6 +49,10 @@ pub struct EnqueueArgs {
     /// Enqueue this many copies through the pipelined bulk path.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000), conflicts_with = "stdin")]
     pub count: Option<u64>,
+    /// Run this task type next, with this task's result as its payload; repeat for a chain
+    /// (`--then resize --then notify`). Each step runs only once the previous one succeeded.
+    #[arg(long = "then", value_name = "TASK", conflicts_with = "stdin")]
+    pub then: Vec<String>,
     /// Wait this long for the outcome, e.g. `30s`: print the result (exit 0), or the reason
     /// a dead task died (stderr, exit 1); 124 when no answer came in time (the task may still
     /// run). With --count, one line per task.
@@ -133,6 +137,12 @@ pub(crate) async fn run(
 ) -> Result<ExitCode> {
     warren::topology::validate_task_name(&args.task).map_err(Error::InvalidInput)?;
     check_declared(settings, &args.task, topology)?;
+    for step in &args.then {
+        warren::topology::validate_task_name(step)
+            .map_err(|e| Error::InvalidInput(format!("--then: {e}")))?;
+        check_declared(settings, step, topology)
+            .map_err(|e| Error::InvalidInput(format!("--then: {e}")))?;
+    }
     if args.wait.is_some() {
         check_waitable(settings, &args)?;
     }
@@ -145,6 +155,7 @@ pub(crate) async fn run(
         traceparent: None,
         priority: args.priority,
         reply_to: None,
+        then: args.then.clone(),
     };
     let producer = Producer::with_role(settings, "cli")?;
     let outcome = if args.stdin.is_some() {
@@ -271,11 +282,13 @@ fn print_answers(
                     reason,
                     error,
                     attempts,
+                    task: step,
                 },
             )) => {
                 dead = true;
                 let runs = attempts.map_or_else(String::new, |n| format!(" after {n} run(s)"));
-                let why = format!("dead ({reason}){runs}: {error}");
+                let at = step.map_or_else(String::new, |s| format!(" at `{s}`"));
+                let why = format!("dead ({reason}){at}{runs}: {error}");
                 if !many {
                     eprintln!("error: task {id} is {why}");
                     continue;
