@@ -151,6 +151,13 @@ fn check_chain(settings: &Settings, first: &str, steps: &[String]) -> Result<()>
     }
     for step in steps {
         validate_task_name(step).map_err(|e| Error::InvalidInput(format!("chain step: {e}")))?;
+        // Caught here, not after the previous steps ran: with task types declared, a step
+        // must be one of them.
+        if !settings.tasks.is_empty() && !settings.tasks.contains_key(step) {
+            return Err(Error::InvalidInput(format!(
+                "chain step `{step}` is not a task type of the topology"
+            )));
+        }
         if settings.is_broadcast(step) {
             return Err(Error::InvalidInput(format!(
                 "chain step `{step}` is a broadcast type: every worker would run it and \

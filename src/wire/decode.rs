@@ -147,6 +147,8 @@ pub fn fallback_envelope(task: &str, props: &BasicProperties) -> Envelope {
     env.enqueued_at_ms = enqueued_at(props);
     env.priority = *props.priority();
     env.reply_to = reply_to_of(props);
+    // A step refused on arrival keeps the rest of its chain, for its replay.
+    env.chain = chain_of(props).unwrap_or_default();
     env
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
@@ -27,8 +28,9 @@ pub(super) struct QueueConsumer {
 
 /// Why a channel's delivery loop ended.
 enum Ended {
-    /// The session is stopping, or the worker's semaphore closed: consume no more.
-    Stopped,
+    /// The session is stopping, or the worker's semaphore closed: consume no more. Holds the
+    /// delivery taken while the stop came, if any (it never started).
+    Stopped(Option<Box<Delivery>>),
     /// The channel or consumer failed: rebuild it if the connection still stands.
     ChannelLost,
 }
@@ -54,13 +56,20 @@ impl QueueConsumer {
                     let (settler, acking) = acks::Settler::start(ch.clone(), self.shared.prefetch);
                     self.shared.tracker.spawn(acking);
                     let ended = self.deliver(&mut deliveries, &queue, &settler).await;
-                    if let Ended::Stopped = ended {
+                    if let Ended::Stopped(held) = ended {
                         let cancelled = ch
                             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                             .await;
-                        // A broadcast's own queue goes with the connection: its prefetched
-                        // tasks are for a worker that is leaving, not for the others.
+                        // Only on a live channel (a shutdown, not a lost connection, whose
+                        // deliveries the broker requeues itself). A broadcast's own queue
+                        // goes with the connection: its prefetched tasks are for a worker
+                        // that is leaving, not for the others.
                         if cancelled.is_ok() && self.task.own.is_none() {
+                            if let Some(d) = held {
+                                let (shared, task) = (self.shared.clone(), self.task.clone());
+                                let back = delivery::hand_back(shared, task, *d, settler.clone());
+                                self.shared.tracker.spawn(back);
+                            }
                             self.hand_back_prefetched(deliveries, settler).await;
                         }
                         return;
@@ -144,7 +153,7 @@ impl QueueConsumer {
             // cancellation while a permit or a delivery is ready, because polling it locks the
             // token's mutex, which every consumer of the session shares.
             if self.stop.is_cancelled() {
-                return Ended::Stopped;
+                return Ended::Stopped(None);
             }
             // The delivery first, then a permit: a consumer waiting for work of its own type
             // must not hold a permit, or with fewer permits than task types an idle type
@@ -154,18 +163,14 @@ impl QueueConsumer {
             let next = tokio::select! {
                 biased;
                 next = deliveries.next() => next,
-                _ = self.stop.cancelled() => return Ended::Stopped,
+                _ = self.stop.cancelled() => return Ended::Stopped(None),
             };
             match next {
                 Some(Ok(d)) => {
                     let (shared, task) = (self.shared.clone(), self.task.clone());
                     let Some(permit) = self.permit().await else {
                         // Stopping while it waited for a permit: it never started.
-                        if task.own.is_none() {
-                            let back = delivery::hand_back(shared, task, d, settler.clone());
-                            self.shared.tracker.spawn(back);
-                        }
-                        return Ended::Stopped;
+                        return Ended::Stopped(Some(Box::new(d)));
                     };
                     let run = delivery::process(shared, task, d, permit, settler.clone());
                     self.shared.tracker.spawn(run);

@@ -376,6 +376,13 @@ fn continue_chain<'a>(
                 true
             }
             Err(crate::Error::Unroutable { .. }) => settle(shared, task, held, unroutable).await,
+            // Refused again and again (or the broker stayed away): requeueing for ever would
+            // run the finished step for ever; on its last attempt it goes dead instead.
+            Err(err) if last_attempt(task, held) => {
+                tracing::error!(task.id = %id, next = %step, error = %err,
+                    "could not enqueue the chain's next step on the last attempt; dead-lettering this step");
+                settle(shared, task, held, unroutable).await
+            }
             Err(err) => {
                 tracing::error!(task.id = %id, next = %step, error = %err,
                     "could not enqueue the chain's next step; requeueing the delivery instead of acking it");
@@ -385,6 +392,14 @@ fn continue_chain<'a>(
             }
         }
     })
+}
+
+/// True when this delivery is its task's last attempt (crashed deliveries counted, as the
+/// envelope counts them).
+fn last_attempt(task: &Registered, held: &Held) -> bool {
+    let props = &held.delivery.properties;
+    crate::wire::decode::read_envelope(&task.name, props, held.delivery.redelivered)
+        .is_ok_and(|env| env.attempt >= task.policy.max_attempts)
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

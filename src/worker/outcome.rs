@@ -147,8 +147,9 @@ impl Judge<'_> {
             let why = Rejection::new(
                 Reason::Permanent,
                 format!(
-                    "the chain's next step `{step}` has no queue: add it to the topology, \
-                     apply it, then replay this task"
+                    "the chain's next step `{step}` could not be enqueued (no queue for it, or \
+                     the broker refused it on every attempt): fix that, then replay this task, \
+                     which runs it again"
                 ),
             );
             let unroutable = Box::new(self.refuse(original, why));
@@ -330,7 +331,7 @@ mod tests {
             panic!("expected a dead copy")
         };
         assert!(
-            why.error.contains("next step `b` has no queue"),
+            why.error.contains("next step `b` could not be enqueued"),
             "{}",
             why.error
         );

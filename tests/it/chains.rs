@@ -43,9 +43,14 @@ async fn a_typed_chain_passes_each_result_on_and_answers_the_last() {
     let broker = TestBroker::new();
     let topology = format!("{TOPOLOGY}[tasks.fetch]\n[tasks.scale]\n");
     let (settings, _conn, _ch) = broker.applied(&topology).await;
+    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = fetched.clone();
     let worker = spawn(
         Worker::new(&settings)
-            .handle(|f: Fetch, _: TaskContext| async move { Ok(f.n + 1) })
+            .handle(move |f: Fetch, _: TaskContext| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { Ok(f.n + 1) }
+            })
             .handle(|s: Scale, ctx: TaskContext| async move {
                 if s.0 == 0 {
                     return Err(TaskError::permanent("nothing to scale"));
@@ -90,11 +95,17 @@ async fn a_typed_chain_passes_each_result_on_and_answers_the_last() {
         }
         other => panic!("{other:?}"),
     }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        fetched.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the two chains' fetches; not the step after the dead one"
+    );
     stop(worker.0, worker.1).await;
 }
 
 /// A topology whose steps `a`, `b` and `c` run `script` (a file), each adding 1 to the number
-/// it gets; `b` takes 2 s, and fails for good the first time when `fail_b_once` names a
+/// it gets; `b` takes 5 s, and fails for good the first time when `fail_b_once` names a
 /// marker file that does not exist yet.
 fn steps(dir: &TempFile, fail_b_once: bool) -> (TempFile, TempFile) {
     let started = TempFile(dir.0.join("started"));
@@ -114,7 +125,7 @@ fn steps(dir: &TempFile, fail_b_once: bool) -> (TempFile, TempFile) {
         format!(
             "p=$(cat)\nn=$(echo \"$p\" | tr -cd 0-9)\n\
              echo \"$WARREN_TASK $n $WARREN_ATTEMPT $PPID\" >> {started}\n{fail}\
-             if [ \"$WARREN_TASK\" = b ]; then sleep 2; fi\n\
+             if [ \"$WARREN_TASK\" = b ]; then sleep 5; fi\n\
              echo $((n + 1))\n",
             started = started.as_str()
         ),
@@ -159,7 +170,7 @@ async fn a_three_step_chain_survives_a_worker_killed_in_its_middle_step() {
         ])
         .args(["--wait", "60s"]);
     let caller = tokio::task::spawn_blocking(move || crate::support::run(cmd, None));
-    // Kill -9 the worker running `b` while it runs (each run of b takes 2 s).
+    // Kill -9 the worker running `b` while it runs (each run of b takes 5 s).
     wait_count(Duration::from_secs(30), "b started", 1, || {
         started
             .lines()
@@ -183,16 +194,23 @@ async fn a_three_step_chain_survives_a_worker_killed_in_its_middle_step() {
     let out = caller.await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "13\n", "10, then a: 11, b: 12, c: 13");
+    // `b` ran again, on another worker, after the kill. (Exact counts would be racy: a
+    // killed worker's last acks may not have gone out, which runs a step again, as
+    // at-least-once allows.)
     let lines = started.lines();
-    let ran = |step: &str| {
-        lines
-            .iter()
-            .filter(|l| l.starts_with(&format!("{step} ")))
-            .count()
-    };
-    assert_eq!(ran("a"), 1, "{lines:?}");
-    assert_eq!(ran("b"), 2, "b ran again after the kill: {lines:?}");
-    assert_eq!(ran("c"), 1, "{lines:?}");
+    let b_pids: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("b "))
+        .filter_map(|l| l.rsplit(' ').next())
+        .collect();
+    assert!(
+        b_pids.len() >= 2 && b_pids.contains(pid.to_string().as_str()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("c 12 ")),
+        "c got b's 12: {lines:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir.0);
 }
 
