@@ -164,6 +164,16 @@ pub enum Error {
     #[error("internal error (a bug in Warren, please report it): {0}")]
     Internal(String),
 
+    /// A unique task whose key is held: by a task waiting, delayed or running, or within the
+    /// `unique_for` window of the last one.
+    #[error("duplicate: a `{task}` task with unique key `{key}` is already enqueued or running")]
+    Duplicate {
+        /// Task name.
+        task: String,
+        /// The unique key.
+        key: String,
+    },
+
     /// Waiting for a task's outcome did not give its result.
     #[error(transparent)]
     Wait(#[from] WaitFailure),
@@ -301,6 +311,10 @@ impl Clone for Error {
             },
             Error::Internal(s) => Error::Internal(s.clone()),
             Error::Wait(w) => Error::Wait(w.clone()),
+            Error::Duplicate { task, key } => Error::Duplicate {
+                task: task.clone(),
+                key: key.clone(),
+            },
         }
     }
 }
@@ -334,6 +348,7 @@ impl Error {
             | Error::UnsupportedBroker(_)
             | Error::Io { .. }
             | Error::Wait(_)
+            | Error::Duplicate { .. }
             | Error::Internal(_) => false,
         }
     }
@@ -362,6 +377,7 @@ impl Error {
             | Error::UnsupportedBroker(_)
             | Error::Io { .. }
             | Error::Wait(_)
+            | Error::Duplicate { .. }
             | Error::Internal(_) => false,
         }
     }

@@ -8,6 +8,7 @@
 mod answers;
 mod prepare;
 mod publish;
+pub mod unique;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -60,6 +61,12 @@ pub struct EnqueueOptions {
     /// result as its payload. The steps travel in the message (`warren-chain`), no store; a
     /// waiting caller gets the last step's result, or the outcome of the step that died.
     pub then: Vec<String>,
+    /// A unique task: refused as [`Error::Duplicate`] while a task of this type with this key
+    /// is waiting, delayed or running ([`unique`]). 1 to 200 bytes, printable.
+    pub unique_key: Option<String>,
+    /// With `unique_key`: also hold the key for this long after the enqueue, even when the
+    /// task finished sooner.
+    pub unique_for: Option<Duration>,
 }
 
 impl EnqueueOptions {
@@ -101,6 +108,13 @@ impl EnqueueOptions {
     /// Options with one more chain step after the ones so far (see [`EnqueueOptions::then`]).
     pub fn then(mut self, task: impl Into<String>) -> Self {
         self.then.push(task.into());
+        self
+    }
+    /// Options of a unique task (see [`EnqueueOptions::unique_key`]), its key held for at
+    /// least `hold_for` after the enqueue when given.
+    pub fn unique(mut self, key: impl Into<String>, hold_for: Option<Duration>) -> Self {
+        self.unique_key = Some(key.into());
+        self.unique_for = hold_for;
         self
     }
     /// Options with a reply queue (see [`EnqueueOptions::reply_to`]).
@@ -217,8 +231,24 @@ impl Producer {
         body: Vec<u8>,
         options: EnqueueOptions,
     ) -> Result<String> {
+        let unique = options
+            .unique_key
+            .clone()
+            .map(|key| (key, options.unique_for));
         let out = self.prepare(task, body, options)?;
-        self.publish_one(out).await
+        let Some((key, window)) = unique else {
+            return self.publish_one(out).await;
+        };
+        // The key first, then the task; a task that could not be published gives it back.
+        let queues = unique::lock_queues(self.inner.routes.names(), task, &key, window);
+        let conn = self.inner.publisher.connection().await?;
+        unique::acquire(&conn, task, &key, &out.id, &queues, window).await?;
+        let id = out.id.clone();
+        let published = self.publish_one(out).await;
+        if published.is_err() {
+            let _ = unique::release(&conn, &queues[0].name, &id).await;
+        }
+        published
     }
 
     /// Enqueues many tasks of one type, pipelining publishes and confirms; one result per
@@ -243,9 +273,12 @@ impl Producer {
     ) -> Vec<Result<String>> {
         // Prepared lazily, as the confirm window makes room: memory stays bounded by the
         // window however many tasks the iterator yields.
-        let prepared = items
-            .into_iter()
-            .map(|(task, body, options)| body.and_then(|b| self.prepare(&task, b, options)));
+        let prepared = items.into_iter().map(|(task, body, options)| {
+            if options.unique_key.is_some() {
+                return Err(one_at_a_time());
+            }
+            body.and_then(|b| self.prepare(&task, b, options))
+        });
         self.inner.publisher.publish_all(prepared).await
     }
 
@@ -424,6 +457,9 @@ impl Producer {
         body: Vec<u8>,
         mut options: EnqueueOptions,
     ) -> Result<Outgoing> {
+        if options.unique_key.is_some() {
+            return Err(one_at_a_time());
+        }
         if options.reply_to.is_some() {
             return Err(Error::InvalidInput(
                 "waiting answers over direct reply-to; for answers in a queue you named, \
@@ -434,6 +470,13 @@ impl Producer {
         options.reply_to = Some(answers::DIRECT_REPLY_TO.to_string());
         self.preparer(true)
             .message(task, body, options, SystemTime::now())
+    }
+
+    /// Releases the unique key held in `queue` by task `id` (the worker, when the task's
+    /// outcome is final).
+    pub(crate) async fn release_unique(&self, queue: &str, id: &str) -> Result<()> {
+        let conn = self.inner.publisher.connection().await?;
+        unique::release(&conn, queue, id).await
     }
 
     /// Publishes one prepared message with a confirm, retrying a lost connection like
@@ -566,4 +609,12 @@ impl Chain<'_> {
             .await?;
         decode(self.task, id, answer)
     }
+}
+
+fn one_at_a_time() -> Error {
+    Error::InvalidInput(
+        "unique tasks are enqueued one at a time (enqueue_with / enqueue_raw), not in a batch or \
+         a wait"
+            .into(),
+    )
 }

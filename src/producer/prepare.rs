@@ -50,6 +50,17 @@ impl Preparer<'_> {
         env.correlation_id = options.correlation_id;
         env.priority = options.priority;
         env.reply_to = options.reply_to;
+        if let Some(key) = &options.unique_key {
+            super::unique::check_key(key)?;
+            if s.is_broadcast(task) {
+                return Err(Error::InvalidInput(format!(
+                    "`{task}` is a broadcast type: a unique key would be held by every worker's \
+                     copy; broadcast tasks cannot be unique"
+                )));
+            }
+            let queues = super::unique::lock_queues(self.routes.names(), task, key, None);
+            env.unique = Some(queues[0].name.clone());
+        }
         check_chain(s, task, &options.then)?;
         env.chain = options.then;
         // Inside a handler, a new task joins the running task's trace.
@@ -59,7 +70,8 @@ impl Preparer<'_> {
             // not one a caller waits for: the worker refuses it when it arrives, and answers.
             let ttl = env
                 .expires_at_ms
-                .filter(|_| env.reply_to.is_none())
+                // Nor a unique one: its key is released by the worker, which must see it.
+                .filter(|_| env.reply_to.is_none() && env.unique.is_none())
                 .map(|at| at.saturating_sub(unix_ms(now)).max(1));
             (self.routes.work(task), ttl)
         } else {

@@ -105,6 +105,14 @@ impl Publisher {
         self
     }
 
+    /// A connection of this publisher's pool, for work beside publishing (unique keys).
+    ///
+    /// # Errors
+    /// As [`Pool::get`].
+    pub(super) async fn connection(&self) -> Result<broker::PooledConnection> {
+        self.pool.get().await
+    }
+
     /// Closes the channel and its connection with the handshake; a later publish connects
     /// again.
     pub(super) async fn close(&self) {

@@ -109,6 +109,7 @@ impl Original<'_> {
             enqueued_at_ms: super::unix_ms(std::time::SystemTime::now()),
             expires_at_ms: None,
             chain: rest.to_vec(),
+            unique: None,
             ..self.env.clone()
         };
         let headers = merged(&env, self.props);
@@ -179,6 +180,8 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
         reply_to: None,
         // A dead step of a chain resumes the chain.
         chain: super::decode::chain_of(props).unwrap_or_default(),
+        // Its key was released when it went dead; a replay is not unique.
+        unique: None,
     };
     let mut headers = merged(&env, props);
     let replays = header_int(props, header::REPLAYS).unwrap_or(0) + 1;

@@ -116,6 +116,7 @@ pub fn read_envelope(
         priority: *props.priority(),
         reply_to: reply_to_of(props),
         chain: chain_of(props)?,
+        unique: header_str(props, header::UNIQUE),
     })
 }
 
@@ -149,6 +150,7 @@ pub fn fallback_envelope(task: &str, props: &BasicProperties) -> Envelope {
     env.reply_to = reply_to_of(props);
     // A step refused on arrival keeps the rest of its chain, for its replay.
     env.chain = chain_of(props).unwrap_or_default();
+    env.unique = header_str(props, header::UNIQUE);
     env
 }
 

@@ -46,6 +46,9 @@ pub mod header {
     /// The steps of a chain still to run after this task, comma-separated task names
     /// (`resize,notify`); each receives the previous step's result as its payload.
     pub const CHAIN: &str = "warren-chain";
+    /// A unique task's key queue (`{ns}.{task}.unique.{key}`), released by the worker when
+    /// the task's outcome is final.
+    pub const UNIQUE: &str = "warren-unique";
 }
 
 /// Content type of every task body.
@@ -81,6 +84,9 @@ pub struct Envelope {
     /// task that is not part of a chain. Kept by every copy, so a dead step's copy resumes
     /// the chain when replayed.
     pub chain: Vec<String>,
+    /// A unique task: the queue holding its key, which the worker releases when the task's
+    /// outcome is final. Kept by retry, interrupted and unstarted copies (the key stays held).
+    pub unique: Option<String>,
 }
 
 impl Envelope {
@@ -98,6 +104,7 @@ impl Envelope {
             priority: None,
             reply_to: None,
             chain: Vec::new(),
+            unique: None,
         }
     }
 
@@ -125,6 +132,12 @@ impl Envelope {
             h.insert(
                 header::CHAIN.into(),
                 AMQPValue::LongString(self.chain.join(",").as_str().into()),
+            );
+        }
+        if let Some(lock) = &self.unique {
+            h.insert(
+                header::UNIQUE.into(),
+                AMQPValue::LongString(lock.as_str().into()),
             );
         }
         if let Some(tp) = &self.traceparent {

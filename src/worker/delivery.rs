@@ -32,6 +32,8 @@ use crate::wire::{Envelope, Reason, unix_ms};
 struct Held {
     delivery: Delivery,
     settler: Settler,
+    /// A unique task's key queue, released when its outcome is final.
+    unique: Option<String>,
 }
 
 impl Held {
@@ -61,7 +63,13 @@ pub(super) async fn process(
     _permit: OwnedSemaphorePermit,
     settler: Settler,
 ) {
-    let held = Held { delivery, settler };
+    // Read apart from the envelope: a task refused on arrival releases its key too.
+    let unique = crate::wire::decode::header_str(&delivery.properties, crate::wire::header::UNIQUE);
+    let held = Held {
+        delivery,
+        settler,
+        unique,
+    };
     let props = &held.delivery.properties;
     let env = match read_envelope(&task.name, props, held.delivery.redelivered) {
         Ok(env) => env,
@@ -94,7 +102,11 @@ pub(super) async fn hand_back(
     delivery: Delivery,
     settler: Settler,
 ) {
-    let held = Held { delivery, settler };
+    let held = Held {
+        delivery,
+        settler,
+        unique: None,
+    };
     let props = &held.delivery.properties;
     let Ok(env) = read_envelope(&task.name, props, held.delivery.redelivered) else {
         return;
@@ -252,6 +264,9 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
     match action {
         Action::Ack => {
             span.record("outcome", "success");
+            if held.unique.is_some() {
+                release_key(shared, held).await;
+            }
             held.ack();
             task.metrics.outcome(Outcome::Success);
             true
@@ -344,6 +359,9 @@ fn publish_then_ack<'a>(
                 return false;
             }
         }
+        if matches!(outcome, Outcome::Success | Outcome::Dead(_)) && held.unique.is_some() {
+            release_key(shared, held).await;
+        }
         if let Some(answer) = answer {
             let (kind, id) = (answer.task.clone(), answer.id.clone());
             if let Err(err) = shared.producer.publish(answer).await {
@@ -371,6 +389,9 @@ fn continue_chain<'a>(
         let (step, id) = (next.task.clone(), next.id.clone());
         match shared.producer.publish(next).await {
             Ok(()) => {
+                if held.unique.is_some() {
+                    release_key(shared, held).await;
+                }
                 task.metrics.outcome(Outcome::Success);
                 held.ack();
                 true
@@ -390,6 +411,25 @@ fn continue_chain<'a>(
                 held.requeue();
                 false
             }
+        }
+    })
+}
+
+/// Releases the unique key of a task whose outcome is final, before its ack: a crash before
+/// this point redelivers the task, which releases the key when it ends. A release that fails
+/// is logged; the key is then held until released by hand (see the README).
+fn release_key<'a>(shared: &'a Shared, held: &'a Held) -> futures_util::future::BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let Some(queue) = &held.unique else { return };
+        let id = held
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string());
+        let id = id.unwrap_or_default();
+        if let Err(e) = shared.producer.release_unique(queue, &id).await {
+            tracing::error!(task.id = %id, queue = %queue, error = %e, "could not release the unique key");
         }
     })
 }

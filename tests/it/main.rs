@@ -12,4 +12,5 @@ mod results;
 mod security;
 mod support;
 mod topology;
+mod unique;
 mod worker;

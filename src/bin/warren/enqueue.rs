@@ -53,6 +53,13 @@ pub struct EnqueueArgs {
     /// (`--then resize --then notify`). Each step runs only once the previous one succeeded.
     #[arg(long = "then", value_name = "TASK", conflicts_with = "stdin")]
     pub then: Vec<String>,
+    /// A unique task: refused (exit 3) while a task of this type with this key is waiting,
+    /// delayed or running.
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["stdin", "count", "wait"])]
+    pub unique: Option<String>,
+    /// With --unique: hold the key at least this long after the enqueue, e.g. `10m`.
+    #[arg(long, value_parser = parse_duration, requires = "unique", allow_hyphen_values = true)]
+    pub unique_for: Option<Duration>,
     /// Wait this long for the outcome, e.g. `30s`: print the result (exit 0), or the reason
     /// a dead task died (stderr, exit 1); 124 when no answer came in time (the task may still
     /// run). With --count, one line per task.
@@ -156,6 +163,8 @@ pub(crate) async fn run(
         priority: args.priority,
         reply_to: None,
         then: args.then.clone(),
+        unique_key: args.unique.clone(),
+        unique_for: args.unique_for,
     };
     let producer = Producer::with_role(settings, "cli")?;
     let outcome = if args.stdin.is_some() {

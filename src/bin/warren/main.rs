@@ -126,7 +126,12 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = stdout.flush();
             eprintln!("error: {}", hints::explained(&e));
-            ExitCode::from(if e.is_usage() { 2 } else { 1 })
+            // A duplicate unique task is an answer, not a failure: its own code, for scripts.
+            ExitCode::from(match e {
+                Error::Duplicate { .. } => 3,
+                _ if e.is_usage() => 2,
+                _ => 1,
+            })
         }
     }
 }

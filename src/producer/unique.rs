@@ -1,0 +1,339 @@
+//! Unique tasks: a key held in the broker while a task with it is waiting, delayed or running.
+//!
+//! A key is a classic, durable queue of its own, `{ns}.{task}.unique.{key}`, with
+//! `x-max-length = 1` and `x-overflow = reject-publish`, holding one marker message. The
+//! producer declares it and publishes the marker with a confirm before the task: the broker
+//! acks the first marker and nacks every other while one is there, exactly (measured on 3.10:
+//! a quorum queue with the same arguments let two in, so the lock queue is classic in every
+//! namespace). The worker takes its task's marker (by task id) and deletes the empty queue
+//! when the task's outcome is final (success, dead), before it acks: a crash before that
+//! redelivers the task, which then releases the key; a crash after it can at worst let a
+//! duplicate in while the task runs again, as at-least-once allows.
+//!
+//! `unique_for`: a second queue, `{ns}.{task}.unique-for.{key}`, holds a marker with that
+//! TTL, so the key stays taken for that long after the enqueue even when the task finished
+//! sooner. It deletes itself (`x-expires`) once idle past the window.
+//!
+//! The key lives on one node: a classic queue. When that node goes away, declaring the key's
+//! queue fails (its home is down) and the enqueue fails with that error until the node is back:
+//! uniqueness is never silently dropped, availability is.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::topology::plan::QueueType;
+use crate::topology::{ArgValue, Names, QueueDecl};
+
+/// Longest key, in bytes.
+pub const KEY_MAX: usize = 200;
+
+/// Longest key used as is in the queue name; longer ones (and keys with other characters
+/// than `[A-Za-z0-9_.:@-]`) are hashed.
+const KEY_IN_NAME_MAX: usize = 80;
+
+/// Checks a unique key: 1 to 200 bytes, no control characters.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the problem.
+pub fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > KEY_MAX {
+        return Err(Error::InvalidInput(format!(
+            "a unique key must be 1 to {KEY_MAX} bytes (it is {})",
+            key.len()
+        )));
+    }
+    if let Some(c) = key.chars().find(|c| c.is_control()) {
+        return Err(Error::InvalidInput(format!(
+            "unique key {key:?} holds the control character {c:?}; use printable text"
+        )));
+    }
+    Ok(())
+}
+
+/// The key as it appears in the queue name: itself when it is short and plain, else `h-` and
+/// the first 40 hex digits of its SHA-256 (the same on every producer, in any language:
+/// `sha256(key)[..20]` as lowercase hex).
+pub fn key_in_name(key: &str) -> String {
+    let plain = key.len() <= KEY_IN_NAME_MAX
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-'));
+    if plain {
+        return key.to_string();
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest[..20].iter().map(|b| format!("{b:02x}")).collect();
+    format!("h-{hex}")
+}
+
+/// The queues that hold `key` of task type `task`: the key's lock, and its window when
+/// `window` is given.
+pub(crate) fn lock_queues(
+    names: &Names,
+    task: &str,
+    key: &str,
+    window: Option<Duration>,
+) -> Vec<QueueDecl> {
+    let key = key_in_name(key);
+    let mut args = vec![
+        (
+            "x-queue-type",
+            ArgValue::Str(QueueType::Classic.as_str().into()),
+        ),
+        ("x-max-length", ArgValue::Int(1)),
+        ("x-overflow", ArgValue::Str("reject-publish".into())),
+    ];
+    let mut queues = vec![QueueDecl {
+        name: format!("{}.{task}.unique.{key}", names.namespace()),
+        args: args.clone(),
+    }];
+    if let Some(window) = window {
+        // Gone by itself once idle a minute past the window (its marker expired with it).
+        let expires = window.as_millis() as i64 + 60_000;
+        args.push(("x-expires", ArgValue::Int(expires)));
+        queues.push(QueueDecl {
+            name: format!("{}.{task}.unique-for.{key}", names.namespace()),
+            args,
+        });
+    }
+    queues
+}
+
+/// Takes `key` for task `id`: declares each of `queues` and puts a marker in it, confirmed,
+/// on a channel of `conn`. A queue deleted between the declare and the publish (its key
+/// released meanwhile) is declared again.
+///
+/// # Errors
+/// [`Error::Duplicate`] when a marker is there already (the markers taken before are
+/// released); broker errors.
+pub(crate) async fn acquire(
+    conn: &lapin::Connection,
+    task: &str,
+    key: &str,
+    id: &str,
+    queues: &[QueueDecl],
+    window: Option<Duration>,
+) -> Result<()> {
+    let ch = confirm_channel(conn).await?;
+    let mut held: Vec<&str> = Vec::new();
+    let result = async {
+        for (i, q) in queues.iter().enumerate() {
+            // The window's marker expires with the window; the key's stays until released.
+            let ttl = (i > 0).then_some(window).flatten();
+            if !put_marker(&ch, q, id, ttl).await? {
+                return Err(Error::Duplicate {
+                    task: task.to_string(),
+                    key: key.to_string(),
+                });
+            }
+            held.push(&q.name);
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        for q in held.iter().take(1) {
+            // Only the key's own marker is released; a window marker taken just now would
+            // expire by itself, and it is not taken before the key's.
+            let _ = release(conn, q, id).await;
+        }
+    }
+    crate::broker::close_channel(&ch, "unique key").await;
+    result
+}
+
+/// Declares `q` and publishes a marker for `id` into it; false when the queue is full (the
+/// key is taken).
+async fn put_marker(
+    ch: &lapin::Channel,
+    q: &QueueDecl,
+    id: &str,
+    ttl: Option<Duration>,
+) -> Result<bool> {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    let amqp = |what: &str, source| Error::Amqp {
+        operation: format!("{what} `{}`", q.name),
+        source,
+    };
+    for _ in 0..3 {
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(
+            q.name.as_str().into(),
+            opts,
+            crate::topology::declare::field_table(&q.args),
+        )
+        .await
+        .map_err(|e| amqp("declaring the unique key queue", e))?;
+        let mut props = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(id.into());
+        if let Some(ttl) = ttl {
+            props = props.with_expiration(ttl.as_millis().max(1).to_string().as_str().into());
+        }
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                q.name.as_str().into(),
+                opts,
+                id.as_bytes(),
+                props,
+            )
+            .await
+            .map_err(|e| amqp("taking the unique key in", e))?
+            .await
+            .map_err(|e| amqp("taking the unique key in", e))?;
+        match confirm {
+            lapin::Confirmation::Ack(None) => return Ok(true),
+            lapin::Confirmation::Nack(_) => return Ok(false),
+            // Released (deleted) between the declare and the publish: declare it again.
+            _ => continue,
+        }
+    }
+    Err(Error::Internal(format!(
+        "the unique key queue `{}` kept disappearing",
+        q.name
+    )))
+}
+
+/// Releases the key held in `queue` by task `id`: takes its marker and deletes the queue if
+/// it is empty then. A marker of another task (the key was released and taken again, and
+/// this is a second run of the first task) is left alone. A missing queue is released already.
+///
+/// # Errors
+/// Broker errors other than the queue being gone.
+pub(crate) async fn release(conn: &lapin::Connection, queue: &str, id: &str) -> Result<()> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeleteOptions};
+    let amqp = |source| Error::Amqp {
+        operation: format!("releasing the unique key in `{queue}`"),
+        source,
+    };
+    let ch = conn.create_channel().await.map_err(amqp)?;
+    let got = match ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+    {
+        Ok(got) => got,
+        Err(e) if is_not_found(&e) => return Ok(()),
+        Err(e) => return Err(amqp(e)),
+    };
+    if let Some(m) = got {
+        let mine = m
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str())
+            == Some(id);
+        if !mine {
+            let _ = m
+                .delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+            crate::broker::close_channel(&ch, "unique key not ours").await;
+            return Ok(());
+        }
+        m.delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(amqp)?;
+    }
+    let opts = QueueDeleteOptions {
+        if_empty: true,
+        ..Default::default()
+    };
+    match ch.queue_delete(queue.into(), opts).await {
+        Ok(_) => {}
+        // Taken again in between (not empty), or gone: either way, not ours any more.
+        Err(e) if is_not_found(&e) || is_precondition(&e) => return Ok(()),
+        Err(e) => return Err(amqp(e)),
+    }
+    crate::broker::close_channel(&ch, "unique key released").await;
+    Ok(())
+}
+
+async fn confirm_channel(conn: &lapin::Connection) -> Result<lapin::Channel> {
+    let amqp = |source| Error::Amqp {
+        operation: "opening a channel for a unique key".into(),
+        source,
+    };
+    let ch = conn.create_channel().await.map_err(amqp)?;
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp)?;
+    Ok(ch)
+}
+
+fn is_not_found(e: &lapin::Error) -> bool {
+    soft_error(e, lapin::protocol::AMQPSoftError::NOTFOUND)
+}
+
+fn is_precondition(e: &lapin::Error) -> bool {
+    soft_error(e, lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+}
+
+fn soft_error(e: &lapin::Error, which: lapin::protocol::AMQPSoftError) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p)
+        if matches!(p.kind(), lapin::protocol::AMQPErrorKind::Soft(s) if *s == which))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked_and_named_plainly_or_hashed() {
+        assert!(check_key("").is_err());
+        assert!(
+            check_key(&"k".repeat(201))
+                .unwrap_err()
+                .to_string()
+                .contains("201")
+        );
+        assert!(
+            check_key("a\nb")
+                .unwrap_err()
+                .to_string()
+                .contains("control")
+        );
+        check_key("user:42 report, daily").unwrap();
+        assert_eq!(key_in_name("user:42"), "user:42");
+        // Spaces, `#`, `*`, non-ASCII, or length: hashed, the same every time.
+        let hashed = key_in_name("user 42");
+        assert!(hashed.starts_with("h-") && hashed.len() == 42, "{hashed}");
+        assert_eq!(hashed, key_in_name("user 42"));
+        assert_ne!(hashed, key_in_name("user 43"));
+        assert!(key_in_name(&"k".repeat(81)).starts_with("h-"));
+        // sha256("user 42") begins with these bytes: the naming is documented for other
+        // languages, so it must not drift.
+        let d = Sha256::digest(b"user 42");
+        assert_eq!(&hashed[2..6], &format!("{:02x}{:02x}", d[0], d[1]));
+    }
+
+    #[test]
+    fn a_key_is_a_classic_queue_of_one_that_refuses_the_second() {
+        let names = Names::new("ns");
+        let qs = lock_queues(&names, "report", "daily", Some(Duration::from_secs(600)));
+        assert_eq!(qs[0].name, "ns.report.unique.daily");
+        assert_eq!(qs[0].queue_type(), QueueType::Classic);
+        assert_eq!(qs[0].arg("x-max-length"), Some(&ArgValue::Int(1)));
+        assert_eq!(
+            qs[0].arg("x-overflow"),
+            Some(&ArgValue::Str("reject-publish".into()))
+        );
+        assert_eq!(qs[1].name, "ns.report.unique-for.daily");
+        assert_eq!(qs[1].arg("x-expires"), Some(&ArgValue::Int(660_000)));
+        assert_eq!(lock_queues(&names, "report", "daily", None).len(), 1);
+    }
+}

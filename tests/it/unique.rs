@@ -1,0 +1,258 @@
+//! Unique tasks on a real broker: one key, many concurrent enqueues, exactly one accepted; the
+//! key is held while the task waits or runs (a killed worker included) and freed when its
+//! outcome is final; `unique_for` holds it longer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use warren::{EnqueueOptions, Error, Producer, Task, TaskContext, TaskError, Worker};
+
+use crate::support::{TempFile, TestBroker, stderr};
+use crate::worker::{signal, spawn, stop, wait_count, wait_exit, worker_process};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Report {
+    fail: bool,
+}
+impl Task for Report {
+    const NAME: &'static str = "report";
+}
+
+const TOPOLOGY: &str = r#"
+max_delay = "1h"
+queue_type = "quorum"
+[defaults]
+max_attempts = 3
+time_limit = "20s"
+[tasks.report]
+"#;
+
+/// Calls `f` until it gives `Ok` or `within` passed; the last result. (A key is released
+/// just before the task's ack, so right after a run it may still be held for a moment.)
+async fn until_ok<F, Fut>(within: Duration, f: F) -> warren::Result<String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = warren::Result<String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let r = f().await;
+        if r.is_ok() || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn key(k: &str) -> EnqueueOptions {
+    EnqueueOptions::default().unique(k, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_hundred_concurrent_enqueues_of_one_key_exactly_one_is_accepted() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    // Four producers, each its own connection, 50 concurrent enqueues each.
+    let producers: Vec<Producer> = (0..4)
+        .map(|i| Producer::with_role(&settings, &format!("p{i}")).unwrap())
+        .collect();
+    let calls = producers
+        .iter()
+        .flat_map(|p| (0..50).map(move |_| p.enqueue_with(&Report { fail: false }, key("daily"))));
+    let results = join_all(calls).await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let duplicates = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Duplicate { key, .. }) if key == "daily"))
+        .count();
+    assert_eq!(
+        (accepted, duplicates),
+        (1, 199),
+        "{:?}",
+        results
+            .iter()
+            .find(|r| r.is_err() && !matches!(r, Err(Error::Duplicate { .. })))
+    );
+    assert_eq!(broker.count(&ch, "t.report").await, 1, "one task enqueued");
+    // Once it ran, the key is free again, and its queue gone.
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let worker = spawn(
+        Worker::new(&settings).handle(move |t: Report, _: TaskContext| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if t.fail {
+                    return Err(TaskError::permanent("no data"));
+                }
+                Ok(())
+            }
+        }),
+    );
+    wait_count(Duration::from_secs(10), "the report", 1, || {
+        ran.load(Ordering::SeqCst)
+    })
+    .await;
+    let again = until_ok(Duration::from_secs(5), || async {
+        producers[0]
+            .enqueue_with(&Report { fail: false }, key("daily"))
+            .await
+    })
+    .await;
+    assert!(again.is_ok(), "{again:?}");
+    wait_count(Duration::from_secs(10), "the second report", 2, || {
+        ran.load(Ordering::SeqCst)
+    })
+    .await;
+    // A task that goes dead frees its key too.
+    producers[0]
+        .enqueue_with(&Report { fail: true }, key("dies"))
+        .await
+        .unwrap();
+    wait_count(Duration::from_secs(10), "the failing report", 3, || {
+        ran.load(Ordering::SeqCst)
+    })
+    .await;
+    let after_death = until_ok(Duration::from_secs(5), || async {
+        producers[0]
+            .enqueue_with(&Report { fail: false }, key("dies"))
+            .await
+    })
+    .await;
+    assert!(after_death.is_ok(), "{after_death:?}");
+    stop(worker.0, worker.1).await;
+    let gone = warren::topology::declare::inspect(
+        &broker.connect().await.create_channel().await.unwrap(),
+        "t.report.unique.daily",
+    )
+    .await;
+    assert!(gone.is_err(), "the released key's queue is deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_for_holds_the_key_after_the_task_finished() {
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let worker = spawn(
+        Worker::new(&settings).handle(move |_: Report, _: TaskContext| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        }),
+    );
+    let producer = Producer::new(&settings).unwrap();
+    let hold = Duration::from_secs(5);
+    let window = EnqueueOptions::default().unique("hourly", Some(hold));
+    let started = Instant::now();
+    producer
+        .enqueue_with(&Report { fail: false }, window.clone())
+        .await
+        .unwrap();
+    wait_count(Duration::from_secs(10), "the report", 1, || {
+        ran.load(Ordering::SeqCst)
+    })
+    .await;
+    // Finished, but within the window: still held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = producer
+        .enqueue_with(&Report { fail: false }, window.clone())
+        .await;
+    assert!(
+        started.elapsed() < hold,
+        "the first run took the whole window ({:?}): the test proves nothing",
+        started.elapsed()
+    );
+    assert!(matches!(held, Err(Error::Duplicate { .. })), "{held:?}");
+    // After the window: free.
+    tokio::time::sleep(hold.saturating_sub(started.elapsed()) + Duration::from_millis(500)).await;
+    let after = until_ok(Duration::from_secs(5), || {
+        producer.enqueue_with(&Report { fail: false }, window.clone())
+    })
+    .await;
+    assert!(after.is_ok(), "{after:?}");
+    stop(worker.0, worker.1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_running_a_unique_task_leaves_the_key_held_until_it_finishes() {
+    let broker = TestBroker::new();
+    let dir = TempFile::path("unique");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let started = dir.0.join("started");
+    let topo = TempFile::with(&format!(
+        "{TOPOLOGY}exec = [\"sh\", \"-c\", \"echo $WARREN_ATTEMPT >> {}; sleep 3\"]\n",
+        started.display()
+    ));
+    let env = [("WARREN_TOPOLOGY", topo.as_str())];
+    let apply = broker.cli_with(&["topology", "apply"], &env, None);
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    let cli = |args: &[&str]| broker.cli_with(args, &env, None);
+    let first = cli(&["enqueue", "report", "--unique", "nightly"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let lines = || {
+        std::fs::read_to_string(&started)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let mut worker = worker_process(&broker, &topo, &[]);
+    wait_count(Duration::from_secs(20), "the run", 1, lines).await;
+    signal(&worker, "-KILL");
+    wait_exit(&mut worker, Duration::from_secs(10)).await;
+    // The task is back in its queue, and its key still held: a second enqueue is a duplicate.
+    let dup = cli(&["enqueue", "report", "--unique", "nightly"]);
+    assert_eq!(dup.status.code(), Some(3), "{}", stderr(&dup));
+    assert!(
+        stderr(&dup).contains("duplicate") && stderr(&dup).contains("nightly"),
+        "{}",
+        stderr(&dup)
+    );
+    // A new worker runs it again to the end, which frees the key.
+    let _worker = worker_process(&broker, &topo, &[]);
+    wait_count(Duration::from_secs(20), "the rerun", 2, lines).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = cli(&["enqueue", "report", "--unique", "nightly"]);
+        if o.status.code() == Some(0) {
+            break;
+        }
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert!(Instant::now() < deadline, "the key was never freed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+#[test]
+fn bad_unique_keys_are_usage_errors() {
+    let broker = TestBroker::new();
+    let topo = TempFile::with(&format!("{TOPOLOGY}[tasks.reload]\nbroadcast = true\n"));
+    let env = [("WARREN_TOPOLOGY", topo.as_str())];
+    let apply = broker.cli_with(&["topology", "apply"], &env, None);
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    let long = "k".repeat(201);
+    for (args, needle) in [
+        (vec!["enqueue", "report", "--unique", ""], "1 to 200 bytes"),
+        (
+            vec!["enqueue", "report", "--unique", long.as_str()],
+            "it is 201",
+        ),
+        (
+            vec!["enqueue", "report", "--unique", "a\tb"],
+            "control character",
+        ),
+        (vec!["enqueue", "report", "--unique-for", "10m"], "--unique"),
+        (vec!["enqueue", "reload", "--unique", "k"], "broadcast"),
+        (
+            vec!["enqueue", "report", "--unique", "k", "--count", "2"],
+            "cannot be used with",
+        ),
+    ] {
+        let o = broker.cli_with(&args, &env, None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}
