@@ -240,13 +240,30 @@ impl Producer {
             return self.publish_one(out).await;
         };
         // The key first, then the task; a task that could not be published gives it back.
+        // The key's marker expires with the task (which the broker may dead-letter by itself
+        // then, unseen by any worker); the window's with the window.
         let queues = unique::lock_queues(self.inner.routes.names(), task, &key, window);
-        let conn = self.inner.publisher.connection().await?;
-        unique::acquire(&conn, task, &key, &out.id, &queues, window).await?;
+        let expiry =
+            crate::wire::decode::header_int(&out.properties, crate::wire::header::EXPIRES_AT).map(
+                |at| {
+                    Duration::from_millis(
+                        (at as u64)
+                            .saturating_sub(crate::wire::unix_ms(SystemTime::now()))
+                            .max(1),
+                    )
+                },
+            );
+        {
+            // Not held across the publish: the pool is small, and the publisher needs one.
+            let conn = self.inner.publisher.connection().await?;
+            unique::acquire(&conn, task, &key, &out.id, &queues, [expiry, window]).await?;
+        }
         let id = out.id.clone();
         let published = self.publish_one(out).await;
-        if published.is_err() {
-            let _ = unique::release(&conn, &queues[0].name, &id).await;
+        if published.is_err()
+            && let Ok(conn) = self.inner.publisher.connection().await
+        {
+            unique::release_all(&conn, &queues, &id).await;
         }
         published
     }
@@ -475,8 +492,19 @@ impl Producer {
     /// Releases the unique key held in `queue` by task `id` (the worker, when the task's
     /// outcome is final).
     pub(crate) async fn release_unique(&self, queue: &str, id: &str) -> Result<()> {
-        let conn = self.inner.publisher.connection().await?;
-        unique::release(&conn, queue, id).await
+        let mut last = Ok(());
+        // A blip must not leave the key held: a few tries, a fresh connection each.
+        for wait in [0, 500, 2000] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            last = match self.inner.publisher.connection().await {
+                Ok(conn) => unique::release(&conn, queue, id).await,
+                Err(e) => Err(e),
+            };
+            if last.is_ok() {
+                break;
+            }
+        }
+        last
     }
 
     /// Publishes one prepared message with a confirm, retrying a lost connection like

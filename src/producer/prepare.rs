@@ -52,6 +52,16 @@ impl Preparer<'_> {
         env.reply_to = options.reply_to;
         if let Some(key) = &options.unique_key {
             super::unique::check_key(key)?;
+            if options
+                .unique_for
+                .is_some_and(|w| w > super::unique::WINDOW_MAX || w.is_zero())
+            {
+                return Err(Error::InvalidInput(format!(
+                    "unique_for must be from 1s to {} (got {})",
+                    crate::config::duration_text(super::unique::WINDOW_MAX),
+                    crate::config::duration_text(options.unique_for.unwrap_or_default())
+                )));
+            }
             if s.is_broadcast(task) {
                 return Err(Error::InvalidInput(format!(
                     "`{task}` is a broadcast type: a unique key would be held by every worker's \
@@ -70,8 +80,7 @@ impl Preparer<'_> {
             // not one a caller waits for: the worker refuses it when it arrives, and answers.
             let ttl = env
                 .expires_at_ms
-                // Nor a unique one: its key is released by the worker, which must see it.
-                .filter(|_| env.reply_to.is_none() && env.unique.is_none())
+                .filter(|_| env.reply_to.is_none())
                 .map(|at| at.saturating_sub(unix_ms(now)).max(1));
             (self.routes.work(task), ttl)
         } else {

@@ -29,6 +29,12 @@ use crate::topology::{ArgValue, Names, QueueDecl};
 /// Longest key, in bytes.
 pub const KEY_MAX: usize = 200;
 
+/// Longest `unique_for` window: a day.
+pub const WINDOW_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Idle time after which a window queue deletes itself: the longest window and an hour.
+const WINDOW_QUEUE_EXPIRES_MS: i64 = (24 + 1) * 3600 * 1000;
+
 /// Longest key used as is in the queue name; longer ones (and keys with other characters
 /// than `[A-Za-z0-9_.:@-]`) are hashed.
 const KEY_IN_NAME_MAX: usize = 80;
@@ -39,8 +45,10 @@ const KEY_IN_NAME_MAX: usize = 80;
 /// [`Error::InvalidInput`] naming the problem.
 pub fn check_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > KEY_MAX {
+        let shown: String = key.chars().take(40).collect();
         return Err(Error::InvalidInput(format!(
-            "a unique key must be 1 to {KEY_MAX} bytes (it is {})",
+            "unique key `{shown}{}` must be 1 to {KEY_MAX} bytes (it is {})",
+            if key.chars().count() > 40 { "…" } else { "" },
             key.len()
         )));
     }
@@ -56,7 +64,9 @@ pub fn check_key(key: &str) -> Result<()> {
 /// the first 40 hex digits of its SHA-256 (the same on every producer, in any language:
 /// `sha256(key)[..20]` as lowercase hex).
 pub fn key_in_name(key: &str) -> String {
+    // `h-…` is the hashed form's prefix: such a key is hashed too, so the two never meet.
     let plain = key.len() <= KEY_IN_NAME_MAX
+        && !key.starts_with("h-")
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-'));
@@ -89,10 +99,11 @@ pub(crate) fn lock_queues(
         name: format!("{}.{task}.unique.{key}", names.namespace()),
         args: args.clone(),
     }];
-    if let Some(window) = window {
-        // Gone by itself once idle a minute past the window (its marker expired with it).
-        let expires = window.as_millis() as i64 + 60_000;
-        args.push(("x-expires", ArgValue::Int(expires)));
+    if window.is_some() {
+        // Gone by itself once idle past the longest window (its marker expired before). One
+        // fixed value: a queue argument that changed with the window would make a second
+        // enqueue with another window an `inequivalent arg` error.
+        args.push(("x-expires", ArgValue::Int(WINDOW_QUEUE_EXPIRES_MS)));
         queues.push(QueueDecl {
             name: format!("{}.{task}.unique-for.{key}", names.namespace()),
             args,
@@ -114,39 +125,52 @@ pub(crate) async fn acquire(
     key: &str,
     id: &str,
     queues: &[QueueDecl],
-    window: Option<Duration>,
+    ttls: [Option<Duration>; 2],
 ) -> Result<()> {
     let ch = confirm_channel(conn).await?;
-    let mut held: Vec<&str> = Vec::new();
-    let result = async {
-        for (i, q) in queues.iter().enumerate() {
-            // The window's marker expires with the window; the key's stays until released.
-            let ttl = (i > 0).then_some(window).flatten();
-            if !put_marker(&ch, q, id, ttl).await? {
-                return Err(Error::Duplicate {
+    let mut result = Ok(());
+    // The markers this task may hold: those confirmed, and one whose confirm was lost.
+    let mut taken = 0;
+    for (q, ttl) in queues.iter().zip(ttls) {
+        match put_marker(conn, &ch, q, id, ttl).await {
+            Ok(true) => taken += 1,
+            Ok(false) => {
+                result = Err(Error::Duplicate {
                     task: task.to_string(),
                     key: key.to_string(),
                 });
+                break;
             }
-            held.push(&q.name);
-        }
-        Ok(())
-    }
-    .await;
-    if result.is_err() {
-        for q in held.iter().take(1) {
-            // Only the key's own marker is released; a window marker taken just now would
-            // expire by itself, and it is not taken before the key's.
-            let _ = release(conn, q, id).await;
+            Err(e) => {
+                taken += 1;
+                result = Err(e);
+                break;
+            }
         }
     }
     crate::broker::close_channel(&ch, "unique key").await;
+    if result.is_err() {
+        // Only what this task may hold goes back. Never a release of a queue it was refused
+        // by: reading another task's marker, even to put it back, lets others in meanwhile
+        // (`x-max-length` counts ready messages only).
+        release_all(conn, &queues[..taken], id).await;
+    }
     result
+}
+
+/// Releases this task's markers in every one of `queues`, logging failures.
+pub(crate) async fn release_all(conn: &lapin::Connection, queues: &[QueueDecl], id: &str) {
+    for q in queues {
+        if let Err(e) = release(conn, &q.name, id).await {
+            tracing::warn!(queue = %q.name, error = %e, "could not give back a unique key");
+        }
+    }
 }
 
 /// Declares `q` and publishes a marker for `id` into it; false when the queue is full (the
 /// key is taken).
 async fn put_marker(
+    conn: &lapin::Connection,
     ch: &lapin::Channel,
     q: &QueueDecl,
     id: &str,
@@ -192,7 +216,10 @@ async fn put_marker(
             .await
             .map_err(|e| amqp("taking the unique key in", e))?;
         match confirm {
-            lapin::Confirmation::Ack(None) => return Ok(true),
+            // A release may have deleted the (then empty) queue under the publish, which the
+            // broker confirms all the same: the key is ours only if its queue still holds it.
+            lapin::Confirmation::Ack(None) if holds_marker(conn, &q.name).await => return Ok(true),
+            lapin::Confirmation::Ack(None) => continue,
             lapin::Confirmation::Nack(_) => return Ok(false),
             // Released (deleted) between the declare and the publish: declare it again.
             _ => continue,
@@ -202,6 +229,19 @@ async fn put_marker(
         "the unique key queue `{}` kept disappearing",
         q.name
     )))
+}
+
+/// True when `queue` exists and holds a message (a passive declare, on a channel of its own:
+/// a missing queue closes the channel it is asked on).
+async fn holds_marker(conn: &lapin::Connection, queue: &str) -> bool {
+    let Ok(probe) = conn.create_channel().await else {
+        return false;
+    };
+    let held = crate::topology::declare::inspect(&probe, queue)
+        .await
+        .is_ok_and(|q| q.message_count() > 0);
+    crate::broker::close_channel(&probe, "probe").await;
+    held
 }
 
 /// Releases the key held in `queue` by task `id`: takes its marker and deletes the queue if
@@ -275,8 +315,10 @@ async fn confirm_channel(conn: &lapin::Connection) -> Result<lapin::Channel> {
     Ok(ch)
 }
 
+/// A queue that does not exist; not one whose home node is down (it still holds its marker,
+/// and will again when the node is back: releasing it must wait for that).
 fn is_not_found(e: &lapin::Error) -> bool {
-    soft_error(e, lapin::protocol::AMQPSoftError::NOTFOUND)
+    soft_error(e, lapin::protocol::AMQPSoftError::NOTFOUND) && !e.to_string().contains("down")
 }
 
 fn is_precondition(e: &lapin::Error) -> bool {
@@ -333,7 +375,11 @@ mod tests {
             Some(&ArgValue::Str("reject-publish".into()))
         );
         assert_eq!(qs[1].name, "ns.report.unique-for.daily");
-        assert_eq!(qs[1].arg("x-expires"), Some(&ArgValue::Int(660_000)));
+        assert_eq!(
+            qs[1].arg("x-expires"),
+            Some(&ArgValue::Int(WINDOW_QUEUE_EXPIRES_MS)),
+            "the same for every window"
+        );
         assert_eq!(lock_queues(&names, "report", "daily", None).len(), 1);
     }
 }

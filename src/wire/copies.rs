@@ -109,7 +109,7 @@ impl Original<'_> {
             enqueued_at_ms: super::unix_ms(std::time::SystemTime::now()),
             expires_at_ms: None,
             chain: rest.to_vec(),
-            unique: None,
+            // The chain holds the first task's key until its last step's outcome.
             ..self.env.clone()
         };
         let headers = merged(&env, self.props);

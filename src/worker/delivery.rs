@@ -63,8 +63,16 @@ pub(super) async fn process(
     _permit: OwnedSemaphorePermit,
     settler: Settler,
 ) {
-    // Read apart from the envelope: a task refused on arrival releases its key too.
-    let unique = crate::wire::decode::header_str(&delivery.properties, crate::wire::header::UNIQUE);
+    // Read apart from the envelope: a task refused on arrival releases its key too. Only a
+    // key queue of this namespace and type: the header names a queue the worker will read.
+    let unique = crate::wire::decode::header_str(&delivery.properties, crate::wire::header::UNIQUE)
+        .filter(|q| {
+            q.starts_with(&format!(
+                "{}.{}.unique.",
+                shared.routes.names().namespace(),
+                task.name
+            ))
+        });
     let held = Held {
         delivery,
         settler,
@@ -389,9 +397,7 @@ fn continue_chain<'a>(
         let (step, id) = (next.task.clone(), next.id.clone());
         match shared.producer.publish(next).await {
             Ok(()) => {
-                if held.unique.is_some() {
-                    release_key(shared, held).await;
-                }
+                // A unique chain's key stays with its next step.
                 task.metrics.outcome(Outcome::Success);
                 held.ack();
                 true

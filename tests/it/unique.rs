@@ -144,7 +144,7 @@ async fn unique_for_holds_the_key_after_the_task_finished() {
         }),
     );
     let producer = Producer::new(&settings).unwrap();
-    let hold = Duration::from_secs(5);
+    let hold = Duration::from_secs(10);
     let window = EnqueueOptions::default().unique("hourly", Some(hold));
     let started = Instant::now();
     producer
@@ -155,8 +155,22 @@ async fn unique_for_holds_the_key_after_the_task_finished() {
         ran.load(Ordering::SeqCst)
     })
     .await;
-    // Finished, but within the window: still held.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Finished and its key released (the key's queue gone), but within the window: held.
+    let conn = broker.connect().await;
+    let mut released = false;
+    for _ in 0..50 {
+        // A passive declare of a missing queue closes its channel: one channel per probe.
+        let probe = conn.create_channel().await.unwrap();
+        if warren::topology::declare::inspect(&probe, "t.report.unique.hourly")
+            .await
+            .is_err()
+        {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the finished task's key queue was not released");
     let held = producer
         .enqueue_with(&Report { fail: false }, window.clone())
         .await;
@@ -182,9 +196,11 @@ async fn a_worker_killed_while_running_a_unique_task_leaves_the_key_held_until_i
     let dir = TempFile::path("unique");
     std::fs::create_dir_all(&dir.0).unwrap();
     let started = dir.0.join("started");
+    let done = dir.0.join("done");
     let topo = TempFile::with(&format!(
-        "{TOPOLOGY}exec = [\"sh\", \"-c\", \"echo $WARREN_ATTEMPT >> {}; sleep 3\"]\n",
-        started.display()
+        "{TOPOLOGY}exec = [\"sh\", \"-c\", \"echo $WARREN_ATTEMPT >> {}; sleep 3; echo done >> {}\"]\n",
+        started.display(),
+        done.display()
     ));
     let env = [("WARREN_TOPOLOGY", topo.as_str())];
     let apply = broker.cli_with(&["topology", "apply"], &env, None);
@@ -213,10 +229,19 @@ async fn a_worker_killed_while_running_a_unique_task_leaves_the_key_held_until_i
     // A new worker runs it again to the end, which frees the key.
     let _worker = worker_process(&broker, &topo, &[]);
     wait_count(Duration::from_secs(20), "the rerun", 2, lines).await;
+    // Running again (3 s): still held.
+    let running = cli(&["enqueue", "report", "--unique", "nightly"]);
+    let finished = done.exists();
+    assert!(
+        finished || running.status.code() == Some(3),
+        "a duplicate while the rerun runs: {}",
+        stderr(&running)
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let o = cli(&["enqueue", "report", "--unique", "nightly"]);
         if o.status.code() == Some(0) {
+            assert!(done.exists(), "the key was freed before the rerun finished");
             break;
         }
         assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
@@ -255,4 +280,26 @@ fn bad_unique_keys_are_usage_errors() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_unique_task_frees_its_key_with_no_worker_running() {
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
+    let producer = Producer::new(&settings).unwrap();
+    let expiring = key("soon").expires_in(Duration::from_secs(1));
+    producer
+        .enqueue_with(&Report { fail: false }, expiring.clone())
+        .await
+        .unwrap();
+    let held = producer
+        .enqueue_with(&Report { fail: false }, expiring.clone())
+        .await;
+    assert!(matches!(held, Err(Error::Duplicate { .. })), "{held:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = until_ok(Duration::from_secs(5), || {
+        producer.enqueue_with(&Report { fail: false }, expiring.clone())
+    })
+    .await;
+    assert!(after.is_ok(), "{after:?}");
 }
