@@ -303,3 +303,45 @@ async fn an_expired_unique_task_frees_its_key_with_no_worker_running() {
     .await;
     assert!(after.is_ok(), "{after:?}");
 }
+
+#[test]
+fn of_two_hundred_warren_enqueue_processes_with_one_key_exactly_one_is_accepted() {
+    // The same race across processes: 200 `warren enqueue --unique` at once, each with its
+    // own connection; exactly one exits 0, every other exits 3.
+    let broker = TestBroker::new();
+    let topo = TempFile::with(TOPOLOGY);
+    let apply = broker.cli_with(
+        &["topology", "apply"],
+        &[("WARREN_TOPOLOGY", topo.as_str())],
+        None,
+    );
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    let children: Vec<std::process::Child> = (0..200)
+        .map(|_| {
+            crate::support::warren_bin()
+                .env("WARREN_AMQP_URL", broker.amqp_url())
+                .env("WARREN_NAMESPACE", "t")
+                .env("WARREN_TOPOLOGY", topo.as_str())
+                .args(["enqueue", "report", "--unique", "once"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start warren enqueue")
+        })
+        .collect();
+    let mut codes = std::collections::BTreeMap::new();
+    let mut other = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let code = out.status.code();
+        *codes.entry(code).or_insert(0) += 1;
+        if code != Some(0) && code != Some(3) {
+            other.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+    assert_eq!(
+        codes,
+        [(Some(0), 1), (Some(3), 199)].into_iter().collect(),
+        "other failures: {other:?}"
+    );
+}
