@@ -63,32 +63,34 @@ pub(super) async fn process(
     _permit: OwnedSemaphorePermit,
     settler: Settler,
 ) {
-    // Read apart from the envelope: a task refused on arrival releases its key too. Only a
-    // key queue of this namespace and type: the header names a queue the worker will read.
-    let unique = crate::wire::decode::header_str(&delivery.properties, crate::wire::header::UNIQUE)
-        .filter(|q| {
-            q.starts_with(&format!(
-                "{}.{}.unique.",
-                shared.routes.names().namespace(),
-                task.name
-            ))
-        });
+    let read = read_envelope(&task.name, &delivery.properties, delivery.redelivered);
+    let (env, refused) = match read {
+        Ok(env) => (env, None),
+        // Without a readable envelope it still goes dead under the queue's task name.
+        Err(why) => (
+            fallback_envelope(&task.name, &delivery.properties),
+            Some(why),
+        ),
+    };
+    // A refused task releases its key too. Only a key queue of this namespace and type: the
+    // header names a queue the worker will read.
+    let unique = env.unique.clone().filter(|q| {
+        q.starts_with(&format!(
+            "{}.{}.unique.",
+            shared.routes.names().namespace(),
+            task.name
+        ))
+    });
     let held = Held {
         delivery,
         settler,
         unique,
     };
-    let props = &held.delivery.properties;
-    let env = match read_envelope(&task.name, props, held.delivery.redelivered) {
-        Ok(env) => env,
-        Err(why) => {
-            // Without a readable envelope it still goes dead under the queue's task name.
-            let env = fallback_envelope(&task.name, props);
-            let action = judge(&shared, &task).refuse(&held.original(&env), why);
-            settle(&shared, &task, &held, action).await;
-            return;
-        }
-    };
+    if let Some(why) = refused {
+        let action = judge(&shared, &task).refuse(&held.original(&env), why);
+        settle(&shared, &task, &held, action).await;
+        return;
+    }
     // This run is a child of the producer's context (or the root of a new trace).
     let parent = env.traceparent.as_deref().and_then(TraceParent::parse);
     let trace = parent
