@@ -415,3 +415,71 @@ async fn bad_waits_are_usage_errors_and_publish_nothing() {
     }
     assert_eq!(broker.count(&ch, "t.thumb").await, 0, "nothing published");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_whose_connection_is_lost_times_out_and_the_next_call_works() {
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
+    // w = 999 runs until `release` is set: the answer comes after the connection is gone.
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = release.clone();
+    let worker = spawn(
+        Worker::new(&settings).handle(move |t: Thumb, _: TaskContext| {
+            let r = r.clone();
+            async move {
+                while t.w == 999 && !r.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(t.w)
+            }
+        }),
+    );
+    let producer = Producer::with_role(&settings, "waiter").unwrap();
+    let first: u32 = producer
+        .call(
+            &thumb(1),
+            EnqueueOptions::default(),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first, 1);
+    let p2 = producer.clone();
+    let lost = tokio::spawn(async move {
+        p2.call::<_, u32>(
+            &thumb(999),
+            EnqueueOptions::default(),
+            Duration::from_secs(20),
+        )
+        .await
+    });
+    // Close the waiting connection from the broker's side (listed once its stats arrived).
+    let prefix = "warren waiter-wait ";
+    let mgmt = broker.mgmt.clone();
+    crate::support::eventually(Duration::from_secs(15), "the waiting connection", || {
+        let name = mgmt.connections().ok()?.into_iter().find_map(|c| {
+            let name = c["client_properties"]["connection_name"].as_str()?;
+            name.starts_with(prefix).then(|| name.to_string())
+        })?;
+        mgmt.close_connections_named(&name).ok().filter(|n| *n > 0)
+    })
+    .await;
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Its answer went to a channel that is gone: the wait ends at its timeout, as documented.
+    let waited = lost.await.unwrap();
+    assert!(
+        matches!(waited, Err(Error::Wait(WaitFailure::TimedOut { .. }))),
+        "{waited:?}"
+    );
+    // The producer opens a new waiting channel for the next call.
+    let next: u32 = producer
+        .call(
+            &thumb(2),
+            EnqueueOptions::default(),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next, 2);
+    stop(worker.0, worker.1).await;
+}
