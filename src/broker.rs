@@ -299,6 +299,13 @@ where
     unreachable!("the retry loop returns from inside")
 }
 
+/// True when `err` is the broker closing a channel with soft error `which` (404 NOT_FOUND,
+/// 405 RESOURCE_LOCKED, 406 PRECONDITION_FAILED…).
+pub fn is_soft(err: &lapin::Error, which: AMQPSoftError) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if amqp.kind() == &AMQPErrorKind::Soft(which))
+}
+
 /// How long a close waits for the broker's close-ok. A close that races a dying connection
 /// can wait for one that never comes (suspected once with lapin 4.12), and a shutdown or an
 /// exit must not hang on it.

@@ -44,6 +44,7 @@ pub mod error;
 pub mod ops;
 pub mod producer;
 pub mod retry;
+pub mod schedule;
 pub mod task;
 pub mod topology;
 pub mod trace;

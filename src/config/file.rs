@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use super::schedules::ScheduleFile;
 use super::{Settings, TaskSettings, WorkerSettings, parse_duration};
 use crate::error::{Error, Result};
 use crate::retry::{BackoffPolicy, TaskPolicy};
@@ -14,7 +15,7 @@ use crate::topology::QueueType;
 /// Parses topology TOML over the built-in defaults, without validating.
 pub(super) fn parse(text: &str) -> Result<Settings> {
     let file: FileSettings = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
-    Ok(file.into_settings())
+    file.into_settings(text)
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +36,8 @@ struct FileSettings {
     worker: WorkerFile,
     #[serde(default)]
     tasks: BTreeMap<String, TaskFile>,
+    #[serde(default)]
+    schedules: BTreeMap<String, toml::Spanned<ScheduleFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,7 +159,9 @@ impl TaskFile {
 }
 
 impl FileSettings {
-    fn into_settings(self) -> Settings {
+    /// The settings this file describes over the defaults; `text` is the file itself, for the
+    /// line numbers of schedule problems.
+    fn into_settings(self, text: &str) -> Result<Settings> {
         let base = Settings::default();
         let defaults = self.defaults.over(&base.defaults);
         let worker = WorkerSettings {
@@ -164,12 +169,17 @@ impl FileSettings {
             prefetch: self.worker.prefetch.unwrap_or(base.worker.prefetch),
             grace: self.worker.grace.unwrap_or(base.worker.grace),
         };
-        let tasks = self
+        let tasks: BTreeMap<String, TaskSettings> = self
             .tasks
             .into_iter()
             .map(|(name, t)| (name, t.into_task(&defaults)))
             .collect();
-        Settings {
+        let max_payload_bytes = self.max_payload_bytes.unwrap_or(base.max_payload_bytes);
+        let task_names: Vec<&str> = tasks.keys().map(String::as_str).collect();
+        let schedules =
+            super::schedules::convert(text, self.schedules, &task_names, max_payload_bytes)
+                .map_err(|problems| Error::Config(problems.join("\n  ")))?;
+        Ok(Settings {
             amqp_url: self.amqp_url.map_or(base.amqp_url, OneOrMany::joined),
             management_url: self
                 .management_url
@@ -178,12 +188,13 @@ impl FileSettings {
             namespace: self.namespace.unwrap_or(base.namespace),
             queue_type: self.queue_type.unwrap_or(base.queue_type),
             max_delay: self.max_delay.unwrap_or(base.max_delay),
-            max_payload_bytes: self.max_payload_bytes.unwrap_or(base.max_payload_bytes),
+            max_payload_bytes,
             defaults,
             tasks,
+            schedules,
             worker,
             connect_timeout: self.connect_timeout.unwrap_or(base.connect_timeout),
-        }
+        })
     }
 }
 

@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod file;
+mod schedules;
 mod validate;
 
 use crate::error::{Error, Result};
 use crate::retry::TaskPolicy;
+use crate::schedule::cadence::{Cadence, CatchUp};
 use crate::topology::{Ladder, Layout, Names, OwnQueue, Plan, QueueType, Routes, TaskQueues};
 
 /// Broker URL used when nothing else is configured: the local RabbitMQ's default vhost.
@@ -52,6 +54,20 @@ pub struct TaskSettings {
     /// Every worker serving this type runs each task once, from a queue of its own, instead
     /// of one worker of the pool (`broadcast = true`; see [`crate::topology::plan::OwnQueue`]).
     pub broadcast: bool,
+}
+
+/// One periodic task, as declared in `[schedules.NAME]`: fired by the one leading
+/// `warren scheduler` (see [`crate::schedule`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSettings {
+    /// The task type each firing enqueues (declared under `[tasks]`).
+    pub task: String,
+    /// When it fires.
+    pub cadence: Cadence,
+    /// The body of every firing; `{}` when the table gives none.
+    pub payload: serde_json::Value,
+    /// What a leader does with firings missed while no scheduler led.
+    pub catch_up: CatchUp,
 }
 
 /// Worker process settings.
@@ -99,6 +115,8 @@ pub struct Settings {
     pub defaults: TaskPolicy,
     /// Declared task types by name.
     pub tasks: BTreeMap<String, TaskSettings>,
+    /// Periodic tasks by schedule name.
+    pub schedules: BTreeMap<String, ScheduleSettings>,
     /// Worker process settings.
     pub worker: WorkerSettings,
     /// How long producers and CLI commands retry reaching the broker before failing.
@@ -120,6 +138,7 @@ impl Default for Settings {
             max_payload_bytes: MAX_PAYLOAD_BYTES_DEFAULT,
             defaults: TaskPolicy::default(),
             tasks: BTreeMap::new(),
+            schedules: BTreeMap::new(),
             worker: WorkerSettings::default(),
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
         }
@@ -228,9 +247,30 @@ impl Settings {
         }
     }
 
-    /// The declaration plan of every task type in [`Settings::tasks`].
+    /// The declaration plan of every task type in [`Settings::tasks`] and every schedule's
+    /// record queue.
     pub fn plan(&self) -> Plan {
-        self.plan_for(self.tasks.keys().map(String::as_str))
+        let mut plan = self.plan_for(self.tasks.keys().map(String::as_str));
+        let layout = self.layout();
+        for (name, schedule) in &self.schedules {
+            plan.add_schedule(&layout, self.task_queues(&schedule.task), name);
+        }
+        plan
+    }
+
+    /// What the schedules need declared on top of the task types: each one's record queue
+    /// and its binding (the exchanges come from `topology apply`).
+    pub fn schedules_plan(&self) -> Plan {
+        let layout = self.layout();
+        let mut plan = Plan {
+            exchanges: Vec::new(),
+            queues: Vec::new(),
+            bindings: Vec::new(),
+        };
+        for (name, schedule) in &self.schedules {
+            plan.add_schedule(&layout, self.task_queues(&schedule.task), name);
+        }
+        plan
     }
 
     /// The declaration plan of the given task types (validated names), each with its own

@@ -233,6 +233,22 @@ impl Management {
         Ok(())
     }
 
+    /// `POST /api/{path}` with a JSON body, answered with JSON (e.g. a queue's `get`).
+    ///
+    /// # Errors
+    /// [`Error::Management`].
+    pub fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        let resp = self
+            .call("POST", path, Some(body))
+            .map_err(|e| self.fail("POST", path, e))?;
+        resp.into_json().map_err(|e| {
+            Error::Management(format!(
+                "POST {}/api/{path}: unreadable JSON: {e}",
+                self.base()
+            ))
+        })
+    }
+
     /// `DELETE /api/{path}`; a 404 counts as done.
     ///
     /// # Errors

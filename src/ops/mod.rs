@@ -5,5 +5,6 @@
 pub mod capacity;
 pub mod dlq;
 pub mod management;
+pub mod schedules;
 pub mod status;
 pub mod version;

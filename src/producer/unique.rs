@@ -326,8 +326,7 @@ fn is_precondition(e: &lapin::Error) -> bool {
 }
 
 fn soft_error(e: &lapin::Error, which: lapin::protocol::AMQPSoftError) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p)
-        if matches!(p.kind(), lapin::protocol::AMQPErrorKind::Soft(s) if *s == which))
+    crate::broker::is_soft(e, which)
 }
 
 #[cfg(test)]

@@ -103,6 +103,19 @@ impl Names {
         format!("{}.delay.deliver", self.ns)
     }
 
+    /// `{ns}.{task}.schedule.{schedule}`: the last firing of one schedule of `task` (see
+    /// [`crate::schedule`]). Beside the task's own queues in a listing; task names hold no
+    /// dot, so it never collides with another type's queue.
+    pub fn schedule_record(&self, task: &str, schedule: &str) -> String {
+        format!("{}.{}", self.ns, schedule_key(task, schedule))
+    }
+
+    /// `{ns}.scheduler.lease`: the exclusive queue whose holder is the one scheduler that
+    /// fires (see [`crate::schedule`]).
+    pub fn scheduler_lease(&self) -> String {
+        format!("{}.scheduler.lease", self.ns)
+    }
+
     /// `{ns}.{task}@{worker}`: one worker's own queue of broadcast type `task`, named after
     /// the worker (`{host}:{pid}`, as in its connection name `warren worker {host}:{pid}`).
     /// `@` cannot occur in a task name, so these never collide with a work or dead queue.
@@ -117,6 +130,13 @@ impl Names {
 /// fan-out binding of every worker) does not match it.
 pub fn own_key(task: &str, worker: &str) -> String {
     format!("{task}@{worker}")
+}
+
+/// `{task}.schedule.{schedule}`: the key a firing of `schedule` carries in `BCC`, which
+/// routes it from `{ns}.tasks` into the schedule's record queue as well as to its task's
+/// queue. A task name holds no dot, so no plain enqueue matches it.
+pub fn schedule_key(task: &str, schedule: &str) -> String {
+    format!("{task}.schedule.{schedule}")
 }
 
 /// A worker id for queue names and routing keys: `{host}:{pid}`, plus `-{n}` for the n-th
@@ -152,6 +172,11 @@ mod tests {
         assert_eq!(n.deliver_exchange(), "shop.delay.deliver");
         assert_eq!(n.own_queue("reload", "web-1:42"), "shop.reload@web-1:42");
         assert_eq!(own_key("reload", "web-1:42"), "reload@web-1:42");
+        assert_eq!(
+            n.schedule_record("report", "nightly"),
+            "shop.report.schedule.nightly"
+        );
+        assert_eq!(n.scheduler_lease(), "shop.scheduler.lease");
     }
 
     #[test]

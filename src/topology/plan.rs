@@ -288,6 +288,39 @@ impl Plan {
         }
     }
 
+    /// The record queue of schedule `schedule` firing `task`, and its binding: a queue of one
+    /// message (`x-max-length = 1`, the oldest dropped), which every firing reaches through
+    /// its `BCC` key (see [`crate::schedule`]), so it always holds the last one. Of the
+    /// task's queue type: in a quorum namespace the record survives the loss of a node.
+    pub fn schedule_record(
+        layout: &Layout,
+        task: TaskQueues<'_>,
+        schedule: &str,
+    ) -> (QueueDecl, BindingDecl) {
+        let names = &layout.names;
+        let queue_type = match task.broadcast {
+            true => layout.queue_type,
+            false => task.queue_type.unwrap_or(layout.queue_type),
+        };
+        let name = names.schedule_record(task.name, schedule);
+        let mut args = queue_type_args(queue_type);
+        args.push(("x-max-length", ArgValue::Int(1)));
+        let binding = BindingDecl {
+            source: names.tasks_exchange(),
+            destination: name.clone(),
+            kind: Destination::Queue,
+            routing_key: super::names::schedule_key(task.name, schedule),
+        };
+        (QueueDecl { name, args }, binding)
+    }
+
+    /// Adds the record queue and binding of schedule `schedule` firing `task`.
+    pub fn add_schedule(&mut self, layout: &Layout, task: TaskQueues<'_>, schedule: &str) {
+        let (queue, binding) = Plan::schedule_record(layout, task, schedule);
+        self.queues.push(queue);
+        self.bindings.push(binding);
+    }
+
     fn add_task(&mut self, layout: &Layout, task: TaskQueues<'_>) {
         let (names, name) = (&layout.names, task.name);
         let qt = task.queue_type.unwrap_or(layout.queue_type);

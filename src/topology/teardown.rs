@@ -9,7 +9,7 @@
 //! first.
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::AMQPSoftError;
 use lapin::{Channel, Connection};
 
 use super::declare::{inspect, open};
@@ -180,6 +180,5 @@ impl Tearing<'_> {
 }
 
 fn soft(err: &lapin::Error, kind: AMQPSoftError) -> bool {
-    matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp)
-        if amqp.kind() == &AMQPErrorKind::Soft(kind))
+    crate::broker::is_soft(err, kind)
 }

@@ -49,6 +49,14 @@ pub mod header {
     /// A unique task's key queue (`{ns}.{task}.unique.{key}`), released by the worker when
     /// the task's outcome is final.
     pub const UNIQUE: &str = "warren-unique";
+    /// On a periodic task's firing: the schedule that fired it (`[schedules.NAME]`).
+    pub const SCHEDULE: &str = "warren-schedule";
+    /// On a periodic task's firing: the slot it fired for, unix ms (integer) — the time the
+    /// schedule says, not when the scheduler got to it.
+    pub const SCHEDULED_FOR: &str = "warren-scheduled-for";
+    /// RabbitMQ's sender-selected distribution: more routing keys for the same publish,
+    /// removed by the broker before delivery. A firing names its schedule's record in it.
+    pub const BCC: &str = "BCC";
 }
 
 /// Content type of every task body.

@@ -13,6 +13,7 @@ mod exec;
 mod hints;
 mod metrics;
 mod progress;
+mod schedules;
 mod stats;
 mod status;
 mod topology;
@@ -84,6 +85,10 @@ pub enum Command {
     Worker(worker::WorkerArgs),
     /// One row per task type: ready, running, consumers, delayed, dead, rates.
     Status(status::StatusArgs),
+    /// Fire the topology's schedules: exactly one scheduler leads, the others stand by.
+    Scheduler,
+    /// List the schedules with their next and last firing and the leading scheduler.
+    Schedules(schedules::SchedulesArgs),
     /// Inspect, replay or purge dead tasks.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -206,6 +211,8 @@ async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         }
         Command::Worker(args) => worker::run(&settings, args, &workdir).await,
         Command::Status(args) => status::run(&settings, args, out).await,
+        Command::Scheduler => schedules::run_scheduler(&settings).await,
+        Command::Schedules(args) => schedules::list(&settings, args, out).await,
         Command::Dlq(cmd) => dlq::run(&settings, cmd, out).await,
         Command::Demo(args) => demo::command(&settings, args, out).await,
         Command::Bench(args) => bench::command(&settings, args, out).await,

@@ -26,6 +26,10 @@ pub struct WorkerArgs {
     /// Time running tasks get to finish on SIGTERM, e.g. `30s` [default: `[worker] grace`].
     #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
+    /// Also run the topology's schedules: this process leads them or stands by (exactly one
+    /// scheduler leads, whichever process runs it).
+    #[arg(long)]
+    pub scheduler: bool,
     /// Serve Prometheus metrics on this address, e.g. `127.0.0.1:9464` or `localhost:9464`.
     #[arg(long)]
     pub metrics_addr: Option<String>,
@@ -33,7 +37,7 @@ pub struct WorkerArgs {
 
 /// Cancels the returned token on the first SIGTERM or SIGINT; exits the process at once on
 /// the second (the broker requeues whatever is unacked).
-fn shutdown_on_signals() -> Result<CancellationToken> {
+pub(crate) fn shutdown_on_signals() -> Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).map_err(|source| Error::Io {
@@ -101,9 +105,29 @@ pub(crate) async fn run(settings: &Settings, args: WorkerArgs, workdir: &Path) -
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(&addr).await?;
     }
+    if args.scheduler && settings.schedules.is_empty() {
+        return Err(Error::Config(
+            "--scheduler: the topology declares no schedule; add a [schedules.NAME] table or              drop the flag"
+                .into(),
+        ));
+    }
     check_broker(settings).await?;
     let shutdown = shutdown_on_signals()?;
-    worker.run(shutdown).await?;
+    if !args.scheduler {
+        worker.run(shutdown).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Side by side until shutdown; a scheduler that stops for good (bad credentials) stops
+    // the worker too, rather than leave a replica that silently never leads.
+    let scheduler = warren::schedule::Scheduler::new(settings);
+    let stop = shutdown.clone();
+    let (worked, scheduled) = tokio::join!(worker.run(shutdown.clone()), async {
+        let r = scheduler.run(stop.clone()).await;
+        stop.cancel();
+        r
+    });
+    worked?;
+    scheduled?;
     Ok(ExitCode::SUCCESS)
 }
 
