@@ -9,6 +9,7 @@ mod faults;
 mod ops;
 mod producer;
 mod results;
+mod schedules;
 mod security;
 mod support;
 mod topology;
