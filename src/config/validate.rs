@@ -194,6 +194,7 @@ mod tests {
         let s = Settings::from_toml(EXAMPLE).expect("example parses");
         s.validate().expect("example validates");
         assert!(!s.tasks.is_empty());
+        assert_eq!(s.schedules["nightly_report"].task, "nightly_report");
     }
 
     #[test]

@@ -65,7 +65,10 @@ pub fn fetch(settings: &Settings, mgmt: &Management, now: DateTime<Utc>) -> Resu
             task: s.task.clone(),
             cadence: cadence_text(&s.cadence),
             catch_up: s.catch_up.as_str().to_string(),
-            next: s.cadence.next_after(now).map(rfc3339),
+            // Never at or before the last firing (read after `now`, it may be newer).
+            next: (s.cadence)
+                .next_after(last.as_ref().map_or(now, |(slot, _)| now.max(*slot)))
+                .map(rfc3339),
             last: last.as_ref().map(|(slot, _)| rfc3339(*slot)),
             last_id: last.map(|(_, id)| id),
         });

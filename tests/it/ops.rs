@@ -540,6 +540,8 @@ fn the_compose_file_runs_a_broker_topology_three_workers_and_a_producer() {
     };
     assert_eq!(&cmd("topology")[..2], ["topology", "apply"]);
     assert_eq!(cmd("worker")[0], "worker");
+    // Every replica runs a scheduler (one leads), so the schedules need no service of their own.
+    assert!(cmd("worker").contains(&"--scheduler".to_string()));
     assert_eq!(cmd("producer")[0], "enqueue");
     // Every file the build and the services refer to exists.
     assert!(root.join("Dockerfile").exists());
