@@ -40,6 +40,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod ops;
 pub mod producer;

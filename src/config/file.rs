@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::schedules::ScheduleFile;
 use super::{Settings, TaskSettings, WorkerSettings, parse_duration};
+use crate::control::limits::RateLimit;
 use crate::error::{Error, Result};
 use crate::retry::{BackoffPolicy, TaskPolicy};
 use crate::topology::QueueType;
@@ -30,6 +31,8 @@ struct FileSettings {
     max_payload_bytes: Option<usize>,
     #[serde(default, deserialize_with = "opt_duration")]
     connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    cancel_retention: Option<Duration>,
     #[serde(default)]
     defaults: PolicyFile,
     #[serde(default)]
@@ -73,6 +76,10 @@ struct TaskFile {
     priorities: Option<u8>,
     #[serde(default)]
     broadcast: bool,
+    #[serde(default, deserialize_with = "opt_concurrency_limit")]
+    concurrency_limit: Option<u32>,
+    #[serde(default, deserialize_with = "opt_rate_limit")]
+    rate_limit: Option<RateLimit>,
 }
 
 /// A URL, or a list of them (the nodes of a cluster); kept as one comma-separated string,
@@ -154,6 +161,8 @@ impl TaskFile {
             queue_type: self.queue_type,
             priorities: self.priorities,
             broadcast: self.broadcast,
+            concurrency_limit: self.concurrency_limit,
+            rate_limit: self.rate_limit,
         }
     }
 }
@@ -194,6 +203,7 @@ impl FileSettings {
             schedules,
             worker,
             connect_timeout: self.connect_timeout.unwrap_or(base.connect_timeout),
+            cancel_retention: self.cancel_retention.unwrap_or(base.cancel_retention),
         })
     }
 }
@@ -203,6 +213,30 @@ fn opt_duration<'de, D: Deserializer<'de>>(
 ) -> std::result::Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// `concurrency_limit`: at least 1, said with TOML's line when not.
+fn opt_concurrency_limit<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u32>, D::Error> {
+    let n = i64::deserialize(d)?;
+    match u32::try_from(n) {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(serde::de::Error::custom(format!(
+            "concurrency_limit = {n}: give 1 or more runs at once across all workers (to stop \
+             a task type for a while, use `warren pause`)"
+        ))),
+    }
+}
+
+/// `rate_limit = "10/s"`, said with TOML's line when it does not parse.
+fn opt_rate_limit<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<RateLimit>, D::Error> {
+    let text = String::deserialize(d)?;
+    RateLimit::parse(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }

@@ -54,6 +54,10 @@ pub struct TaskSettings {
     /// Every worker serving this type runs each task once, from a queue of its own, instead
     /// of one worker of the pool (`broadcast = true`; see [`crate::topology::plan::OwnQueue`]).
     pub broadcast: bool,
+    /// At most this many runs at once across every worker (see [`crate::control`]).
+    pub concurrency_limit: Option<u32>,
+    /// At most this many starts per period across every worker, spaced.
+    pub rate_limit: Option<crate::control::limits::RateLimit>,
 }
 
 /// One periodic task, as declared in `[schedules.NAME]`: fired by the one leading
@@ -122,7 +126,13 @@ pub struct Settings {
     /// How long producers and CLI commands retry reaching the broker before failing.
     /// Workers retry forever. Defaults to 15 s.
     pub connect_timeout: Duration,
+    /// How long a cancel holds (for tasks not started yet, delayed ones included): the
+    /// control stream's `x-max-age`. Defaults to 7 days.
+    pub cancel_retention: Duration,
 }
+
+/// Cancel retention when nothing else is configured: a week.
+pub const CANCEL_RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Connect retry period when nothing else is configured.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
@@ -141,6 +151,7 @@ impl Default for Settings {
             schedules: BTreeMap::new(),
             worker: WorkerSettings::default(),
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            cancel_retention: CANCEL_RETENTION_DEFAULT,
         }
     }
 }
@@ -266,6 +277,7 @@ impl Settings {
             exchanges: Vec::new(),
             queues: Vec::new(),
             bindings: Vec::new(),
+            state: Vec::new(),
         };
         for (name, schedule) in &self.schedules {
             plan.add_schedule(&layout, self.task_queues(&schedule.task), name);
@@ -277,7 +289,10 @@ impl Settings {
     /// policy's delivery limit.
     pub fn plan_for<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) -> Plan {
         let tasks = tasks.into_iter().map(|name| self.task_queues(name));
-        Plan::build(&self.layout(), tasks)
+        let layout = self.layout();
+        let mut plan = Plan::build(&layout, tasks);
+        plan.add_control(&layout, self.cancel_retention);
+        plan
     }
 
     /// Worker `worker`'s own queue of broadcast type `name` (see [`OwnQueue`]).

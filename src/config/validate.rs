@@ -29,6 +29,14 @@ impl Settings {
                 crate::config::duration_text(self.max_delay)
             ));
         }
+        if self.cancel_retention < Duration::from_secs(60)
+            || self.cancel_retention.subsec_nanos() != 0
+        {
+            problems.push(format!(
+                "`cancel_retention` must be a whole number of seconds, at least 1m, got {}",
+                crate::config::duration_text(self.cancel_retention)
+            ));
+        }
         if self.max_payload_bytes == 0 {
             problems.push("`max_payload_bytes` must be at least 1".to_string());
         }
@@ -52,6 +60,13 @@ impl Settings {
                 false => task.queue_type.unwrap_or(self.queue_type),
             };
             check_priorities(name, task.priorities, queue_type, &mut problems);
+            if task.broadcast && (task.concurrency_limit.is_some() || task.rate_limit.is_some()) {
+                problems.push(format!(
+                    "[tasks.{name}] a broadcast type cannot have `concurrency_limit` or \
+                     `rate_limit`: every worker runs each broadcast once, and a limit shared by \
+                     all workers would hold some copies back for good"
+                ));
+            }
         }
         let w = &self.worker;
         if w.concurrency == 0 || w.concurrency > 10_000 {

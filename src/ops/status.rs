@@ -37,6 +37,18 @@ pub struct Row {
     /// queues' figures are summed into `ready`, `running`, `consumers` and the rates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broadcast_workers: Option<u64>,
+    /// Paused (`warren pause`): no worker starts it until `warren resume`.
+    pub paused: bool,
+    /// `concurrency_limit`: runs at once across every worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
+    /// With `concurrency_limit`: its tokens held by workers now (in use, or taken for the
+    /// next start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_in_use: Option<u64>,
+    /// `rate_limit`, as written (`10/s`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
 }
 
 /// The whole status: rows and where they came from.
@@ -127,6 +139,7 @@ pub fn rows(ns: &str, declared: &[String], broadcast: &[String], queues: &[Value
                     ack_rate: sum(own, |q| float(q, &["message_stats", "ack_details", "rate"])),
                     broadcast_workers: Some(own.len() as u64),
                     task,
+                    ..Row::default()
                 };
             }
             let work = by_name.get(names.work_queue(&task).as_str()).copied();
@@ -141,9 +154,44 @@ pub fn rows(ns: &str, declared: &[String], broadcast: &[String], queues: &[Value
                 ack_rate: work.and_then(|q| float(q, &["message_stats", "ack_details", "rate"])),
                 broadcast_workers: None,
                 task,
+                ..Row::default()
             }
         })
         .collect()
+}
+
+/// Fills in `row`'s limits from its type's settings and the token queues in `by_name`. A
+/// limited type's workers consume its tokens, not its work queue (they get tasks one by
+/// one), so its consumers are the token queue's.
+fn add_limits(row: &mut Row, ns: &str, settings: &Settings, by_name: &BTreeMap<&str, &Value>) {
+    let Some(t) = settings.tasks.get(&row.task) else {
+        return;
+    };
+    let names = Names::new(ns);
+    row.concurrency_limit = t.concurrency_limit;
+    row.rate_limit = t.rate_limit.map(|r| r.text());
+    let tokens = match (t.concurrency_limit, t.rate_limit) {
+        (Some(_), _) => names.limit_running(&row.task),
+        (None, Some(_)) => names.limit_starts(&row.task),
+        (None, None) => return,
+    };
+    if let Some(q) = by_name.get(tokens.as_str()) {
+        row.consumers = uint(q, &["consumers"]);
+        if t.concurrency_limit.is_some() {
+            row.limit_in_use = uint(q, &["messages_unacknowledged"]);
+        }
+    }
+}
+
+/// True when `task`'s pause record says paused (read without consuming it).
+fn read_paused(mgmt: &Management, vhost: &str, queue: &str) -> Result<bool> {
+    let got = mgmt.post_json(
+        &format!("queues/{}/{}/get", enc(vhost), enc(queue)),
+        &serde_json::json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+    )?;
+    let payload = got[0]["payload"].as_str().unwrap_or_default();
+    Ok(crate::control::events::decode(payload.as_bytes())
+        .is_some_and(|r| matches!(r.event, crate::control::events::Event::Pause { .. })))
 }
 
 /// The sum of a figure over several queues: unknown when any of them has not reported it;
@@ -207,7 +255,19 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
         .filter(|(_, t)| t.broadcast)
         .map(|(name, _)| name.clone())
         .collect();
-    let tasks = rows(ns, &declared, &broadcast, &queues);
+    let mut tasks = rows(ns, &declared, &broadcast, &queues);
+    let by_name: BTreeMap<&str, &Value> = queues
+        .iter()
+        .filter_map(|q| q["name"].as_str().map(|n| (n, q)))
+        .collect();
+    let names = Names::new(ns);
+    for row in &mut tasks {
+        add_limits(row, ns, settings, &by_name);
+        let record = names.pause_record(&row.task);
+        if by_name.contains_key(record.as_str()) {
+            row.paused = read_paused(mgmt, &vhost, &record)?;
+        }
+    }
     Ok(Status {
         namespace: ns.clone(),
         vhost,

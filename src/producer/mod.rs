@@ -7,6 +7,7 @@
 
 mod answers;
 mod chain;
+mod control;
 mod prepare;
 mod publish;
 pub mod unique;

@@ -41,7 +41,7 @@
 pub mod cadence;
 pub mod firing;
 mod leader;
-mod lease;
+pub(crate) mod lease;
 pub mod record;
 
 use std::time::Duration;

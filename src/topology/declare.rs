@@ -214,6 +214,20 @@ pub async fn declare_own(ch: &Channel, own: &OwnQueue) -> Result<()> {
     Ok(())
 }
 
+/// Declares `q` durable with its arguments; the broker's answer carries its message and
+/// consumer counts.
+///
+/// # Errors
+/// The broker's refusal (e.g. `PRECONDITION_FAILED` for other arguments), which closes `ch`.
+pub async fn declare_queue(ch: &Channel, q: &QueueDecl) -> lapin::Result<lapin::Queue> {
+    let opts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(q.name.as_str().into(), opts, field_table(&q.args))
+        .await
+}
+
 /// The broker's view of `queue` (its message and consumer counts) by a passive declare,
 /// which creates nothing. A missing queue is a `NOT_FOUND` error that closes `ch`.
 pub async fn inspect(ch: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {

@@ -110,6 +110,39 @@ impl Names {
         format!("{}.{}", self.ns, schedule_key(task, schedule))
     }
 
+    /// `{ns}.control`: the direct exchange control events are published to (see
+    /// [`crate::control`]).
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.ns)
+    }
+
+    /// `{ns}.control.events`: the control stream (cancels, pauses, resumes). Dotted, so no
+    /// task's work queue can have its name.
+    pub fn control_stream(&self) -> String {
+        format!("{}.control.events", self.ns)
+    }
+
+    /// `{ns}.{task}.paused`: the last pause or resume of `task`.
+    pub fn pause_record(&self, task: &str) -> String {
+        format!("{}.{task}.paused", self.ns)
+    }
+
+    /// `{ns}.{task}.limit.running`: the `concurrency_limit` tokens of `task`.
+    pub fn limit_running(&self, task: &str) -> String {
+        format!("{}.{task}.limit.running", self.ns)
+    }
+
+    /// `{ns}.{task}.limit.starts`: the `rate_limit` tokens of `task`.
+    pub fn limit_starts(&self, task: &str) -> String {
+        format!("{}.{task}.limit.starts", self.ns)
+    }
+
+    /// `{ns}.{task}.limit.lock`: the exclusive queue held while a worker counts `task`'s
+    /// tokens and subscribes to them.
+    pub fn limit_lock(&self, task: &str) -> String {
+        format!("{}.{task}.limit.lock", self.ns)
+    }
+
     /// `{ns}.scheduler.lease`: the exclusive queue whose holder is the one scheduler that
     /// fires (see [`crate::schedule`]).
     pub fn scheduler_lease(&self) -> String {

@@ -131,6 +131,9 @@ pub struct Plan {
     pub queues: Vec<QueueDecl>,
     /// Bindings (after both ends exist).
     pub bindings: Vec<BindingDecl>,
+    /// Queues of `queues` whose messages are Warren's own state, not tasks (the control
+    /// stream, schedule records): deleting the namespace does not count them as work to lose.
+    pub state: Vec<String>,
 }
 
 /// One task type's queues as the plan needs them.
@@ -191,6 +194,7 @@ impl Plan {
             exchanges: Vec::new(),
             queues: Vec::new(),
             bindings: Vec::new(),
+            state: Vec::new(),
         };
         plan.add_exchanges(layout);
         for level in layout.ladder.levels() {
@@ -317,8 +321,41 @@ impl Plan {
     /// Adds the record queue and binding of schedule `schedule` firing `task`.
     pub fn add_schedule(&mut self, layout: &Layout, task: TaskQueues<'_>, schedule: &str) {
         let (queue, binding) = Plan::schedule_record(layout, task, schedule);
+        self.state.push(queue.name.clone());
         self.queues.push(queue);
         self.bindings.push(binding);
+    }
+
+    /// Adds the control exchange `{ns}.control` (direct) and the control stream of the same
+    /// name, bound under `events`, keeping events for `retention` (see [`crate::control`]).
+    pub fn add_control(&mut self, layout: &Layout, retention: std::time::Duration) {
+        let names = &layout.names;
+        let exchange = names.control_exchange();
+        let stream = QueueDecl {
+            name: names.control_stream(),
+            args: vec![
+                ("x-queue-type", ArgValue::Str("stream".into())),
+                (
+                    "x-max-age",
+                    ArgValue::Str(format!("{}s", retention.as_secs())),
+                ),
+                // Retention drops whole segments: small ones, so a week's age means a week,
+                // not "once the default segment's 500 MB have filled".
+                ("x-stream-max-segment-size-bytes", ArgValue::Int(1_000_000)),
+            ],
+        };
+        self.exchanges.push(ExchangeDecl {
+            name: exchange.clone(),
+            kind: ExchangeKind::Direct,
+        });
+        self.bind(
+            &exchange,
+            &stream.name,
+            Destination::Queue,
+            crate::control::events::EVENTS_KEY.to_string(),
+        );
+        self.state.push(stream.name.clone());
+        self.queues.push(stream);
     }
 
     fn add_task(&mut self, layout: &Layout, task: TaskQueues<'_>) {

@@ -69,10 +69,12 @@ pub async fn teardown(plan: &Plan, conn: &Connection, mode: Teardown) -> Result<
             found.push((q, state));
         }
     }
+    // Warren's own state (control events, schedule records) is not work to lose.
+    let holds_tasks = |q: &QueueState| q.messages > 0 && !plan.state.contains(&q.name);
     let busy: Vec<QueueState> = found
         .iter()
         .map(|(_, state)| state)
-        .filter(|q| q.messages > 0 || q.consumers > 0)
+        .filter(|q| holds_tasks(q) || q.consumers > 0)
         .cloned()
         .collect();
     if mode == Teardown::RefuseUnlessEmpty && !busy.is_empty() {
@@ -85,6 +87,10 @@ pub async fn teardown(plan: &Plan, conn: &Connection, mode: Teardown) -> Result<
         });
     }
     for (decl, state) in found {
+        let mode = match plan.state.contains(&state.name) {
+            true if mode != Teardown::Everything && state.consumers == 0 => Teardown::Everything,
+            _ => mode,
+        };
         run.delete_queue(decl, state, mode).await?;
     }
     if run.report.kept_queues.is_empty() {

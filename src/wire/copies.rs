@@ -186,6 +186,10 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
     let mut headers = merged(&env, props);
     let replays = header_int(props, header::REPLAYS).unwrap_or(0) + 1;
     headers.insert(header::REPLAYS.into(), AMQPValue::LongLongInt(replays));
+    headers.insert(
+        header::REPLAYED_AT.into(),
+        AMQPValue::LongLongInt(super::unix_ms(std::time::SystemTime::now()) as i64),
+    );
     Original {
         env: &env,
         props,
@@ -204,7 +208,7 @@ fn merged(env: &Envelope, props: &BasicProperties) -> FieldTable {
             let k = k.as_str();
             let foreign =
                 !k.starts_with("x-") && !k.starts_with("warren-") && k != header::TRACEPARENT;
-            if foreign || k == header::REPLAYS {
+            if foreign || k == header::REPLAYS || k == header::REPLAYED_AT {
                 out.insert(k.into(), v.clone());
             }
         }
@@ -321,7 +325,10 @@ mod tests {
         let h = out.properties.headers().as_ref().unwrap().inner();
         let keys: BTreeSet<&str> = h.keys().map(|k| k.as_str()).collect();
         // No attempt header: absent means 1, the replay starts over.
-        assert_eq!(keys, BTreeSet::from(["tenant", "warren-replays"]));
+        assert_eq!(
+            keys,
+            BTreeSet::from(["tenant", "warren-replays", "warren-replayed-at"])
+        );
         assert!(matches!(
             h.get(header::REPLAYS),
             Some(AMQPValue::LongLongInt(2))

@@ -38,6 +38,9 @@ pub mod header {
     pub const WORKER: &str = "warren-worker";
     /// How many times the task was replayed from its dead queue (integer).
     pub const REPLAYS: &str = "warren-replays";
+    /// Unix ms of the last replay from a dead queue (integer): a cancel from before it no
+    /// longer applies.
+    pub const REPLAYED_AT: &str = "warren-replayed-at";
     /// How many runs a worker's shutdown interrupted (integer; absent means none). Such runs
     /// do not count as attempts, up to the type's `max_interruptions`.
     pub const INTERRUPTED: &str = "warren-interrupted";

@@ -18,17 +18,20 @@ pub enum Reason {
     UnknownTask,
     /// A Warren header has the wrong type or an impossible value.
     InvalidHeader,
+    /// Cancelled (`warren cancel`, `Producer::cancel`): before it started, or while running.
+    Cancelled,
 }
 
 impl Reason {
     /// Every reason, for labels registered up front (metrics).
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Failed,
         Reason::Permanent,
         Reason::Expired,
         Reason::Undecodable,
         Reason::UnknownTask,
         Reason::InvalidHeader,
+        Reason::Cancelled,
     ];
 
     /// The value of `warren-reason`.
@@ -40,6 +43,7 @@ impl Reason {
             Reason::Undecodable => "undecodable",
             Reason::UnknownTask => "unknown_task",
             Reason::InvalidHeader => "invalid_header",
+            Reason::Cancelled => "cancelled",
         }
     }
 
@@ -54,7 +58,7 @@ impl Reason {
             Reason::Expired | Reason::Undecodable | Reason::UnknownTask | Reason::InvalidHeader => {
                 true
             }
-            Reason::Failed | Reason::Permanent => false,
+            Reason::Failed | Reason::Permanent | Reason::Cancelled => false,
         }
     }
 }

@@ -31,6 +31,9 @@ enum Ended {
     /// The session is stopping, or the worker's semaphore closed: consume no more. Holds the
     /// delivery taken while the stop came, if any (it never started).
     Stopped(Option<Box<Delivery>>),
+    /// The task type was paused (`warren pause`): consume no more until it is resumed. Holds
+    /// the delivery taken meanwhile, if any (it never started).
+    Paused(Option<Box<Delivery>>),
     /// The channel or consumer failed: rebuild it if the connection still stands.
     ChannelLost,
 }
@@ -45,7 +48,13 @@ impl QueueConsumer {
         };
         let tag = consumer_tag(&self.shared.worker_name, &self.task.name);
         let mut backoff = Duration::from_millis(200);
+        let mut paused = self.shared.control.paused(&self.task.name);
         while !self.stop.is_cancelled() && self.session.is_connected() {
+            if *paused.borrow_and_update()
+                && !until_resumed(&self.task.name, &self.stop, &mut paused).await
+            {
+                return;
+            }
             match self.open(&queue, &tag).await {
                 Ok((ch, deliveries)) => {
                     backoff = Duration::from_millis(200);
@@ -55,23 +64,41 @@ impl QueueConsumer {
                     // so the channel stays open until the last running task settled.
                     let (settler, acking) = acks::Settler::start(ch.clone(), self.shared.prefetch);
                     self.shared.tracker.spawn(acking);
-                    let ended = self.deliver(&mut deliveries, &queue, &settler).await;
-                    if let Ended::Stopped(held) = ended {
-                        let cancelled = ch
-                            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                            .await;
-                        // Only on a live channel (a shutdown, not a lost connection, whose
-                        // deliveries the broker requeues itself). A broadcast's own queue
-                        // goes with the connection: its prefetched tasks are for a worker
-                        // that is leaving, not for the others.
-                        if cancelled.is_ok() && self.task.own.is_none() {
-                            if let Some(d) = held {
-                                let (shared, task) = (self.shared.clone(), self.task.clone());
-                                let back = delivery::hand_back(shared, task, *d, settler.clone());
-                                self.shared.tracker.spawn(back);
-                            }
-                            self.hand_back_prefetched(deliveries, settler).await;
+                    let ended = self
+                        .deliver(&mut deliveries, &queue, &settler, &mut paused)
+                        .await;
+                    let (held, stopping) = match ended {
+                        Ended::Stopped(held) => (held, true),
+                        Ended::Paused(held) => {
+                            tracing::info!(task = %self.task.name, "paused: starting no more of this type");
+                            (held, false)
                         }
+                        Ended::ChannelLost => continue,
+                    };
+                    let cancelled = ch
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await;
+                    // Only on a live channel (a shutdown, not a lost connection, whose
+                    // deliveries the broker requeues itself). A broadcast's own queue goes
+                    // with the connection: its prefetched tasks are for a worker that is
+                    // leaving, not for the others.
+                    if cancelled.is_ok() && self.task.own.is_none() {
+                        if let Some(d) = held {
+                            let (shared, task) = (self.shared.clone(), self.task.clone());
+                            let back = delivery::hand_back(shared, task, *d, settler.clone());
+                            self.shared.tracker.spawn(back);
+                        }
+                        self.hand_back_prefetched(deliveries, settler).await;
+                    } else if cancelled.is_ok() && !stopping {
+                        // A paused broadcast: its copies go back to this worker's own queue
+                        // (a fresh copy through the exchange would reach every worker).
+                        let held = held.map(|d| d.delivery_tag);
+                        let buffered = Self::buffered(deliveries).await;
+                        for tag in held.into_iter().chain(buffered) {
+                            settler.settle(acks::Settle::Requeue(tag));
+                        }
+                    }
+                    if stopping {
                         return;
                     }
                 }
@@ -141,12 +168,24 @@ impl QueueConsumer {
         }
     }
 
+    /// The delivery tags the broker had sent ahead, once the consumer is cancelled.
+    async fn buffered(mut deliveries: Consumer) -> Vec<u64> {
+        let mut tags = Vec::new();
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_millis(50), deliveries.next()).await
+        {
+            tags.push(d.delivery_tag);
+        }
+        tags
+    }
+
     /// Hands deliveries to handlers, one concurrency permit each, until the channel ends.
     async fn deliver(
         &self,
         deliveries: &mut Consumer,
         queue: &str,
         settler: &acks::Settler,
+        paused: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Ended {
         loop {
             // Checked here and raced below only when waiting: `biased` selects never poll the
@@ -164,6 +203,12 @@ impl QueueConsumer {
                 biased;
                 next = deliveries.next() => next,
                 _ = self.stop.cancelled() => return Ended::Stopped(None),
+                Ok(()) = paused.changed() => {
+                    if *paused.borrow_and_update() {
+                        return Ended::Paused(None);
+                    }
+                    continue;
+                }
             };
             match next {
                 Some(Ok(d)) => {
@@ -172,6 +217,10 @@ impl QueueConsumer {
                         // Stopping while it waited for a permit: it never started.
                         return Ended::Stopped(Some(Box::new(d)));
                     };
+                    // Paused while it waited: it does not start either.
+                    if *paused.borrow() {
+                        return Ended::Paused(Some(Box::new(d)));
+                    }
                     let run = delivery::process(shared, task, d, permit, settler.clone());
                     self.shared.tracker.spawn(run);
                 }
@@ -187,24 +236,47 @@ impl QueueConsumer {
         }
     }
 
-    /// A concurrency permit; `None` when the session stops first or the semaphore closed.
     async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        let semaphore = &self.shared.semaphore;
-        match semaphore.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(TryAcquireError::Closed) => None,
-            Err(TryAcquireError::NoPermits) => tokio::select! {
-                biased;
-                p = semaphore.clone().acquire_owned() => p.ok(),
-                _ = self.stop.cancelled() => None,
-            },
+        permit(&self.shared, &self.stop).await
+    }
+}
+
+/// A concurrency permit; `None` when the session stops first or the semaphore closed.
+pub(super) async fn permit(
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    let semaphore = &shared.semaphore;
+    match semaphore.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(TryAcquireError::Closed) => None,
+        Err(TryAcquireError::NoPermits) => tokio::select! {
+            biased;
+            p = semaphore.clone().acquire_owned() => p.ok(),
+            _ = stop.cancelled() => None,
+        },
+    }
+}
+
+/// Waits while `task` is paused; false when `stop` comes first.
+pub(super) async fn until_resumed(
+    task: &str,
+    stop: &CancellationToken,
+    paused: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    while *paused.borrow_and_update() {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            changed = paused.changed() => if changed.is_err() { return false },
         }
     }
+    tracing::info!(task = %task, "resumed");
+    true
 }
 
 /// `warren {host}:{pid}/{task}/{n}`: names the process and task type in the management UI;
 /// `n` keeps tags unique across reconnects.
-fn consumer_tag(connection: &str, task: &str) -> String {
+pub(super) fn consumer_tag(connection: &str, task: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let host_pid = connection.rsplit(' ').next().unwrap_or(connection);

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::Shared;
@@ -55,12 +54,13 @@ impl Held {
     }
 }
 
-/// Processes one delivery to its end. Holds a concurrency permit for its whole life.
-pub(super) async fn process(
+/// Processes one delivery to its end. Holds `_hold` for its whole life: a concurrency
+/// permit, and a limited type's run token.
+pub(super) async fn process<H: Send + 'static>(
     shared: Arc<Shared>,
     task: Arc<Registered>,
     delivery: Delivery,
-    _permit: OwnedSemaphorePermit,
+    _hold: H,
     settler: Settler,
 ) {
     let read = read_envelope(&task.name, &delivery.properties, delivery.redelivered);
@@ -86,6 +86,13 @@ pub(super) async fn process(
         settler,
         unique,
     };
+    let refused = refused.or_else(|| {
+        let since = || since_ms(&held.delivery.properties, &env);
+        shared
+            .control
+            .is_cancelled(&task.name, &env.id, since)
+            .then(|| Rejection::new(Reason::Cancelled, "cancelled before it started"))
+    });
     if let Some(why) = refused {
         let action = judge(&shared, &task).refuse(&held.original(&env), why);
         settle(&shared, &task, &held, action).await;
@@ -164,7 +171,16 @@ async fn run_and_settle(
             return;
         }
     }
-    let ctx = context(shared, task, env, trace.clone());
+    // Registered before the handler starts, then checked once more: a cancel that came in
+    // between stops it at once instead of being missed.
+    let run_guard = shared.control.run_started(&task.name, &env.id);
+    if shared.control.is_cancelled(&task.name, &env.id, || {
+        since_ms(&held.delivery.properties, env)
+    }) {
+        run_guard.token.cancel();
+    }
+    let mut ctx = context(shared, task, env, trace.clone());
+    ctx.cancel = run_guard.token.clone();
     let future = match (task.handler)(&held.delivery.data, ctx) {
         Ok(f) => f,
         Err(decode_error) => {
@@ -174,7 +190,8 @@ async fn run_and_settle(
             return;
         }
     };
-    let (result, took) = run(task, future, trace, &shared.hard_stop).await;
+    let (result, took) = run(task, future, trace, &run_guard.token, &shared.hard_stop).await;
+    drop(run_guard);
     let action = match result {
         // The common case decides without the judge (no clock, no random number).
         RunResult::Success(_) if env.reply_to.is_none() && env.chain.is_empty() => Action::Ack,
@@ -183,6 +200,13 @@ async fn run_and_settle(
     if settle(shared, task, held, action).await {
         finished(took);
     }
+}
+
+/// When this copy was asked for: its last replay, else its first enqueue. A cancel from
+/// before that does not apply to it.
+fn since_ms(props: &lapin::BasicProperties, env: &Envelope) -> u64 {
+    crate::wire::decode::header_int(props, crate::wire::header::REPLAYED_AT)
+        .map_or(env.enqueued_at_ms, |at| at.max(0) as u64)
 }
 
 /// The decision's inputs as of now.
@@ -209,7 +233,7 @@ fn context(shared: &Shared, task: &Registered, env: &Envelope, trace: String) ->
         correlation_id: env.correlation_id.clone(),
         awaited: env.reply_to.is_some() || !env.chain.is_empty(),
         traceparent: trace,
-        // A clone, not a child token: children register with the parent under a lock.
+        // Replaced by the run's own token, which a cancel or the hard stop fires.
         cancel: shared.hard_stop.clone(),
     }
 }
@@ -236,6 +260,7 @@ async fn run(
     task: &Registered,
     future: HandlerFuture,
     trace: String,
+    cancel: &tokio_util::sync::CancellationToken,
     hard_stop: &tokio_util::sync::CancellationToken,
 ) -> (RunResult, Duration) {
     task.metrics.started();
@@ -246,11 +271,12 @@ async fn run(
     tokio::pin!(limited);
     let ended = tokio::select! {
         ended = &mut limited => Some(ended),
-        _ = hard_stop.cancelled() => tokio::time::timeout(INTERRUPT_WAIT, &mut limited).await.ok(),
+        _ = cancel.cancelled() => tokio::time::timeout(INTERRUPT_WAIT, &mut limited).await.ok(),
     };
     let result = match ended {
         Some(Ok(Ok(Ok(value)))) => RunResult::Success(value),
         _ if hard_stop.is_cancelled() => RunResult::Interrupted,
+        _ if cancel.is_cancelled() => RunResult::Cancelled,
         None => RunResult::Interrupted,
         Some(Ok(Ok(Err(TaskError::Retryable(e))))) => RunResult::Retryable(error_chain(&*e)),
         Some(Ok(Ok(Err(TaskError::Permanent(e))))) => RunResult::Permanent(error_chain(&*e)),

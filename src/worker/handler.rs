@@ -38,13 +38,14 @@ impl Registration {
     /// The running form, with its metric handles. Made when the worker starts, not when
     /// the handler is registered: a program may install its metrics recorder in between, and
     /// a handle taken before that would record nowhere.
-    pub(super) fn start(self, own: Option<OwnQueue>) -> Registered {
+    pub(super) fn start(self, own: Option<OwnQueue>, limit: Limit) -> Registered {
         Registered {
             metrics: Metrics::new(&self.name),
             name: self.name,
             policy: self.policy,
             handler: self.handler,
             own,
+            limit,
         }
     }
 }
@@ -58,6 +59,24 @@ pub(super) struct Registered {
     pub(super) metrics: Metrics,
     /// A broadcast type: this worker's own queue of it. `None`: the shared work queue.
     pub(super) own: Option<OwnQueue>,
+    /// Limits across every worker (`concurrency_limit`, `rate_limit`).
+    pub(super) limit: Limit,
+}
+
+/// A task type's limits across every worker; none for most types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Limit {
+    /// At most this many runs at once.
+    pub(super) running: Option<u32>,
+    /// At most this many starts per period.
+    pub(super) rate: Option<crate::control::limits::RateLimit>,
+}
+
+impl Limit {
+    /// True when the type has any limit (its consumer then takes tokens first).
+    pub(super) fn any(&self) -> bool {
+        self.running.is_some() || self.rate.is_some()
+    }
 }
 
 impl Registered {

@@ -19,6 +19,7 @@ mod consume;
 mod context;
 mod delivery;
 mod handler;
+mod limited;
 mod outcome;
 mod run;
 mod telemetry;
@@ -61,6 +62,8 @@ struct Shared {
     tracker: TaskTracker,
     /// Cancelled when running handlers must stop at once.
     hard_stop: CancellationToken,
+    /// Cancels and pauses from the control stream, and the runs a cancel must stop.
+    control: Arc<crate::control::state::ControlState>,
 }
 
 /// A pool of handlers consuming task queues. Build it, register handlers, then [`Worker::run`].
@@ -213,7 +216,14 @@ impl Worker {
                 let own = settings
                     .is_broadcast(&r.name)
                     .then(|| settings.own_queue(&r.name, &worker_id));
-                Arc::new(r.start(own))
+                let limit = settings
+                    .tasks
+                    .get(&r.name)
+                    .map_or_else(Default::default, |t| handler::Limit {
+                        running: t.concurrency_limit,
+                        rate: t.rate_limit,
+                    });
+                Arc::new(r.start(own, limit))
             })
             .collect();
         tracing::info!(connection = %name, broker = %broker::redact(&self.settings.amqp_url),
@@ -232,6 +242,10 @@ impl Worker {
             concurrency: self.concurrency,
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            control: Arc::new(crate::control::state::ControlState::new(
+                tasks.iter().map(|r| r.name.as_str()),
+                crate::wire::unix_ms(std::time::UNIX_EPOCH + self.settings.cancel_retention),
+            )),
         };
         Ok(run::Running {
             tasks,
@@ -239,6 +253,7 @@ impl Worker {
             shared: Arc::new(shared),
             amqp_url: self.settings.amqp_url,
             grace: self.grace,
+            cancel_retention: self.settings.cancel_retention,
         })
     }
 }

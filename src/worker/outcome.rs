@@ -27,6 +27,8 @@ pub(crate) enum RunResult {
     Permanent(String),
     /// The worker stopped before the handler finished (its grace period ran out).
     Interrupted,
+    /// The task was cancelled while it ran ([`crate::control`]).
+    Cancelled,
 }
 
 /// What to do with the delivery.
@@ -104,6 +106,10 @@ impl Judge<'_> {
                 return self.refuse(original, Rejection::new(Reason::Permanent, error));
             }
             RunResult::Interrupted => return self.interrupted(original),
+            RunResult::Cancelled => {
+                let why = Rejection::new(Reason::Cancelled, "cancelled while running");
+                return self.refuse(original, why);
+            }
             RunResult::Retryable(error) => error,
         };
         let attempt = original.env.attempt;

@@ -25,6 +25,7 @@ pub(super) struct Running {
     pub(super) shared: Arc<Shared>,
     pub(super) amqp_url: String,
     pub(super) grace: Duration,
+    pub(super) cancel_retention: Duration,
 }
 
 impl Running {
@@ -129,7 +130,23 @@ impl Running {
     async fn consume(&self, session: &Arc<Session>, shutdown: &CancellationToken) {
         let stop = shutdown.child_token();
         let mut consumers = tokio::task::JoinSet::new();
+        // Cancels and pauses first: no task starts before this session has read them all.
+        if !self.follow_control(session, &stop, &mut consumers).await {
+            stop.cancel();
+            while consumers.join_next().await.is_some() {}
+            return;
+        }
         for task in &self.tasks {
+            if task.limit.any() {
+                let consumer = super::limited::LimitedConsumer {
+                    session: session.clone(),
+                    task: task.clone(),
+                    shared: self.shared.clone(),
+                    stop: stop.clone(),
+                };
+                consumers.spawn(consumer.run());
+                continue;
+            }
             let consumer = QueueConsumer {
                 session: session.clone(),
                 task: task.clone(),
@@ -150,6 +167,58 @@ impl Running {
         while consumers.join_next().await.is_some() {}
     }
 
+    /// Reads the pause records, starts following the control stream (into `consumers`, so
+    /// that its end ends the session like a consumer's) and waits until it has caught up.
+    /// False when the session failed or shutdown came first.
+    async fn follow_control(
+        &self,
+        session: &Arc<Session>,
+        stop: &CancellationToken,
+        consumers: &mut tokio::task::JoinSet<()>,
+    ) -> bool {
+        let names = self.shared.routes.names().clone();
+        let tasks: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
+        let control = &self.shared.control;
+        if let Err(e) = crate::control::follow::read_pauses(session, &names, &tasks, control).await
+        {
+            tracing::warn!(error = %e, "cannot read the pause records; reconnecting");
+            return self.give_up(session, stop).await;
+        }
+        let (loaded, caught_up) = tokio::sync::oneshot::channel();
+        let follow = crate::control::follow::follow(
+            session.clone(),
+            names,
+            self.cancel_retention,
+            control.clone(),
+            loaded,
+            stop.clone(),
+        );
+        consumers.spawn(async move {
+            if let Err(e) = follow.await {
+                tracing::warn!(error = %e, "control stream lost");
+            }
+        });
+        let ready = tokio::select! {
+            ready = caught_up => ready.is_ok(),
+            _ = stop.cancelled() => return false,
+        };
+        if !ready {
+            return self.give_up(session, stop).await;
+        }
+        true
+    }
+
+    /// Ends a session that failed before consuming (its connection may still stand): closes
+    /// it and waits a moment, so a broker that keeps refusing is not asked again at once.
+    async fn give_up(&self, session: &Session, stop: &CancellationToken) -> bool {
+        session.close("control stream unavailable").await;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        false
+    }
+
     /// Lets running handlers finish within the grace period, then stops them; closes.
     async fn drain(&self, sessions: Vec<Arc<Session>>) {
         let tracker = &self.shared.tracker;
@@ -165,6 +234,7 @@ impl Running {
                  the same attempt)"
             );
             self.shared.hard_stop.cancel();
+            self.shared.control.stop_all();
             // Each handler gets a second to return, then its copy is published (confirmed).
             let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
         }

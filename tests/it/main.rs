@@ -5,6 +5,7 @@ mod broadcast;
 mod chains;
 mod cli;
 mod contract;
+mod control;
 mod faults;
 mod ops;
 mod producer;

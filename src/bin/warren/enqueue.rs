@@ -84,7 +84,11 @@ fn parse_wait(text: &str) -> std::result::Result<Duration, String> {
 /// A task name the loaded topology file does not declare is a typo far more often than an
 /// unapplied topology: say so first, with the closest declared name. A file that declares no
 /// task types (or none loaded) checks nothing.
-fn check_declared(settings: &Settings, task: &str, topology: Option<&Path>) -> Result<()> {
+pub(crate) fn check_declared(
+    settings: &Settings,
+    task: &str,
+    topology: Option<&Path>,
+) -> Result<()> {
     if settings.tasks.is_empty() || settings.tasks.contains_key(task) {
         return Ok(());
     }

@@ -107,6 +107,7 @@ impl ExecHandler {
             .command(ctx)
             .spawn()
             .map_err(|e| TaskError::retry(format!("cannot start `{shown}`: {e}")))?;
+        let pid = child.id();
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let feed = async move {
@@ -126,9 +127,20 @@ impl ExecHandler {
             );
             (child.wait().await, out, err)
         };
+        tokio::pin!(finished);
         let (status, out, err) = tokio::select! {
-            _ = ctx.cancel.cancelled() => return Err(TaskError::retry("worker stopping; program killed")),
-            r = finished => r,
+            r = &mut finished => r,
+            _ = ctx.cancel.cancelled() => {
+                // Stopped (a cancel, or the worker's grace period over): SIGTERM, a moment to
+                // exit, then the drop's SIGKILL (`kill_on_drop`).
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: `kill` has no memory effects; the pid is our own child's, not
+                    // yet reaped (its `wait` is still pending above).
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+                let _ = tokio::time::timeout(STOP_GRACE, &mut finished).await;
+                return Err(TaskError::retry("stopped: the program got SIGTERM (then SIGKILL if still running)"));
+            }
         };
         let status =
             status.map_err(|e| TaskError::retry(format!("waiting for `{shown}` failed: {e}")))?;
@@ -166,6 +178,10 @@ impl ExecHandler {
         cmd
     }
 }
+
+/// How long a stopped program has between SIGTERM and SIGKILL: under the second the worker
+/// gives a stopped handler, so the program's own cleanup can finish inside it.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Makes the kernel kill the program when the worker dies, kill -9 included (Linux
 /// `PR_SET_PDEATHSIG`): otherwise it runs on as an orphan while the broker hands its task to

@@ -6,6 +6,7 @@
 //! name this command's flags and subcommands are added here ([`hints`]).
 
 mod bench;
+mod control;
 mod demo;
 mod dlq;
 mod enqueue;
@@ -85,6 +86,12 @@ pub enum Command {
     Worker(worker::WorkerArgs),
     /// One row per task type: ready, running, consumers, delayed, dead, rates.
     Status(status::StatusArgs),
+    /// Cancel tasks by id: not started ones never start, running ones are stopped.
+    Cancel(control::CancelArgs),
+    /// Pause a task type on every worker (tasks wait in the broker) until `warren resume`.
+    Pause(control::TypeArgs),
+    /// Resume a paused task type.
+    Resume(control::TypeArgs),
     /// Fire the topology's schedules: exactly one scheduler leads, the others stand by.
     Scheduler,
     /// List the schedules with their next and last firing and the leading scheduler.
@@ -211,6 +218,15 @@ async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         }
         Command::Worker(args) => worker::run(&settings, args, &workdir).await,
         Command::Status(args) => status::run(&settings, args, out).await,
+        Command::Cancel(args) => {
+            control::cancel(&settings, args, topology_file.as_deref(), out).await
+        }
+        Command::Pause(args) => {
+            control::pause(&settings, args, true, topology_file.as_deref(), out).await
+        }
+        Command::Resume(args) => {
+            control::pause(&settings, args, false, topology_file.as_deref(), out).await
+        }
         Command::Scheduler => schedules::run_scheduler(&settings).await,
         Command::Schedules(args) => schedules::list(&settings, args, out).await,
         Command::Dlq(cmd) => dlq::run(&settings, cmd, out).await,

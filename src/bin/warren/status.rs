@@ -99,6 +99,21 @@ fn rate(v: Option<f64>) -> String {
 }
 
 /// The status as an aligned table; `?` marks figures the broker has not reported yet.
+/// A row's limits: `2/3 at once` (tokens held / limit), `5/s`, both, or `-`.
+fn limit(r: &warren::ops::status::Row) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = r.concurrency_limit {
+        parts.push(format!("{}/{n} at once", cell(r.limit_in_use)));
+    }
+    if let Some(rate) = &r.rate_limit {
+        parts.push(rate.clone());
+    }
+    match parts.is_empty() {
+        true => "-".to_string(),
+        false => parts.join(", "),
+    }
+}
+
 pub(crate) fn table(status: &Status) -> String {
     let header = [
         "TASK",
@@ -108,16 +123,20 @@ pub(crate) fn table(status: &Status) -> String {
         "DEAD",
         "PUBLISH",
         "ACK",
+        "LIMIT",
     ];
-    let mut rows: Vec<[String; 7]> = vec![header.map(str::to_string)];
+    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_string)];
     for r in &status.tasks {
-        let (task, consumers) = match r.broadcast_workers {
+        let (mut task, consumers) = match r.broadcast_workers {
             Some(n) => (
                 format!("{} (broadcast)", r.task),
                 format!("{n} worker{}", if n == 1 { "" } else { "s" }),
             ),
             None => (r.task.clone(), cell(r.consumers)),
         };
+        if r.paused {
+            task.push_str(" (paused)");
+        }
         rows.push([
             task,
             cell(r.ready),
@@ -126,9 +145,10 @@ pub(crate) fn table(status: &Status) -> String {
             cell(r.dead),
             rate(r.publish_rate),
             rate(r.ack_rate),
+            limit(r),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = format!(

@@ -1,0 +1,238 @@
+//! A worker's view of the control stream: which tasks are cancelled, which types paused, and
+//! the runs in progress that a cancel must stop. Fed by [`super::follow`]; read on every
+//! delivery, so the common case (nothing cancelled) is one atomic load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::events::{Event, Record};
+
+/// Cancels, pauses and running tasks of one worker.
+#[derive(Debug)]
+pub(crate) struct ControlState {
+    retention_ms: u64,
+    /// False until the first cancel: the per-delivery check is then one load.
+    any_cancel: AtomicBool,
+    /// (task, id) → when it was cancelled, unix ms.
+    cancelled: Mutex<HashMap<(String, String), u64>>,
+    /// Runs in progress: serial → (task, id, the run's cancel token).
+    running: Mutex<HashMap<u64, (String, String, CancellationToken)>>,
+    serial: AtomicU64,
+    /// Pause state of each task type this worker serves.
+    paused: BTreeMap<String, watch::Sender<bool>>,
+}
+
+impl ControlState {
+    /// State for a worker serving `tasks`, keeping cancels for `retention_ms`.
+    pub(crate) fn new<'a>(tasks: impl IntoIterator<Item = &'a str>, retention_ms: u64) -> Self {
+        ControlState {
+            retention_ms,
+            any_cancel: AtomicBool::new(false),
+            cancelled: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            serial: AtomicU64::new(0),
+            paused: tasks
+                .into_iter()
+                .map(|t| (t.to_string(), watch::channel(false).0))
+                .collect(),
+        }
+    }
+
+    /// Applies one control record read at `now_ms`: a cancel is remembered (and stops the
+    /// matching runs), a pause or resume flips its type. Records older than the retention
+    /// (a slow stream cleanup) are ignored.
+    pub(crate) fn apply(&self, record: &Record, now_ms: u64) {
+        if record.at + self.retention_ms < now_ms {
+            if let Event::Pause { .. } | Event::Resume { .. } = record.event {
+                // A pause's state comes from its record queue as well; still apply it in
+                // order, it is the latest seen so far.
+            } else {
+                return;
+            }
+        }
+        match &record.event {
+            Event::Cancel { task, ids } => {
+                {
+                    let mut cancelled = lock(&self.cancelled);
+                    for id in ids {
+                        cancelled.insert((task.clone(), id.clone()), record.at);
+                    }
+                    // Forget the expired ones now and then (on a cancel, never per task).
+                    let horizon = now_ms.saturating_sub(self.retention_ms);
+                    cancelled.retain(|_, at| *at >= horizon);
+                }
+                self.any_cancel.store(true, Ordering::Release);
+                for (t, id, token) in lock(&self.running).values() {
+                    if t == task && ids.contains(id) {
+                        tracing::info!(task = %t, id = %id, "cancelled while running; stopping it");
+                        token.cancel();
+                    }
+                }
+            }
+            Event::Pause { task } => self.set_paused(task, true),
+            Event::Resume { task } => self.set_paused(task, false),
+            Event::Marker { .. } => {}
+        }
+    }
+
+    fn set_paused(&self, task: &str, paused: bool) {
+        if let Some(tx) = self.paused.get(task) {
+            tx.send_if_modified(|p| std::mem::replace(p, paused) != paused);
+        }
+    }
+
+    /// True when task `id` of `task`, enqueued or last replayed at `since_ms`, was cancelled
+    /// after that (a replay of a cancelled task runs: it was asked for after the cancel).
+    pub(crate) fn is_cancelled(
+        &self,
+        task: &str,
+        id: &str,
+        since_ms: impl FnOnce() -> u64,
+    ) -> bool {
+        if !self.any_cancel.load(Ordering::Acquire) {
+            return false;
+        }
+        let at = lock(&self.cancelled)
+            .get(&(task.to_string(), id.to_string()))
+            .copied();
+        at.is_some_and(|at| at >= since_ms())
+    }
+
+    /// The pause state of `task` (always "running" for a type this worker does not serve).
+    pub(crate) fn paused(&self, task: &str) -> watch::Receiver<bool> {
+        match self.paused.get(task) {
+            Some(tx) => tx.subscribe(),
+            None => watch::channel(false).1,
+        }
+    }
+
+    /// Registers a run of `task` `id`; its token is cancelled by a cancel of that id, or by
+    /// [`ControlState::stop_all`]. Unregistered when the guard drops.
+    pub(crate) fn run_started(&self, task: &str, id: &str) -> RunGuard<'_> {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        lock(&self.running).insert(serial, (task.to_string(), id.to_string(), token.clone()));
+        RunGuard {
+            state: self,
+            serial,
+            token,
+        }
+    }
+
+    /// Cancels every run in progress (the worker's grace period is over).
+    pub(crate) fn stop_all(&self) {
+        for (_, _, token) in lock(&self.running).values() {
+            token.cancel();
+        }
+    }
+}
+
+/// A run in progress; unregisters it when dropped.
+#[derive(Debug)]
+pub(crate) struct RunGuard<'a> {
+    state: &'a ControlState,
+    serial: u64,
+    /// Cancelled when the run must stop.
+    pub(crate) token: CancellationToken,
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.state.running).remove(&self.serial);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(at: u64, event: Event) -> Record {
+        Record { at, event }
+    }
+
+    #[test]
+    fn a_cancel_applies_to_copies_from_before_it_and_stops_matching_runs() {
+        let s = ControlState::new(["report"], 1000);
+        assert!(!s.is_cancelled("report", "a", || 0));
+        let run_a = s.run_started("report", "a");
+        let run_b = s.run_started("report", "b");
+        s.apply(
+            &record(
+                100,
+                Event::Cancel {
+                    task: "report".into(),
+                    ids: vec!["a".into()],
+                },
+            ),
+            150,
+        );
+        assert!(s.is_cancelled("report", "a", || 50));
+        // Replayed after the cancel: it runs.
+        assert!(!s.is_cancelled("report", "a", || 120));
+        assert!(!s.is_cancelled("report", "b", || 50));
+        assert!(!s.is_cancelled("other", "a", || 50));
+        assert!(run_a.token.is_cancelled());
+        assert!(!run_b.token.is_cancelled());
+        drop(run_a);
+        s.stop_all();
+        assert!(run_b.token.is_cancelled());
+    }
+
+    #[test]
+    fn cancels_older_than_the_retention_are_ignored() {
+        let s = ControlState::new(["report"], 1000);
+        let cancel = Event::Cancel {
+            task: "report".into(),
+            ids: vec!["a".into()],
+        };
+        s.apply(&record(100, cancel), 5000);
+        assert!(!s.is_cancelled("report", "a", || 0));
+    }
+
+    #[test]
+    fn pause_and_resume_flip_only_their_type() {
+        let s = ControlState::new(["report", "mail"], 1000);
+        let report = s.paused("report");
+        let mail = s.paused("mail");
+        s.apply(
+            &record(
+                1,
+                Event::Pause {
+                    task: "report".into(),
+                },
+            ),
+            2,
+        );
+        assert!(*report.borrow());
+        assert!(!*mail.borrow());
+        s.apply(
+            &record(
+                3,
+                Event::Resume {
+                    task: "report".into(),
+                },
+            ),
+            4,
+        );
+        assert!(!*report.borrow());
+        // A type this worker does not serve: nothing to flip.
+        s.apply(
+            &record(
+                5,
+                Event::Pause {
+                    task: "other".into(),
+                },
+            ),
+            6,
+        );
+        assert!(!*s.paused("other").borrow());
+    }
+}

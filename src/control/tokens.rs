@@ -1,0 +1,176 @@
+//! Limit tokens: a classic queue of N messages per limit, held by workers as unacked
+//! deliveries. A worker takes one from its consumer before it starts a task and gives it back
+//! (`basic.reject`, requeue) when the run ends (`concurrency_limit`) or a hold time after the
+//! start (`rate_limit`). A worker that dies holds nothing: the broker requeues the unacked
+//! tokens of a closed connection, `kill -9` included.
+//!
+//! **Counting** is the delicate part: the queue shows only the tokens nobody holds. So a
+//! worker counts, tops up and subscribes under the type's lock (the exclusive queue
+//! `{ns}.{task}.limit.lock`), and tops up only when the queue has no consumer, i.e. when no
+//! token is held: then the queue must hold exactly N, and it is purged and refilled to N if
+//! not. A changed limit therefore takes effect when no worker of the type runs (a restart of
+//! all of them). The token queue is classic: quorum queues count every requeue as a delivery
+//! and, from RabbitMQ 4.0, dead-letter a message after 20 of them.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+
+use crate::broker::{Session, close_channel};
+use crate::error::{Error, Result};
+use crate::topology::{ArgValue, QueueDecl, QueueType};
+
+/// One limit's tokens as a worker sees them: its channel and consumer.
+#[derive(Debug)]
+pub(crate) struct Tokens {
+    channel: Channel,
+    consumer: Consumer,
+}
+
+/// A token taken from a [`Tokens`]; back in its queue when dropped (or when the connection
+/// goes).
+#[derive(Debug)]
+pub(crate) struct Token {
+    channel: Channel,
+    tag: u64,
+}
+
+impl Token {
+    /// Gives the token back after `after` (a start token's hold), in the background.
+    pub(crate) fn give_back_after(self, after: Duration) {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            drop(self);
+        });
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        let (channel, tag) = (self.channel.clone(), self.tag);
+        // A closed channel has given it back already.
+        if channel.status().connected()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = channel
+                    .basic_reject(tag, BasicRejectOptions { requeue: true })
+                    .await;
+            });
+        }
+    }
+}
+
+impl Tokens {
+    /// Counts `queue`'s tokens (refilling it to `count` when nobody holds one) and subscribes
+    /// to it with `prefetch`, under `lock`.
+    ///
+    /// # Errors
+    /// Broker errors; the caller's session reconnects.
+    pub(crate) async fn subscribe(
+        session: &Session,
+        queue: &str,
+        lock: &str,
+        count: u32,
+        prefetch: u16,
+    ) -> Result<Tokens> {
+        let amqp = |what: &str, source| Error::Amqp {
+            operation: format!("{what} `{queue}`"),
+            source,
+        };
+        while !crate::schedule::lease::try_take(session.connection(), lock).await? {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let channel = session.channel().await?;
+        let decl = QueueDecl {
+            name: queue.to_string(),
+            args: vec![(
+                "x-queue-type",
+                ArgValue::Str(QueueType::Classic.as_str().into()),
+            )],
+        };
+        let state = crate::topology::declare::declare_queue(&channel, &decl)
+            .await
+            .map_err(|e| amqp("declaring the limit tokens", e))?;
+        if state.consumer_count() == 0 && state.message_count() != count {
+            refill(session, &channel, queue, count).await?;
+            tracing::info!(queue, tokens = count, "limit tokens counted and refilled");
+        }
+        channel
+            .basic_qos(prefetch.max(1), BasicQosOptions { global: false })
+            .await
+            .map_err(|e| amqp("subscribing to", e))?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "warren limit".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| amqp("subscribing to", e))?;
+        // The lock goes with this connection too; deleting it lets the next worker in now.
+        let _ = channel
+            .queue_delete(lock.into(), QueueDeleteOptions::default())
+            .await;
+        Ok(Tokens { channel, consumer })
+    }
+
+    /// The next token; `None` when the channel failed (the caller reconnects).
+    pub(crate) async fn take(&mut self) -> Option<Token> {
+        match self.consumer.next().await {
+            Some(Ok(d)) => Some(Token {
+                channel: self.channel.clone(),
+                tag: d.delivery_tag,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Closes the channel: every token it holds goes back.
+    pub(crate) async fn close(&self) {
+        close_channel(&self.channel, "limit tokens released").await;
+    }
+}
+
+/// Empties `queue` and publishes `count` tokens into it, confirmed.
+async fn refill(session: &Session, channel: &Channel, queue: &str, count: u32) -> Result<()> {
+    let amqp = |what: &str, source| Error::Amqp {
+        operation: format!("{what} `{queue}`"),
+        source,
+    };
+    channel
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await
+        .map_err(|e| amqp("purging the limit tokens", e))?;
+    let ch = session.channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| amqp("refilling", e))?;
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let mut confirms = Vec::new();
+    for _ in 0..count {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                b"token",
+                props.clone(),
+            )
+            .await
+            .map_err(|e| amqp("refilling", e))?;
+        confirms.push(c);
+    }
+    for c in confirms {
+        c.await.map_err(|e| amqp("refilling", e))?;
+    }
+    close_channel(&ch, "limit tokens refilled").await;
+    Ok(())
+}

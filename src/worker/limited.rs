@@ -1,0 +1,240 @@
+//! The consumer of a task type with a limit across workers (`concurrency_limit`,
+//! `rate_limit`): tokens first, then one task at a time by `basic.get`.
+//!
+//! A limited type's tasks are not prefetched: a task sent ahead would wait in this worker's
+//! memory for a token, maybe past the broker's consumer timeout. So the consumer takes a
+//! concurrency permit, a run token and a start token ([`crate::control::tokens`]), then gets
+//! one task from the work queue; an empty queue is asked again after a short wait (20 ms
+//! doubling to 500 ms). Tokens held for a minute without work are given back and taken again,
+//! so an idle worker's tokens never reach the consumer timeout either.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::BasicGetOptions;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::consume::{permit, until_resumed};
+use super::handler::Registered;
+use super::{Shared, acks, delivery};
+use crate::broker::{Session, close_channel};
+use crate::control::tokens::{Token, Tokens};
+
+/// Longest idle wait between two gets of an empty work queue.
+const POLL_MAX: Duration = Duration::from_millis(500);
+
+/// How long tokens are held without work before they go back.
+const IDLE_RELEASE: Duration = Duration::from_secs(60);
+
+/// A limited type's consumer on one session.
+pub(super) struct LimitedConsumer {
+    pub(super) session: Arc<Session>,
+    pub(super) task: Arc<Registered>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) stop: CancellationToken,
+}
+
+/// Why serving ended.
+enum Served {
+    Stopped,
+    Paused,
+    ChannelLost,
+}
+
+/// One session's channels: gets and their acks, and each limit's tokens.
+struct Open {
+    get: lapin::Channel,
+    settler: acks::Settler,
+    running: Option<Tokens>,
+    starts: Option<(Tokens, Duration)>,
+}
+
+impl LimitedConsumer {
+    /// Serves until the session stops or its connection is lost.
+    pub(super) async fn run(self) {
+        let mut paused = self.shared.control.paused(&self.task.name);
+        let mut backoff = Duration::from_millis(200);
+        while !self.stop.is_cancelled() && self.session.is_connected() {
+            if *paused.borrow_and_update()
+                && !until_resumed(&self.task.name, &self.stop, &mut paused).await
+            {
+                return;
+            }
+            match self.open().await {
+                Ok(mut open) => {
+                    backoff = Duration::from_millis(200);
+                    let served = self.serve(&mut open, &mut paused).await;
+                    // Tokens go back with their channels; the get channel stays open (its
+                    // settler holds it) until the tasks running on it are acked.
+                    if let Some(t) = &open.running {
+                        t.close().await;
+                    }
+                    if let Some((t, _)) = &open.starts {
+                        t.close().await;
+                    }
+                    match served {
+                        Served::Stopped => return,
+                        Served::Paused => {
+                            tracing::info!(task = %self.task.name, "paused: starting no more of this type");
+                        }
+                        Served::ChannelLost => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(task = %self.task.name, error = %e, "cannot take limit tokens; retrying");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> crate::Result<Open> {
+        let names = self.shared.routes.names();
+        let name = &self.task.name;
+        let get = self.session.channel().await?;
+        let (settler, acking) = acks::Settler::start(get.clone(), self.shared.prefetch);
+        self.shared.tracker.spawn(acking);
+        let local = u16::try_from(self.shared.concurrency).unwrap_or(u16::MAX);
+        let lock = names.limit_lock(name);
+        let running = match self.task.limit.running {
+            Some(n) => {
+                let prefetch = local.min(u16::try_from(n).unwrap_or(u16::MAX));
+                let q = names.limit_running(name);
+                Some(Tokens::subscribe(&self.session, &q, &lock, n, prefetch).await?)
+            }
+            None => None,
+        };
+        let starts = match self.task.limit.rate {
+            Some(rate) => {
+                let (k, hold) = rate.tokens();
+                let prefetch = local.min(u16::try_from(k).unwrap_or(u16::MAX));
+                let q = names.limit_starts(name);
+                let tokens = Tokens::subscribe(&self.session, &q, &lock, k, prefetch).await?;
+                Some((tokens, hold))
+            }
+            None => None,
+        };
+        Ok(Open {
+            get,
+            settler,
+            running,
+            starts,
+        })
+    }
+
+    /// Starts tasks, each under a permit and its tokens, until stopped, paused or a channel
+    /// fails.
+    async fn serve(&self, open: &mut Open, paused: &mut watch::Receiver<bool>) -> Served {
+        let queue = self.shared.routes.names().work_queue(&self.task.name);
+        loop {
+            let Some(permit) = self.wait(paused, permit(&self.shared, &self.stop)).await else {
+                return self.why_stopped(paused);
+            };
+            let Some(permit) = permit else {
+                return Served::Stopped;
+            };
+            let run_token = match &mut open.running {
+                Some(t) => match self.wait(paused, t.take()).await {
+                    Some(Some(token)) => Some(token),
+                    Some(None) => return Served::ChannelLost,
+                    None => return self.why_stopped(paused),
+                },
+                None => None,
+            };
+            let start_token = match &mut open.starts {
+                Some((t, hold)) => match self.wait(paused, t.take()).await {
+                    Some(Some(token)) => Some((token, *hold)),
+                    Some(None) => return Served::ChannelLost,
+                    None => return self.why_stopped(paused),
+                },
+                None => None,
+            };
+            let delivery = match self.next_task(&open.get, &queue, paused).await {
+                Fetched::Task(d) => d,
+                // Idle for a while: give the tokens back (they are dropped here) and queue up
+                // for them again.
+                Fetched::Idle => continue,
+                Fetched::Stopped => return self.why_stopped(paused),
+                Fetched::ChannelLost => return Served::ChannelLost,
+            };
+            if let Some((token, hold)) = start_token {
+                token.give_back_after(hold);
+            }
+            let (shared, task) = (self.shared.clone(), self.task.clone());
+            let hold: (tokio::sync::OwnedSemaphorePermit, Option<Token>) = (permit, run_token);
+            let run = delivery::process(shared, task, *delivery, hold, open.settler.clone());
+            self.shared.tracker.spawn(run);
+        }
+    }
+
+    /// `what`, unless the session stops or the type is paused first (`None`).
+    async fn wait<T>(
+        &self,
+        paused: &mut watch::Receiver<bool>,
+        what: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        if *paused.borrow_and_update() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => None,
+            Ok(()) = paused.changed() => None,
+            r = what => Some(r),
+        }
+    }
+
+    fn why_stopped(&self, paused: &watch::Receiver<bool>) -> Served {
+        match self.stop.is_cancelled() {
+            true => Served::Stopped,
+            false if *paused.borrow() => Served::Paused,
+            // A spurious wake-up of the pause watch: serve again on a fresh session's terms.
+            false => Served::Paused,
+        }
+    }
+
+    /// One task from the work queue, waiting while it is empty.
+    async fn next_task(
+        &self,
+        ch: &lapin::Channel,
+        queue: &str,
+        paused: &mut watch::Receiver<bool>,
+    ) -> Fetched {
+        let idle_since = tokio::time::Instant::now();
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await
+            {
+                Ok(Some(m)) => return Fetched::Task(Box::new(m.delivery)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "cannot get a task; rebuilding the channels");
+                    close_channel(ch, "get failed").await;
+                    return Fetched::ChannelLost;
+                }
+            }
+            if idle_since.elapsed() > IDLE_RELEASE {
+                return Fetched::Idle;
+            }
+            if self.wait(paused, tokio::time::sleep(wait)).await.is_none() {
+                return Fetched::Stopped;
+            }
+            wait = (wait * 2).min(POLL_MAX);
+        }
+    }
+}
+
+/// What asking the work queue gave.
+enum Fetched {
+    Task(Box<lapin::message::Delivery>),
+    Idle,
+    Stopped,
+    ChannelLost,
+}
