@@ -18,8 +18,12 @@ fn topology_apply_prints_what_it_declared_and_is_idempotent() {
     assert!(out.contains("queue     t.mail  (0 messages)"), "{out}");
     assert!(out.contains("exchange  t.delay.deliver"), "{out}");
     assert!(out.contains("binding   t.tasks -[mail]-> t.mail"), "{out}");
-    // 1 h = 3600 s needs levels 0..=11
-    assert!(out.contains(": 15 exchanges, 14 queues,"), "{out}");
+    // 1 h = 3600 s needs levels 0..=11; plus the control exchange and stream
+    assert!(out.contains(": 16 exchanges, 15 queues,"), "{out}");
+    assert!(
+        out.contains("binding   t.control -[events]-> t.control.events"),
+        "{out}"
+    );
     let second = broker.cli(&["--topology", file.as_str(), "topology", "apply"]);
     assert!(second.status.success(), "{}", stderr(&second));
     assert_eq!(broker.queue_info("t.mail")["type"], "classic");
