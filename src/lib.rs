@@ -24,12 +24,14 @@
 //! | [`broker`] | named connections, bounded retries, [`broker::Session`] (connect, declare, one bounded close), the pool | no |
 //! | [`producer`] | [`Producer`]: message preparation (pure), the confirm pipeline | partly |
 //! | [`worker`] | [`Worker`]: sessions and reconnects, consumers, one delivery's shell, the outcome decision (pure), acks, metrics | partly |
-//! | [`ops`] | the management HTTP API, `status` and `dlq` as functions returning data | partly |
+//! | [`schedule`] | periodic tasks: slots of a cron or period ([`schedule::cadence`], pure), the firing message (pure), the leader's lease and term, the records | partly |
+//! | [`control`] | limits across workers ([`control::limits`], pure; the token queues), the control stream of cancels and pauses, a worker's view of it | partly |
+//! | [`ops`] | the management HTTP API, `status`, `dlq` and `schedules` as functions returning data | partly |
 //! | [`trace`] | W3C `traceparent` carried from producer to handler | yes |
 //! | [`error`] | [`Error`]: facts, no command-line advice; `is_transient`, `is_usage` | yes |
 //!
-//! lapin is called only from `broker`, `topology::declare`, `producer`, `worker` and
-//! `ops::dlq`. Performance figures live in `docs/performance.md`, not in comments.
+//! lapin is called only from `broker`, `topology::declare`, `producer`, `worker`, `schedule`,
+//! `control` and `ops::dlq`. Performance figures live in `docs/performance.md`, not in comments.
 
 #![warn(
     missing_docs,

@@ -27,8 +27,10 @@ pub struct TaskContext {
     /// This run's W3C `traceparent`: a child of the producer's context, or a new trace when
     /// the task arrived without one. Tasks enqueued from the handler join this trace.
     pub traceparent: String,
-    /// Cancelled when the worker stops at once (second signal, or the grace period ran out);
-    /// long handlers should check it and stop early.
+    /// Cancelled when this run must stop: the task was cancelled (`warren cancel`,
+    /// [`crate::Producer::cancel`]; the run then ends dead as `cancelled`), or the worker
+    /// stops at once (the grace period ran out; the task goes back to its queue). Long
+    /// handlers should check it and stop early; after a second their future is dropped.
     pub cancel: CancellationToken,
 }
 
