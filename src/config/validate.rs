@@ -60,7 +60,17 @@ impl Settings {
                 false => task.queue_type.unwrap_or(self.queue_type),
             };
             check_priorities(name, task.priorities, queue_type, &mut problems);
-            if task.broadcast && (task.concurrency_limit.is_some() || task.rate_limit.is_some()) {
+            let limited = task.concurrency_limit.is_some() || task.rate_limit.is_some();
+            if limited && task.policy.time_limit > LIMITED_TIME_LIMIT_MAX {
+                problems.push(format!(
+                    "[tasks.{name}] with a limit, `time_limit` must be at most {} (got {}): a \
+                     run holds its limit token as an unacked delivery, which RabbitMQ's \
+                     consumer timeout (30m) would take back mid-run",
+                    crate::config::duration_text(LIMITED_TIME_LIMIT_MAX),
+                    crate::config::duration_text(task.policy.time_limit)
+                ));
+            }
+            if task.broadcast && limited {
                 problems.push(format!(
                     "[tasks.{name}] a broadcast type cannot have `concurrency_limit` or \
                      `rate_limit`: every worker runs each broadcast once, and a limit shared by \
@@ -85,6 +95,10 @@ impl Settings {
         }
     }
 }
+
+/// Longest `time_limit` of a limited type: its run token is held for the run plus up to a
+/// minute of waiting for work, under RabbitMQ's 30 minute consumer timeout with room to spare.
+const LIMITED_TIME_LIMIT_MAX: Duration = Duration::from_secs(25 * 60);
 
 /// Priorities: 1 to 10 levels (RabbitMQ allows 255 and recommends few: each level is a queue
 /// of its own inside the broker), on a classic queue only, since RabbitMQ 3.x has no quorum

@@ -67,12 +67,18 @@ pub fn pause_key(task: &str) -> String {
     format!("pause.{task}")
 }
 
-/// The pause record queue of `task`: one message, the last pause or resume.
-pub fn pause_record(names: &Names, queue_type: QueueType, task: &str) -> QueueDecl {
+/// The pause record queue of `task`: one message, the last pause or resume. Classic in every
+/// namespace: it is read by `basic.get` and given back, which a quorum queue counts as a
+/// delivery (RabbitMQ 4.0 drops a message after 20), and the stream holds the same events
+/// for the retention if its node is lost.
+pub fn pause_record(names: &Names, task: &str) -> QueueDecl {
     QueueDecl {
         name: names.pause_record(task),
         args: vec![
-            ("x-queue-type", ArgValue::Str(queue_type.as_str().into())),
+            (
+                "x-queue-type",
+                ArgValue::Str(QueueType::Classic.as_str().into()),
+            ),
             ("x-max-length", ArgValue::Int(1)),
         ],
     }
@@ -83,12 +89,7 @@ pub fn pause_record(names: &Names, queue_type: QueueType, task: &str) -> QueueDe
 ///
 /// # Errors
 /// [`Error::Refusal`] when the broker nacks; [`Error::Amqp`] for a broker failure.
-pub(crate) async fn publish(
-    conn: &lapin::Connection,
-    names: &Names,
-    queue_type: QueueType,
-    event: Event,
-) -> Result<()> {
+pub(crate) async fn publish(conn: &lapin::Connection, names: &Names, event: Event) -> Result<()> {
     let amqp = |what: &str, source| Error::Amqp {
         operation: what.to_string(),
         source,
@@ -102,7 +103,7 @@ pub(crate) async fn publish(
         .map_err(|e| amqp("opening a control channel", e))?;
     let mut headers = FieldTable::default();
     if let Event::Pause { task } | Event::Resume { task } = &event {
-        let record = pause_record(names, queue_type, task);
+        let record = pause_record(names, task);
         crate::topology::declare::declare_queue(&ch, &record)
             .await
             .map_err(|e| amqp(&format!("declaring `{}`", record.name), e))?;

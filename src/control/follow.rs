@@ -15,7 +15,7 @@ use super::events::{self, Event};
 use super::state::ControlState;
 use crate::broker::{Session, close_channel, is_soft};
 use crate::error::{Error, Result};
-use crate::topology::{Names, QueueType};
+use crate::topology::Names;
 use crate::wire::unix_ms;
 
 /// Applies each of `tasks`' pause records to `state` (a type never paused has none).
@@ -31,13 +31,25 @@ pub(crate) async fn read_pauses(
     let now = unix_ms(SystemTime::now());
     for task in tasks {
         let queue = names.pause_record(task);
+        if let Some(record) = read_record(session, &queue).await? {
+            state.apply(&record, now);
+        }
+    }
+    Ok(())
+}
+
+/// The record in a pause record queue; `None` when the type was never paused (no queue). A
+/// record queue, once there, always holds its one message: an empty answer means another
+/// reader (`warren status`) holds it for a moment, so it is asked again, for up to 2 s.
+async fn read_record(session: &Session, queue: &str) -> Result<Option<events::Record>> {
+    for _ in 0..10 {
         let ch = session.channel().await?;
         let got = match ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await
         {
             Ok(got) => got,
-            Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => continue,
+            Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => return Ok(None),
             Err(source) => {
                 return Err(Error::Amqp {
                     operation: format!("reading `{queue}`"),
@@ -45,13 +57,19 @@ pub(crate) async fn read_pauses(
                 });
             }
         };
-        if let Some(record) = got.and_then(|m| events::decode(&m.delivery.data)) {
-            state.apply(&record, now);
-        }
+        let record = got.map(|m| events::decode(&m.delivery.data));
         // Unacked: closing the channel leaves the record in place.
         close_channel(&ch, "pause record read").await;
+        match record {
+            Some(record) => return Ok(record),
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
-    Ok(())
+    tracing::warn!(
+        queue,
+        "the pause record stayed held by another reader; relying on the control stream"
+    );
+    Ok(None)
 }
 
 /// Follows the control stream into `state` until `stop` or a channel failure: replays from
@@ -99,7 +117,6 @@ pub(crate) async fn follow(
     events::publish(
         session.connection(),
         &names,
-        QueueType::Classic,
         Event::Marker { id: mark.clone() },
     )
     .await?;

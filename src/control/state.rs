@@ -17,8 +17,8 @@ pub(crate) struct ControlState {
     retention_ms: u64,
     /// False until the first cancel: the per-delivery check is then one load.
     any_cancel: AtomicBool,
-    /// (task, id) → when it was cancelled, unix ms.
-    cancelled: Mutex<HashMap<(String, String), u64>>,
+    /// task → id → when it was cancelled, unix ms (looked up by `&str`, no allocation).
+    cancelled: Mutex<HashMap<String, HashMap<String, u64>>>,
     /// Runs in progress: serial → (task, id, the run's cancel token).
     running: Mutex<HashMap<u64, (String, String, CancellationToken)>>,
     serial: AtomicU64,
@@ -46,26 +46,26 @@ impl ControlState {
     /// matching runs), a pause or resume flips its type. Records older than the retention
     /// (a slow stream cleanup) are ignored.
     pub(crate) fn apply(&self, record: &Record, now_ms: u64) {
-        if record.at + self.retention_ms < now_ms {
-            if let Event::Pause { .. } | Event::Resume { .. } = record.event {
-                // A pause's state comes from its record queue as well; still apply it in
-                // order, it is the latest seen so far.
-            } else {
-                return;
-            }
-        }
         match &record.event {
+            // Past the retention (the stream drops whole segments, so it may still hold it).
+            Event::Cancel { .. } if record.at + self.retention_ms < now_ms => {}
             Event::Cancel { task, ids } => {
                 {
                     let mut cancelled = lock(&self.cancelled);
+                    let of_task = cancelled.entry(task.clone()).or_default();
                     for id in ids {
-                        cancelled.insert((task.clone(), id.clone()), record.at);
+                        of_task.insert(id.clone(), record.at);
                     }
                     // Forget the expired ones now and then (on a cancel, never per task).
                     let horizon = now_ms.saturating_sub(self.retention_ms);
-                    cancelled.retain(|_, at| *at >= horizon);
+                    for ids in cancelled.values_mut() {
+                        ids.retain(|_, at| *at >= horizon);
+                    }
+                    cancelled.retain(|_, ids| !ids.is_empty());
+                    // Back to the one-load check once nothing is cancelled any more.
+                    self.any_cancel
+                        .store(!cancelled.is_empty(), Ordering::Release);
                 }
-                self.any_cancel.store(true, Ordering::Release);
                 for (t, id, token) in lock(&self.running).values() {
                     if t == task && ids.contains(id) {
                         tracing::info!(task = %t, id = %id, "cancelled while running; stopping it");
@@ -85,21 +85,24 @@ impl ControlState {
         }
     }
 
-    /// True when task `id` of `task`, enqueued or last replayed at `since_ms`, was cancelled
-    /// after that (a replay of a cancelled task runs: it was asked for after the cancel).
+    /// True when task `id` of `task` is cancelled. A copy replayed from its dead queue at
+    /// `replayed_ms` (`warren-replayed-at`) counts as cancelled only by a cancel from after
+    /// its replay: the replay was asked for after the cancel. A first enqueue is not compared
+    /// with the cancel's time at all (the producer's and the canceller's clocks may differ).
     pub(crate) fn is_cancelled(
         &self,
         task: &str,
         id: &str,
-        since_ms: impl FnOnce() -> u64,
+        replayed_ms: impl FnOnce() -> Option<u64>,
     ) -> bool {
         if !self.any_cancel.load(Ordering::Acquire) {
             return false;
         }
         let at = lock(&self.cancelled)
-            .get(&(task.to_string(), id.to_string()))
+            .get(task)
+            .and_then(|ids| ids.get(id))
             .copied();
-        at.is_some_and(|at| at >= since_ms())
+        at.is_some_and(|at| replayed_ms().is_none_or(|replayed| at >= replayed))
     }
 
     /// The pause state of `task` (always "running" for a type this worker does not serve).
@@ -161,7 +164,7 @@ mod tests {
     #[test]
     fn a_cancel_applies_to_copies_from_before_it_and_stops_matching_runs() {
         let s = ControlState::new(["report"], 1000);
-        assert!(!s.is_cancelled("report", "a", || 0));
+        assert!(!s.is_cancelled("report", "a", || None));
         let run_a = s.run_started("report", "a");
         let run_b = s.run_started("report", "b");
         s.apply(
@@ -174,11 +177,12 @@ mod tests {
             ),
             150,
         );
-        assert!(s.is_cancelled("report", "a", || 50));
+        assert!(s.is_cancelled("report", "a", || None));
+        assert!(s.is_cancelled("report", "a", || Some(50)));
         // Replayed after the cancel: it runs.
-        assert!(!s.is_cancelled("report", "a", || 120));
-        assert!(!s.is_cancelled("report", "b", || 50));
-        assert!(!s.is_cancelled("other", "a", || 50));
+        assert!(!s.is_cancelled("report", "a", || Some(120)));
+        assert!(!s.is_cancelled("report", "b", || None));
+        assert!(!s.is_cancelled("other", "a", || None));
         assert!(run_a.token.is_cancelled());
         assert!(!run_b.token.is_cancelled());
         drop(run_a);
@@ -194,7 +198,20 @@ mod tests {
             ids: vec!["a".into()],
         };
         s.apply(&record(100, cancel), 5000);
-        assert!(!s.is_cancelled("report", "a", || 0));
+        assert!(!s.is_cancelled("report", "a", || None));
+        // A later cancel prunes the expired ones; with none left, the check is one load.
+        let again = Event::Cancel {
+            task: "report".into(),
+            ids: vec!["a".into()],
+        };
+        s.apply(&record(4500, again), 5000);
+        assert!(s.is_cancelled("report", "a", || None));
+        let empty = Event::Cancel {
+            task: "other".into(),
+            ids: vec![],
+        };
+        s.apply(&record(9000, empty), 9000);
+        assert!(!s.any_cancel.load(Ordering::Acquire));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! all of them). The token queue is classic: quorum queues count every requeue as a delivery
 //! and, from RabbitMQ 4.0, dead-letter a message after 20 of them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -21,6 +22,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Session, close_channel};
 use crate::error::{Error, Result};
@@ -29,15 +31,34 @@ use crate::topology::{ArgValue, QueueDecl, QueueType};
 /// One limit's tokens as a worker sees them: its channel and consumer.
 #[derive(Debug)]
 pub(crate) struct Tokens {
-    channel: Channel,
+    channel: Arc<TokenChannel>,
     consumer: Consumer,
+}
+
+/// The channel tokens are held on. It closes (returning every token still on it) only once
+/// the [`Tokens`] and every [`Token`] taken from it are gone: a worker that stops taking
+/// tokens (shutdown, pause, a lost get channel) keeps the ones its runs still hold until
+/// those runs end, so the limit holds through a deploy. Never cancelled on its own: a
+/// consumer-less token queue is what makes the next worker count and refill it.
+#[derive(Debug)]
+struct TokenChannel(Channel);
+
+impl Drop for TokenChannel {
+    fn drop(&mut self) {
+        let ch = self.0.clone();
+        if ch.status().connected()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { close_channel(&ch, "limit tokens released").await });
+        }
+    }
 }
 
 /// A token taken from a [`Tokens`]; back in its queue when dropped (or when the connection
 /// goes).
 #[derive(Debug)]
 pub(crate) struct Token {
-    channel: Channel,
+    channel: Arc<TokenChannel>,
     tag: u64,
 }
 
@@ -54,12 +75,14 @@ impl Token {
 impl Drop for Token {
     fn drop(&mut self) {
         let (channel, tag) = (self.channel.clone(), self.tag);
-        // A closed channel has given it back already.
-        if channel.status().connected()
+        // A closed channel has given it back already. The reject holds the channel until it
+        // is sent, so the channel's own close comes after it.
+        if channel.0.status().connected()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
                 let _ = channel
+                    .0
                     .basic_reject(tag, BasicRejectOptions { requeue: true })
                     .await;
             });
@@ -79,13 +102,19 @@ impl Tokens {
         lock: &str,
         count: u32,
         prefetch: u16,
+        stop: &CancellationToken,
     ) -> Result<Tokens> {
         let amqp = |what: &str, source| Error::Amqp {
             operation: format!("{what} `{queue}`"),
             source,
         };
+        let mut wait = Duration::from_millis(50);
         while !crate::schedule::lease::try_take(session.connection(), lock).await? {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = stop.cancelled() => return Err(Error::Internal("stopping".into())),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(2));
         }
         let channel = session.channel().await?;
         let decl = QueueDecl {
@@ -119,7 +148,10 @@ impl Tokens {
         let _ = channel
             .queue_delete(lock.into(), QueueDeleteOptions::default())
             .await;
-        Ok(Tokens { channel, consumer })
+        Ok(Tokens {
+            channel: Arc::new(TokenChannel(channel)),
+            consumer,
+        })
     }
 
     /// The next token; `None` when the channel failed (the caller reconnects).
@@ -131,11 +163,6 @@ impl Tokens {
             }),
             _ => None,
         }
-    }
-
-    /// Closes the channel: every token it holds goes back.
-    pub(crate) async fn close(&self) {
-        close_channel(&self.channel, "limit tokens released").await;
     }
 }
 

@@ -34,7 +34,7 @@ impl Producer {
                 task: task.to_string(),
                 ids: chunk.to_vec(),
             };
-            self.control(task, event).await?;
+            self.control(event).await?;
         }
         Ok(())
     }
@@ -49,7 +49,7 @@ impl Producer {
         let event = Event::Pause {
             task: task.to_string(),
         };
-        self.control(task, event).await
+        self.control(event).await
     }
 
     /// Resumes task type `task` after [`Producer::pause`].
@@ -61,15 +61,11 @@ impl Producer {
         let event = Event::Resume {
             task: task.to_string(),
         };
-        self.control(task, event).await
+        self.control(event).await
     }
 
-    async fn control(&self, task: &str, event: Event) -> Result<()> {
-        let settings = &self.inner.settings;
-        let queue_type = (settings.tasks.get(task))
-            .and_then(|t| t.queue_type)
-            .unwrap_or(settings.queue_type);
+    async fn control(&self, event: Event) -> Result<()> {
         let conn = self.inner.publisher.connection().await?;
-        events::publish(&conn, self.inner.routes.names(), queue_type, event).await
+        events::publish(&conn, self.inner.routes.names(), event).await
     }
 }

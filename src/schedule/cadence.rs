@@ -85,12 +85,18 @@ impl CronCadence {
 
     fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = t.with_timezone(&self.zone);
-        let next = self.cron.find_next_occurrence(&local, false).ok()?;
-        Some(next.with_timezone(&Utc))
+        match self.cron.find_next_occurrence(&local, false) {
+            Ok(next) => Some(next.with_timezone(&Utc)),
+            Err(e) => {
+                tracing::warn!(cron = %self.pattern, after = %t, error = %e, "no next match of the cron expression");
+                None
+            }
+        }
     }
 
     fn at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = t.with_timezone(&self.zone);
+        // No match before `t` is normal for a walk back to the record; not worth a warning.
         let prev = self.cron.find_previous_occurrence(&local, true).ok()?;
         Some(prev.with_timezone(&Utc))
     }

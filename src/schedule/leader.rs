@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 /// ends a term within this long even between two far-apart slots.
 const TICK: Duration = Duration::from_secs(1);
 
+/// Longest one firing's publish may wait for its confirm before the term ends.
+const FIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why a term ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TermEnd {
@@ -80,7 +83,10 @@ impl<'a> Term<'a> {
                 tracing::warn!(lease = %self.lease, "the scheduler lease is gone from this connection; stepping down");
                 return Ok(TermEnd::LeaseLost);
             }
-            self.fire_due(Utc::now()).await?;
+            tokio::select! {
+                fired = self.fire_due(Utc::now()) => fired?,
+                _ = shutdown.cancelled() => return Ok(TermEnd::Shutdown),
+            }
         }
     }
 
@@ -152,30 +158,63 @@ impl<'a> Term<'a> {
         }
     }
 
-    /// Fires the slots due by `now`: the one that just came, or, after a stall longer than a
-    /// period (a suspended host), the missed ones per each schedule's policy.
+    /// Fires every slot due by `now`, oldest first: normally the one that just came; more
+    /// when this leader fell behind (a slow broker, a suspended host), at most
+    /// [`CATCH_UP_MAX`]. The `catch_up` policy is for firings missed while no scheduler led;
+    /// a leader that is late is still the leader, and fires what it owes.
     async fn fire_due(&mut self, now: DateTime<Utc>) -> Result<()> {
         for (name, schedule) in &self.settings.schedules {
             let Some(cursor) = self.cursors.get(name.as_str()).copied() else {
                 continue;
             };
             let (due, more) = schedule.cadence.slots_between(cursor, now, CATCH_UP_MAX);
-            let firing = if due.len() > 1 || more {
-                tracing::warn!(schedule = %name, missed = due.len(), catch_up = schedule.catch_up.as_str(), "the scheduler fell behind; catching up");
-                schedule.catch_up.pick(&due)
-            } else {
-                &due[..]
-            };
-            for slot in firing {
+            if more {
+                tracing::warn!(schedule = %name, kept = CATCH_UP_MAX, "the scheduler fell far behind; the oldest due firings are skipped");
+            }
+            for slot in &due {
                 self.fire(name, *slot).await?;
+                // Advanced per firing: a failure later on leaves the fired ones behind.
+                self.cursors.insert(name, cursor.max(*slot));
             }
             self.cursors.insert(name, cursor.max(now));
         }
         Ok(())
     }
 
-    /// Publishes one firing and waits for its confirm.
+    /// Publishes one firing and waits for its confirm. A refused firing (nack) is published
+    /// again, same id, after a pause, until the broker takes it: its record copy may have
+    /// landed, and the next leader would not fire that slot again. Bounded by [`FIRE_TIMEOUT`]
+    /// per try: a broker that holds the publish (a memory or disk alarm) ends the term.
     async fn fire(&self, name: &str, slot: DateTime<Utc>) -> Result<()> {
+        let schedule = &self.settings.schedules[name];
+        if !self.settings.is_broadcast(&schedule.task) {
+            // The record's `BCC` route keeps `mandatory` from reporting a missing work queue.
+            let queue = self.settings.layout().names.work_queue(&schedule.task);
+            if !lease::still_held(self.session.connection(), &queue).await {
+                return Err(Error::MissingQueue { queue });
+            }
+        }
+        let mut pause = Duration::from_millis(500);
+        loop {
+            let tried = tokio::time::timeout(FIRE_TIMEOUT, self.publish(name, slot)).await;
+            match tried {
+                Ok(Err(Error::Refusal { .. })) => {
+                    tracing::warn!(schedule = %name, "the broker refused a firing; publishing it again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+                Ok(done) => return done,
+                Err(_) => {
+                    return Err(Error::Internal(format!(
+                        "firing schedule `{name}` was not confirmed within {}s",
+                        FIRE_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, name: &str, slot: DateTime<Utc>) -> Result<()> {
         let schedule = &self.settings.schedules[name];
         let out = firing::message(self.settings, name, schedule, slot, Utc::now());
         let Some(ch) = &self.channel else {

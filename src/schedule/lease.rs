@@ -43,10 +43,10 @@ pub(crate) async fn try_take(conn: &lapin::Connection, queue: &str) -> Result<bo
     }
 }
 
-/// True while `conn` still holds the lease `queue`: its passive declare succeeds only on the
-/// holder's connection (it is refused with RESOURCE_LOCKED elsewhere, NOT_FOUND once gone).
-/// A leader checks before each firing, so a lease deleted by hand (in the management UI)
-/// ends its leadership before another scheduler's begins to fire.
+/// True while `queue` exists and `conn` may use it: for the lease, while `conn` holds it (a
+/// passive declare is refused with RESOURCE_LOCKED on other connections, NOT_FOUND once it is
+/// gone). A leader checks before each firing, so a lease deleted by hand (in the management
+/// UI) ends its leadership before another scheduler's begins to fire.
 pub(crate) async fn still_held(conn: &lapin::Connection, queue: &str) -> bool {
     let Ok(ch) = conn.create_channel().await else {
         return false;

@@ -26,7 +26,8 @@
 //! **Catch-up.** A new leader compares each record with the clock: the slots that fell due
 //! while nobody led are fired per the schedule's `catch_up` ([`cadence::CatchUp`]: the most
 //! recent one by default, all of them, or none). A schedule that never fired starts with its
-//! next slot.
+//! next slot. A leader that falls behind (a slow broker, a suspended host) fires every slot
+//! it owes, up to 1000.
 //!
 //! **What breaks it.** The record queue lives in the broker like the tasks: with quorum
 //! queues it survives a node's loss. A network partition between cluster nodes can let a
@@ -98,7 +99,12 @@ impl Scheduler {
                 _ = shutdown.cancelled() => return Ok(()),
                 s = Session::connect(&self.settings.amqp_url, &self.name, None) => s?,
             };
+            let began = tokio::time::Instant::now();
             let outcome = self.serve(&session, &shutdown).await;
+            // A session that lasted is no sign of a broker in trouble: start the backoff over.
+            if began.elapsed() > Duration::from_secs(30) {
+                pause = Duration::from_millis(500);
+            }
             metrics::gauge!("warren_scheduler_leading").set(0.0);
             session.close("scheduler stepping down").await;
             match outcome {
@@ -149,5 +155,7 @@ impl Scheduler {
 
 /// Errors a reconnect cannot mend.
 fn fatal(e: &Error) -> bool {
-    e.is_usage() || matches!(e, Error::Refused { .. } | Error::TopologyConflict(_))
+    // A work queue deleted under a leader is declared again by the next session.
+    (e.is_usage() && !matches!(e, Error::MissingQueue { .. }))
+        || matches!(e, Error::Refused { .. } | Error::TopologyConflict(_))
 }

@@ -30,6 +30,18 @@ pub struct LastFiring {
 /// # Errors
 /// [`Error::Amqp`] when the broker refused for another reason than a missing queue.
 pub(crate) async fn read(conn: &lapin::Connection, queue: &str) -> Result<Option<LastFiring>> {
+    // Another reader (`warren schedules`) holds the message for a moment while it looks:
+    // an empty record is read again before it counts as "never fired".
+    for wait in [0, 200, 1000] {
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        if let Some(last) = read_once(conn, queue).await? {
+            return Ok(Some(last));
+        }
+    }
+    Ok(None)
+}
+
+async fn read_once(conn: &lapin::Connection, queue: &str) -> Result<Option<LastFiring>> {
     let amqp = |source| Error::Amqp {
         operation: format!("reading the last firing from `{queue}`"),
         source,

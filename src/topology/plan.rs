@@ -309,6 +309,11 @@ impl Plan {
         let name = names.schedule_record(task.name, schedule);
         let mut args = queue_type_args(queue_type);
         args.push(("x-max-length", ArgValue::Int(1)));
+        if queue_type == QueueType::Quorum {
+            // The record is read by `basic.get` and given back, which a quorum queue counts
+            // as a delivery; RabbitMQ 4.0 would drop it after 20 (its default limit).
+            args.push(("x-delivery-limit", ArgValue::Int(i64::from(i32::MAX))));
+        }
         let binding = BindingDecl {
             source: names.tasks_exchange(),
             destination: name.clone(),

@@ -87,7 +87,7 @@ pub(super) async fn process<H: Send + 'static>(
         unique,
     };
     let refused = refused.or_else(|| {
-        let since = || since_ms(&held.delivery.properties, &env);
+        let since = || replayed_ms(&held.delivery.properties);
         shared
             .control
             .is_cancelled(&task.name, &env.id, since)
@@ -174,9 +174,8 @@ async fn run_and_settle(
     // Registered before the handler starts, then checked once more: a cancel that came in
     // between stops it at once instead of being missed.
     let run_guard = shared.control.run_started(&task.name, &env.id);
-    if shared.control.is_cancelled(&task.name, &env.id, || {
-        since_ms(&held.delivery.properties, env)
-    }) {
+    let replayed = || replayed_ms(&held.delivery.properties);
+    if shared.control.is_cancelled(&task.name, &env.id, replayed) {
         run_guard.token.cancel();
     }
     let mut ctx = context(shared, task, env, trace.clone());
@@ -202,11 +201,11 @@ async fn run_and_settle(
     }
 }
 
-/// When this copy was asked for: its last replay, else its first enqueue. A cancel from
-/// before that does not apply to it.
-fn since_ms(props: &lapin::BasicProperties, env: &Envelope) -> u64 {
+/// When this copy was replayed from its dead queue, if it was: a cancel from before that
+/// does not apply to it.
+fn replayed_ms(props: &lapin::BasicProperties) -> Option<u64> {
     crate::wire::decode::header_int(props, crate::wire::header::REPLAYED_AT)
-        .map_or(env.enqueued_at_ms, |at| at.max(0) as u64)
+        .map(|at| at.max(0) as u64)
 }
 
 /// The decision's inputs as of now.

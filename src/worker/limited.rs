@@ -65,14 +65,10 @@ impl LimitedConsumer {
                 Ok(mut open) => {
                     backoff = Duration::from_millis(200);
                     let served = self.serve(&mut open, &mut paused).await;
-                    // Tokens go back with their channels; the get channel stays open (its
-                    // settler holds it) until the tasks running on it are acked.
-                    if let Some(t) = &open.running {
-                        t.close().await;
-                    }
-                    if let Some((t, _)) = &open.starts {
-                        t.close().await;
-                    }
+                    // Dropping `open` stops taking tokens; the ones running tasks hold stay
+                    // held until those tasks end (their channels close then), and the get
+                    // channel stays open (its settler holds it) until they are acked.
+                    drop(open);
                     match served {
                         Served::Stopped => return,
                         Served::Paused => {
@@ -81,6 +77,7 @@ impl LimitedConsumer {
                         Served::ChannelLost => {}
                     }
                 }
+                Err(_) if self.stop.is_cancelled() => return,
                 Err(e) => {
                     tracing::warn!(task = %self.task.name, error = %e, "cannot take limit tokens; retrying");
                     tokio::select! {
@@ -105,7 +102,7 @@ impl LimitedConsumer {
             Some(n) => {
                 let prefetch = local.min(u16::try_from(n).unwrap_or(u16::MAX));
                 let q = names.limit_running(name);
-                Some(Tokens::subscribe(&self.session, &q, &lock, n, prefetch).await?)
+                Some(Tokens::subscribe(&self.session, &q, &lock, n, prefetch, &self.stop).await?)
             }
             None => None,
         };
@@ -114,7 +111,8 @@ impl LimitedConsumer {
                 let (k, hold) = rate.tokens();
                 let prefetch = local.min(u16::try_from(k).unwrap_or(u16::MAX));
                 let q = names.limit_starts(name);
-                let tokens = Tokens::subscribe(&self.session, &q, &lock, k, prefetch).await?;
+                let tokens =
+                    Tokens::subscribe(&self.session, &q, &lock, k, prefetch, &self.stop).await?;
                 Some((tokens, hold))
             }
             None => None,

@@ -254,6 +254,7 @@ impl Worker {
             amqp_url: self.settings.amqp_url,
             grace: self.grace,
             cancel_retention: self.settings.cancel_retention,
+            give_up_wait: std::sync::atomic::AtomicU32::new(0),
         })
     }
 }

@@ -26,7 +26,13 @@ pub(super) struct Running {
     pub(super) amqp_url: String,
     pub(super) grace: Duration,
     pub(super) cancel_retention: Duration,
+    /// Sessions in a row that failed to read the control stream (their backoff).
+    pub(super) give_up_wait: std::sync::atomic::AtomicU32,
 }
+
+/// Longest a session waits to have read the control stream up to its own marker before it
+/// gives up and reconnects.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Running {
     /// Serves sessions until `shutdown`, then drains.
@@ -185,36 +191,69 @@ impl Running {
             return self.give_up(session, stop).await;
         }
         let (loaded, caught_up) = tokio::sync::oneshot::channel();
-        let follow = crate::control::follow::follow(
-            session.clone(),
-            names,
-            self.cancel_retention,
-            control.clone(),
-            loaded,
-            stop.clone(),
-        );
+        let (session_, stop_, control_) = (session.clone(), stop.clone(), control.clone());
+        let retention = self.cancel_retention;
+        // Followed until the session ends. A follow that fails while the connection stands
+        // (the broker cancelled the stream's consumer, e.g. as its leader moved) follows
+        // again: ending here would end the session with a live connection.
         consumers.spawn(async move {
-            if let Err(e) = follow.await {
-                tracing::warn!(error = %e, "control stream lost");
+            let mut loaded = Some(loaded);
+            let mut wait = Duration::from_millis(500);
+            loop {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let follow = crate::control::follow::follow(
+                    session_.clone(),
+                    names.clone(),
+                    retention,
+                    control_.clone(),
+                    tx,
+                    stop_.clone(),
+                );
+                let first = loaded.take();
+                let relay = async move {
+                    if rx.await.is_ok()
+                        && let Some(first) = first
+                    {
+                        let _ = first.send(());
+                    }
+                };
+                let (followed, ()) = tokio::join!(follow, relay);
+                match followed {
+                    Ok(()) => return,
+                    Err(_) if !session_.is_connected() || stop_.is_cancelled() => return,
+                    Err(e) => tracing::warn!(error = %e, "control stream lost; following it again"),
+                }
+                tokio::select! {
+                    _ = stop_.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
             }
         });
         let ready = tokio::select! {
-            ready = caught_up => ready.is_ok(),
+            ready = tokio::time::timeout(CATCH_UP_TIMEOUT, caught_up) => matches!(ready, Ok(Ok(()))),
             _ = stop.cancelled() => return false,
         };
         if !ready {
+            tracing::warn!(timeout = ?CATCH_UP_TIMEOUT, "could not read the control stream; reconnecting");
             return self.give_up(session, stop).await;
         }
+        self.give_up_wait
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
     /// Ends a session that failed before consuming (its connection may still stand): closes
-    /// it and waits a moment, so a broker that keeps refusing is not asked again at once.
+    /// it and waits, 1 s doubling to 60 s across failures in a row, so a broker that keeps
+    /// refusing is not asked again at once.
     async fn give_up(&self, session: &Session, stop: &CancellationToken) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
         session.close("control stream unavailable").await;
+        let failures = self.give_up_wait.fetch_add(1, Relaxed).min(6);
+        let wait = Duration::from_secs(1 << failures);
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         false
     }

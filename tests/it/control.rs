@@ -229,6 +229,11 @@ async fn pause_stops_every_worker_within_a_second_and_resume_restarts_them() {
     .await;
     let status = warren::ops::status::fetch(&settings, &mgmt).unwrap();
     assert!(status.tasks.iter().any(|r| r.task == "job" && !r.paused));
+    // Nothing was lost or left stuck by the pause: every task runs.
+    eventually(Duration::from_secs(60), "all 600 tasks to run", || {
+        (ledger.lock().unwrap().len() >= 600).then_some(())
+    })
+    .await;
     for (token, handle) in workers {
         stop(token, handle).await;
     }
@@ -330,7 +335,7 @@ async fn a_concurrency_limit_of_2_holds_across_three_workers_and_a_killed_holder
         l = ledger.as_str()
     );
     let toml = format!("{TOPOLOGY}concurrency_limit = 2\nexec = [\"sh\", \"-c\", \"{script}\"]\n");
-    let (settings, _conn, _ch) = broker.applied(&toml).await;
+    let (settings, _conn, ch) = broker.applied(&toml).await;
     let file = TempFile::with(&toml);
     let producer = Producer::new(&settings).unwrap();
     let jobs: Vec<Job> = (0..40).map(|n| Job { n }).collect();
@@ -369,6 +374,27 @@ async fn a_concurrency_limit_of_2_holds_across_three_workers_and_a_killed_holder
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
+    // And a graceful stop of another worker mid-run: it finishes its run, then its token
+    // goes back (not before: that would let a third run start beside it).
+    let survivor = eventually(Duration::from_secs(20), "a run of another worker", || {
+        let lines = ledger.lines();
+        (lines.iter().rev())
+            .filter_map(|l| {
+                let p: Vec<&str> = l.split_whitespace().collect();
+                if p.len() == 4 && p[0] == "s" && p[2] != victim.to_string() {
+                    Some((p[1].to_string(), p[2].parse::<u32>().ok()?))
+                } else {
+                    None
+                }
+            })
+            .find(|(shell, _)| !lines.iter().any(|l| l.starts_with(&format!("e {shell} "))))
+            .map(|(_, worker)| worker)
+    })
+    .await;
+    let w = (workers.iter_mut())
+        .find(|w| w.id() == survivor)
+        .expect("a worker of ours");
+    signal(w, "-TERM");
     let killed_done = ledger
         .lines()
         .iter()
@@ -416,9 +442,11 @@ async fn a_concurrency_limit_of_2_holds_across_three_workers_and_a_killed_holder
             );
         }
     }
+    // Every token is back, exactly two (none lost with the killed worker, none added).
+    assert_eq!(broker.count(&ch, "t.job.limit.running").await, 2);
     let status_out = broker.cli_with(&["status"], &[("WARREN_TOPOLOGY", file.as_str())], None);
     assert!(
-        stdout(&status_out).contains("/2 at once"),
+        stdout(&status_out).contains("2 at once"),
         "{}",
         stdout(&status_out)
     );

@@ -107,7 +107,9 @@ impl ExecHandler {
             .command(ctx)
             .spawn()
             .map_err(|e| TaskError::retry(format!("cannot start `{shown}`: {e}")))?;
-        let pid = child.id();
+        // Whatever way the run ends early (a cancel, the time limit, the worker's hard stop),
+        // the program's whole process group is killed, the processes it started included.
+        let group = ProcessGroup(child.id().and_then(|p| i32::try_from(p).ok()));
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let feed = async move {
@@ -131,17 +133,15 @@ impl ExecHandler {
         let (status, out, err) = tokio::select! {
             r = &mut finished => r,
             _ = ctx.cancel.cancelled() => {
-                // Stopped (a cancel, or the worker's grace period over): SIGTERM, a moment to
-                // exit, then the drop's SIGKILL (`kill_on_drop`).
-                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                    // SAFETY: `kill` has no memory effects; the pid is our own child's, not
-                    // yet reaped (its `wait` is still pending above).
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                }
+                // Stopped (a cancel, or the worker's grace period over): SIGTERM to the
+                // group, a moment to exit, then the guard's SIGKILL.
+                group.signal(libc::SIGTERM);
                 let _ = tokio::time::timeout(STOP_GRACE, &mut finished).await;
                 return Err(TaskError::retry("stopped: the program got SIGTERM (then SIGKILL if still running)"));
             }
         };
+        // Ended by itself: what it left running in its group is its own business.
+        group.forget();
         let status =
             status.map_err(|e| TaskError::retry(format!("waiting for `{shown}` failed: {e}")))?;
         let (out, total) = out;
@@ -173,9 +173,36 @@ impl ExecHandler {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // The time limit drops the run's future; the program must not outlive it.
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // A group of its own, led by the program: a stop reaches the processes it started
+            // (`sh -c "a; b"`), and a Ctrl-C at the worker's terminal reaches only the worker,
+            // which then lets the program finish within its grace period.
+            .process_group(0);
         die_with_worker(&mut cmd);
         cmd
+    }
+}
+
+/// The process group an exec program leads; SIGKILLed when dropped unless forgotten.
+struct ProcessGroup(Option<i32>);
+
+impl ProcessGroup {
+    fn signal(&self, signal: i32) {
+        if let Some(pgid) = self.0 {
+            // SAFETY: `kill` has no memory effects. The group is our child's, which is not
+            // reaped while this guard lives (the run holds it until the wait ends).
+            unsafe { libc::kill(-pgid, signal) };
+        }
+    }
+
+    fn forget(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
     }
 }
 
@@ -186,8 +213,9 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Makes the kernel kill the program when the worker dies, kill -9 included (Linux
 /// `PR_SET_PDEATHSIG`): otherwise it runs on as an orphan while the broker hands its task to
 /// another worker, two runs of one task at once. The signal follows the death of the thread
-/// that spawned it; tokio's runtime threads live as long as the worker. Processes the program
-/// starts itself are its own to stop (a shell's `sleep` runs on when the shell is killed).
+/// that spawned it; tokio's runtime threads live as long as the worker. It reaches the
+/// program only: processes the program starts itself outlive a `kill -9` of the worker (a
+/// stop of the run, by contrast, signals the program's whole process group).
 /// The price: with a `pre_exec` hook std forks instead of using `posix_spawn`, which costs more
 /// the larger the worker's memory; next to a program's own start-up it is small.
 #[cfg(target_os = "linux")]

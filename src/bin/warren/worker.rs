@@ -107,7 +107,8 @@ pub(crate) async fn run(settings: &Settings, args: WorkerArgs, workdir: &Path) -
     }
     if args.scheduler && settings.schedules.is_empty() {
         return Err(Error::Config(
-            "--scheduler: the topology declares no schedule; add a [schedules.NAME] table or              drop the flag"
+            "--scheduler: the topology declares no schedule; add a [schedules.NAME] table or \
+             drop the flag"
                 .into(),
         ));
     }
@@ -117,15 +118,22 @@ pub(crate) async fn run(settings: &Settings, args: WorkerArgs, workdir: &Path) -
         worker.run(shutdown).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    // Side by side until shutdown; a scheduler that stops for good (bad credentials) stops
-    // the worker too, rather than leave a replica that silently never leads.
+    // Side by side until shutdown; either one stopping for good (bad credentials, a topology
+    // conflict) stops the other, rather than leave a replica that silently half-works.
     let scheduler = warren::schedule::Scheduler::new(settings);
-    let stop = shutdown.clone();
-    let (worked, scheduled) = tokio::join!(worker.run(shutdown.clone()), async {
-        let r = scheduler.run(stop.clone()).await;
-        stop.cancel();
-        r
-    });
+    let (a, b) = (shutdown.clone(), shutdown.clone());
+    let (worked, scheduled) = tokio::join!(
+        async move {
+            let r = worker.run(a.clone()).await;
+            a.cancel();
+            r
+        },
+        async move {
+            let r = scheduler.run(b.clone()).await;
+            b.cancel();
+            r
+        }
+    );
     worked?;
     scheduled?;
     Ok(ExitCode::SUCCESS)
