@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use warren::Settings;
 
-use crate::support::{Reaped, TempFile, TestBroker, eventually, stderr, stdout, warren_bin};
-use crate::worker::{signal, wait_exit, worker_process};
+use crate::support::{Reaped, TempFile, TestBroker, eventually, stderr, stdout};
+use crate::worker::{signal, wait_exit, warren_process, worker_process};
 
 const PERIOD: i64 = 2;
 
@@ -28,16 +28,7 @@ payload = {{ source = "beat" }}
 }
 
 fn scheduler_process(broker: &TestBroker, topology: &TempFile) -> Reaped {
-    let log = TempFile::path("scheduler-log");
-    let mut cmd = warren_bin();
-    cmd.env("WARREN_AMQP_URL", broker.amqp_url())
-        .env("WARREN_NAMESPACE", "t")
-        .env("WARREN_TOPOLOGY", topology.as_str())
-        .env("RUST_LOG", "warn,lapin=off,warren=info")
-        .arg("scheduler")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log.0).expect("scheduler log file"));
-    Reaped(cmd.spawn().expect("start warren scheduler"), Some(log))
+    warren_process(broker, topology, "scheduler", &[])
 }
 
 /// The leading scheduler's connection name, as `warren schedules` reads it.

@@ -526,17 +526,28 @@ fn exec_topology(script: &str, extra: &str) -> TempFile {
 }
 
 pub(crate) fn worker_process(broker: &TestBroker, topology: &TempFile, args: &[&str]) -> Reaped {
-    let log = TempFile::path("worker-log");
+    warren_process(broker, topology, "worker", args)
+}
+
+/// `warren {command} {args}` running in the background against `broker`'s vhost, its log
+/// (stderr, at info) in a file.
+pub(crate) fn warren_process(
+    broker: &TestBroker,
+    topology: &TempFile,
+    command: &str,
+    args: &[&str],
+) -> Reaped {
+    let log = TempFile::path(&format!("{command}-log"));
     let mut cmd = warren_bin();
     cmd.env("WARREN_AMQP_URL", broker.amqp_url())
         .env("WARREN_NAMESPACE", "t")
         .env("WARREN_TOPOLOGY", topology.as_str())
         .env("RUST_LOG", "warn,lapin=off,warren=info")
-        .arg("worker")
+        .arg(command)
         .args(args)
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log.0).expect("worker log file"));
-    Reaped(cmd.spawn().expect("start warren worker"), Some(log))
+        .stderr(std::fs::File::create(&log.0).expect("log file"));
+    Reaped(cmd.spawn().expect("start warren"), Some(log))
 }
 
 pub(crate) fn signal(child: &std::process::Child, sig: &str) {
