@@ -899,3 +899,119 @@ async fn faults_clients_given_every_node_move_on_when_their_node_stops() {
     // Both were found connected again on a node other than the stopped one (the `eventually`
     // calls above fail otherwise): that is the move.
 }
+
+/// The node (`warren-cN@localhost`) a queue of `vhost` lives on, as the management API of any
+/// node still up sees it; `None` while the queue does not exist.
+fn queue_node(ports: &[u16], vhost: &str, queue: &str) -> Option<String> {
+    ports.iter().find_map(|port| {
+        let mgmt = Management::new(&format!("http://127.0.0.1:{port}"), "guest", "guest");
+        let q = mgmt.queue(vhost, queue).ok()??;
+        q["node"].as_str().map(str::to_string)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh up 3: run by scripts/test.sh"]
+async fn faults_losing_the_node_of_the_scheduler_lease_moves_leadership_and_every_slot_fires_once()
+{
+    // One scheduler per node, each connected to its node only. The node that holds the lease
+    // (the leader's) stops; a scheduler on another node must lead within seconds, and the
+    // schedule's slots, recorded in a quorum queue that survives the loss, fire once each.
+    let urls = cluster();
+    let ports = [15681, 15682, 15683];
+    let v = ClusterVhost::new(15681);
+    let toml = "queue_type = \"quorum\"\nmax_delay = \"1h\"\n[tasks.tick]\n\
+                [schedules.beat]\ntask = \"tick\"\nevery = \"2s\"\ncatch_up = \"all\"\n";
+    let settings_for = |url: &str| {
+        let mut s = Settings::from_toml(toml).unwrap();
+        s.amqp_url = url.to_string();
+        s.namespace = "t".into();
+        s.validate().unwrap();
+        s
+    };
+    let stop = CancellationToken::new();
+    let schedulers: Vec<_> = urls
+        .iter()
+        .map(|u| {
+            let scheduler = warren::schedule::Scheduler::new(&settings_for(&v.url(u)));
+            let stop = stop.clone();
+            tokio::spawn(async move { scheduler.run(stop).await })
+        })
+        .collect();
+    let lease = "t.scheduler.lease";
+    let leader_node = crate::support::eventually(Duration::from_secs(30), "a leader", || {
+        queue_node(&ports, &v.vhost, lease)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let index: u32 = leader_node["warren-c".len()..leader_node.find('@').unwrap()]
+        .parse()
+        .unwrap();
+    let stopped_at = Instant::now();
+    rabbitmqctl(index, &["stop_app"]);
+    let new_node =
+        crate::support::eventually(Duration::from_secs(30), "a leader on another node", || {
+            queue_node(&ports, &v.vhost, lease).filter(|n| *n != leader_node)
+        })
+        .await;
+    let takeover = stopped_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    rabbitmqctl(index, &["start_app"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.cancel();
+    for s in schedulers {
+        tokio::time::timeout(Duration::from_secs(30), s)
+            .await
+            .expect("scheduler stops")
+            .unwrap()
+            .expect("scheduler ok");
+    }
+    // Every firing, through a node that stayed up.
+    let live = urls
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i as u32 + 1 != index)
+        .map(|(_, u)| v.url(u))
+        .unwrap();
+    let conn = warren::broker::connect(&live, "fault test", Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut slots = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            "t.tick".into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        let id = m
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .to_string();
+        let at = id.strip_prefix("beat@").expect("a firing's id").to_string();
+        slots.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
+    }
+    let _ = conn.close(200, "".into()).await;
+    slots.sort();
+    eprintln!(
+        "LEDGER scheduler lease node loss: {} slots, leader {leader_node} -> {new_node}, takeover {takeover:?}",
+        slots.len()
+    );
+    assert!(slots.len() >= 10, "about 24 s of a 2 s schedule: {slots:?}");
+    for pair in slots.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds(),
+            2,
+            "each slot once, none missing: {slots:?}"
+        );
+    }
+    assert!(
+        takeover < Duration::from_secs(15),
+        "a scheduler on another node led {takeover:?} after the node stopped"
+    );
+}
