@@ -278,6 +278,7 @@ impl Settings {
             queues: Vec::new(),
             bindings: Vec::new(),
             state: Vec::new(),
+            lazy: Vec::new(),
         };
         for (name, schedule) in &self.schedules {
             plan.add_schedule(&layout, self.task_queues(&schedule.task), name);
@@ -288,10 +289,23 @@ impl Settings {
     /// The declaration plan of the given task types (validated names), each with its own
     /// policy's delivery limit.
     pub fn plan_for<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) -> Plan {
-        let tasks = tasks.into_iter().map(|name| self.task_queues(name));
+        let names: Vec<&str> = tasks.into_iter().collect();
+        let tasks = names.iter().map(|name| self.task_queues(name));
         let layout = self.layout();
         let mut plan = Plan::build(&layout, tasks);
         plan.add_control(&layout, self.cancel_retention);
+        for name in names {
+            let Some(task) = self.tasks.get(name) else {
+                continue;
+            };
+            if task.concurrency_limit.is_some() {
+                plan.add_tokens(layout.names.limit_running(name));
+            }
+            if task.rate_limit.is_some() {
+                plan.add_tokens(layout.names.limit_starts(name));
+            }
+            plan.add_lazy(crate::control::events::pause_record(&layout.names, name));
+        }
         plan
     }
 

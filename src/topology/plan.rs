@@ -131,9 +131,13 @@ pub struct Plan {
     pub queues: Vec<QueueDecl>,
     /// Bindings (after both ends exist).
     pub bindings: Vec<BindingDecl>,
-    /// Queues of `queues` whose messages are Warren's own state, not tasks (the control
-    /// stream, schedule records): deleting the namespace does not count them as work to lose.
+    /// Queues of `queues` and `lazy` whose messages are Warren's own state, not tasks (the
+    /// control stream, schedule and pause records, limit tokens): deleting the namespace does
+    /// not count them as work to lose.
     pub state: Vec<String>,
+    /// Queues made on first use rather than by `apply` (a type's pause record, made by its
+    /// first pause): not declared, but deleted with the namespace when they exist.
+    pub lazy: Vec<QueueDecl>,
 }
 
 /// One task type's queues as the plan needs them.
@@ -195,6 +199,7 @@ impl Plan {
             queues: Vec::new(),
             bindings: Vec::new(),
             state: Vec::new(),
+            lazy: Vec::new(),
         };
         plan.add_exchanges(layout);
         for level in layout.ladder.levels() {
@@ -329,6 +334,22 @@ impl Plan {
         self.state.push(queue.name.clone());
         self.queues.push(queue);
         self.bindings.push(binding);
+    }
+
+    /// Adds a limited type's token queue (classic: see [`crate::control`]): its messages
+    /// are tokens, Warren's state.
+    pub fn add_tokens(&mut self, queue: String) {
+        self.state.push(queue.clone());
+        self.queues.push(QueueDecl {
+            name: queue,
+            args: queue_type_args(QueueType::Classic),
+        });
+    }
+
+    /// Adds a queue made on first use, deleted with the namespace (see [`Plan::lazy`]).
+    pub fn add_lazy(&mut self, queue: QueueDecl) {
+        self.state.push(queue.name.clone());
+        self.lazy.push(queue);
     }
 
     /// Adds the control exchange `{ns}.control` (direct) and the control stream of the same

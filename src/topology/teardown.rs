@@ -64,7 +64,7 @@ pub async fn teardown(plan: &Plan, conn: &Connection, mode: Teardown) -> Result<
         report: TeardownReport::default(),
     };
     let mut found = Vec::new();
-    for q in &plan.queues {
+    for q in plan.queues.iter().chain(&plan.lazy) {
         if let Some(state) = run.state(&q.name).await? {
             found.push((q, state));
         }

@@ -524,3 +524,52 @@ fn bad_limits_and_unknown_types_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_delete_removes_the_control_stream_pause_records_and_limit_tokens() {
+    let broker = TestBroker::new();
+    let toml = format!("{TOPOLOGY}concurrency_limit = 2\n");
+    let (settings, _conn, ch) = broker.applied(&toml).await;
+    let producer = Producer::new(&settings).unwrap();
+    producer.pause("job").await.unwrap();
+    producer.resume("job").await.unwrap();
+    // A worker subscribes to the tokens (filling them) and leaves its marker in the stream.
+    let ledger = Arc::new(Mutex::new(Vec::new()));
+    let (token, handle) = spawn(ledger_worker(
+        &settings,
+        ledger,
+        Instant::now(),
+        Duration::ZERO,
+        2,
+    ));
+    eventually(Duration::from_secs(20), "the tokens to be counted", || {
+        let q = broker
+            .mgmt
+            .queue(&broker.vhost, "t.job.limit.running")
+            .ok()??;
+        (q["consumers"].as_u64() == Some(1)).then_some(())
+    })
+    .await;
+    stop(token, handle).await;
+    producer.close().await;
+    assert_eq!(broker.count(&ch, "t.job.limit.running").await, 2);
+    assert_eq!(broker.count(&ch, "t.job.paused").await, 1);
+    let file = TempFile::with(&toml);
+    let out = broker.cli_with(
+        &["topology", "delete"],
+        &[("WARREN_TOPOLOGY", file.as_str())],
+        None,
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let left: Vec<String> = (broker.mgmt.get(&format!(
+        "queues/{}",
+        warren::ops::management::enc(&broker.vhost)
+    )))
+    .unwrap()
+    .as_array()
+    .unwrap()
+    .iter()
+    .filter_map(|q| q["name"].as_str().map(str::to_string))
+    .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
