@@ -273,13 +273,7 @@ impl Settings {
     /// and its binding (the exchanges come from `topology apply`).
     pub fn schedules_plan(&self) -> Plan {
         let layout = self.layout();
-        let mut plan = Plan {
-            exchanges: Vec::new(),
-            queues: Vec::new(),
-            bindings: Vec::new(),
-            state: Vec::new(),
-            lazy: Vec::new(),
-        };
+        let mut plan = Plan::default();
         for (name, schedule) in &self.schedules {
             plan.add_schedule(&layout, self.task_queues(&schedule.task), name);
         }

@@ -18,6 +18,7 @@ pub mod ladder;
 pub mod names;
 pub mod plan;
 pub mod routes;
+mod state;
 pub mod teardown;
 
 pub use declare::{ApplyReport, apply};

@@ -123,7 +123,7 @@ pub struct BindingDecl {
 }
 
 /// Everything a namespace needs, in declaration order: exchanges, queues, bindings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Exchanges.
     pub exchanges: Vec<ExchangeDecl>,
@@ -194,13 +194,7 @@ impl Plan {
     /// Every exchange, queue and binding of `layout` with a work and a dead queue for each of
     /// `tasks`. [`crate::Settings::plan`] builds it from the settings.
     pub fn build<'a>(layout: &Layout, tasks: impl IntoIterator<Item = TaskQueues<'a>>) -> Plan {
-        let mut plan = Plan {
-            exchanges: Vec::new(),
-            queues: Vec::new(),
-            bindings: Vec::new(),
-            state: Vec::new(),
-            lazy: Vec::new(),
-        };
+        let mut plan = Plan::default();
         plan.add_exchanges(layout);
         for level in layout.ladder.levels() {
             plan.add_ladder_level(layout, level);
@@ -297,93 +291,6 @@ impl Plan {
         }
     }
 
-    /// The record queue of schedule `schedule` firing `task`, and its binding: a queue of one
-    /// message (`x-max-length = 1`, the oldest dropped), which every firing reaches through
-    /// its `BCC` key (see [`crate::schedule`]), so it always holds the last one. Of the
-    /// task's queue type: in a quorum namespace the record survives the loss of a node.
-    pub fn schedule_record(
-        layout: &Layout,
-        task: TaskQueues<'_>,
-        schedule: &str,
-    ) -> (QueueDecl, BindingDecl) {
-        let names = &layout.names;
-        let queue_type = match task.broadcast {
-            true => layout.queue_type,
-            false => task.queue_type.unwrap_or(layout.queue_type),
-        };
-        let name = names.schedule_record(task.name, schedule);
-        let mut args = queue_type_args(queue_type);
-        args.push(("x-max-length", ArgValue::Int(1)));
-        if queue_type == QueueType::Quorum {
-            // The record is read by `basic.get` and given back, which a quorum queue counts
-            // as a delivery; RabbitMQ 4.0 would drop it after 20 (its default limit).
-            args.push(("x-delivery-limit", ArgValue::Int(i64::from(i32::MAX))));
-        }
-        let binding = BindingDecl {
-            source: names.tasks_exchange(),
-            destination: name.clone(),
-            kind: Destination::Queue,
-            routing_key: super::names::schedule_key(task.name, schedule),
-        };
-        (QueueDecl { name, args }, binding)
-    }
-
-    /// Adds the record queue and binding of schedule `schedule` firing `task`.
-    pub fn add_schedule(&mut self, layout: &Layout, task: TaskQueues<'_>, schedule: &str) {
-        let (queue, binding) = Plan::schedule_record(layout, task, schedule);
-        self.state.push(queue.name.clone());
-        self.queues.push(queue);
-        self.bindings.push(binding);
-    }
-
-    /// Adds a limited type's token queue (classic: see [`crate::control`]): its messages
-    /// are tokens, Warren's state.
-    pub fn add_tokens(&mut self, queue: String) {
-        self.state.push(queue.clone());
-        self.queues.push(QueueDecl {
-            name: queue,
-            args: queue_type_args(QueueType::Classic),
-        });
-    }
-
-    /// Adds a queue made on first use, deleted with the namespace (see [`Plan::lazy`]).
-    pub fn add_lazy(&mut self, queue: QueueDecl) {
-        self.state.push(queue.name.clone());
-        self.lazy.push(queue);
-    }
-
-    /// Adds the control exchange `{ns}.control` (direct) and the control stream of the same
-    /// name, bound under `events`, keeping events for `retention` (see [`crate::control`]).
-    pub fn add_control(&mut self, layout: &Layout, retention: std::time::Duration) {
-        let names = &layout.names;
-        let exchange = names.control_exchange();
-        let stream = QueueDecl {
-            name: names.control_stream(),
-            args: vec![
-                ("x-queue-type", ArgValue::Str("stream".into())),
-                (
-                    "x-max-age",
-                    ArgValue::Str(format!("{}s", retention.as_secs())),
-                ),
-                // Retention drops whole segments: small ones, so a week's age means a week,
-                // not "once the default segment's 500 MB have filled".
-                ("x-stream-max-segment-size-bytes", ArgValue::Int(1_000_000)),
-            ],
-        };
-        self.exchanges.push(ExchangeDecl {
-            name: exchange.clone(),
-            kind: ExchangeKind::Direct,
-        });
-        self.bind(
-            &exchange,
-            &stream.name,
-            Destination::Queue,
-            crate::control::events::EVENTS_KEY.to_string(),
-        );
-        self.state.push(stream.name.clone());
-        self.queues.push(stream);
-    }
-
     fn add_task(&mut self, layout: &Layout, task: TaskQueues<'_>) {
         let (names, name) = (&layout.names, task.name);
         let qt = task.queue_type.unwrap_or(layout.queue_type);
@@ -450,7 +357,13 @@ impl Plan {
         );
     }
 
-    fn bind(&mut self, source: &str, destination: &str, kind: Destination, routing_key: String) {
+    pub(super) fn bind(
+        &mut self,
+        source: &str,
+        destination: &str,
+        kind: Destination,
+        routing_key: String,
+    ) {
         self.bindings.push(BindingDecl {
             source: source.to_string(),
             destination: destination.to_string(),
@@ -505,7 +418,7 @@ impl Plan {
     }
 }
 
-fn queue_type_args(qt: QueueType) -> Vec<(&'static str, ArgValue)> {
+pub(super) fn queue_type_args(qt: QueueType) -> Vec<(&'static str, ArgValue)> {
     vec![("x-queue-type", ArgValue::Str(qt.as_str().to_string()))]
 }
 
