@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     settings.validate()?;
 
     // Declare the topology (idempotent; `warren topology apply` does the same).
-    let session = Session::open(&settings, "example").await?;
+    let session = Session::open(&settings.amqp_url, "example", settings.connect_timeout).await?;
     session.apply(&settings.plan()).await?;
     session.close("declared").await;
 
@@ -115,7 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Leave nothing behind: the example's namespace goes (`warren topology delete` does the
     // same, refusing while tasks wait unless told otherwise).
-    let session = Session::open(&settings, "example").await?;
+    let session = Session::open(&settings.amqp_url, "example", settings.connect_timeout).await?;
     let plan = settings.plan();
     let removed = teardown(&plan, session.connection(), Teardown::RefuseUnlessEmpty).await;
     session.close("deleted").await;

@@ -41,9 +41,12 @@
 )]
 
 pub mod broker;
+pub mod cadence;
 pub mod config;
 pub mod control;
+pub mod duration;
 pub mod error;
+pub mod limits;
 pub mod ops;
 pub mod producer;
 pub mod retry;

@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::schedules::ScheduleFile;
-use super::{Settings, TaskSettings, WorkerSettings, parse_duration};
-use crate::control::limits::RateLimit;
+use super::{Settings, TaskSettings, WorkerSettings};
+use crate::duration::parse_duration;
 use crate::error::{Error, Result};
+use crate::limits::RateLimit;
 use crate::retry::{BackoffPolicy, TaskPolicy};
 use crate::topology::QueueType;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::ScheduleSettings;
-use crate::schedule::cadence::{Cadence, CatchUp, CronCadence, parse_every};
+use crate::cadence::{Cadence, CatchUp, CronCadence, parse_every};
 
 /// A `[schedules.NAME]` table as written.
 #[derive(Debug, Deserialize)]
@@ -145,8 +145,8 @@ fn one(
 mod tests {
     use std::time::Duration;
 
+    use crate::cadence::{Cadence, CatchUp};
     use crate::config::Settings;
-    use crate::schedule::cadence::{Cadence, CatchUp};
 
     const TASKS: &str = "[tasks.report]\n[tasks.tick]\n";
 

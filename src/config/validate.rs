@@ -25,8 +25,8 @@ impl Settings {
             problems.push(format!(
                 "`max_delay` must be a whole number of seconds from 1s to {} ({ladder_limit}s, the \
                  delay ladder's {LADDER_LEVELS_MAX} levels), got {}",
-                crate::config::duration_text(Duration::from_secs(ladder_limit)),
-                crate::config::duration_text(self.max_delay)
+                crate::duration::duration_text(Duration::from_secs(ladder_limit)),
+                crate::duration::duration_text(self.max_delay)
             ));
         }
         if self.cancel_retention < Duration::from_secs(60)
@@ -34,7 +34,7 @@ impl Settings {
         {
             problems.push(format!(
                 "`cancel_retention` must be a whole number of seconds, at least 1m, got {}",
-                crate::config::duration_text(self.cancel_retention)
+                crate::duration::duration_text(self.cancel_retention)
             ));
         }
         if self.max_payload_bytes == 0 {
@@ -66,8 +66,8 @@ impl Settings {
                     "[tasks.{name}] with a limit, `time_limit` must be at most {} (got {}): a \
                      run holds its limit token as an unacked delivery, which RabbitMQ's \
                      consumer timeout (30m) would take back mid-run",
-                    crate::config::duration_text(LIMITED_TIME_LIMIT_MAX),
-                    crate::config::duration_text(task.policy.time_limit)
+                    crate::duration::duration_text(LIMITED_TIME_LIMIT_MAX),
+                    crate::duration::duration_text(task.policy.time_limit)
                 ));
             }
             if task.broadcast && limited {
@@ -180,7 +180,7 @@ fn check_policy(table: &str, p: &TaskPolicy, problems: &mut Vec<String>) {
             "{table} `time_limit` = {} reaches RabbitMQ's default consumer_timeout (30m), which \
              closes the channel under a running task; lower it (or raise consumer_timeout on \
              the broker and keep this below it)",
-            crate::config::duration_text(p.time_limit)
+            crate::duration::duration_text(p.time_limit)
         ));
     }
     if p.expires.is_some_and(|e| e.is_zero()) {

@@ -20,6 +20,5 @@
 
 pub mod events;
 pub(crate) mod follow;
-pub mod limits;
 pub(crate) mod state;
 pub(crate) mod tokens;

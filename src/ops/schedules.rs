@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::cadence::Cadence;
 use crate::config::Settings;
 use crate::error::Result;
 use crate::ops::management::{Management, enc};
-use crate::schedule::cadence::Cadence;
 use crate::wire::header;
 
 /// One schedule as `warren schedules` shows it.
@@ -44,7 +44,7 @@ pub struct Schedules {
 /// The text `warren schedules` shows for a cadence.
 pub fn cadence_text(cadence: &Cadence) -> String {
     match cadence {
-        Cadence::Every(d) => format!("every {}", crate::config::duration_text(*d)),
+        Cadence::Every(d) => format!("every {}", crate::duration::duration_text(*d)),
         Cadence::Cron(c) => format!("cron {} {}", c.pattern(), c.zone()),
     }
 }
@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn cadences_read_as_written() {
-        use crate::schedule::cadence::CronCadence;
+        use crate::cadence::CronCadence;
         assert_eq!(
             cadence_text(&Cadence::Every(std::time::Duration::from_secs(600))),
             "every 10m"

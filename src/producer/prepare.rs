@@ -58,8 +58,8 @@ impl Preparer<'_> {
             {
                 return Err(Error::InvalidInput(format!(
                     "unique_for must be from 1s to {} (got {})",
-                    crate::config::duration_text(super::unique::WINDOW_MAX),
-                    crate::config::duration_text(options.unique_for.unwrap_or_default())
+                    crate::duration::duration_text(super::unique::WINDOW_MAX),
+                    crate::duration::duration_text(options.unique_for.unwrap_or_default())
                 )));
             }
             if s.is_broadcast(task) {
@@ -141,8 +141,8 @@ fn check_delay(delay_secs: u64, max_delay: Duration) -> Result<()> {
     Err(Error::InvalidInput(format!(
         "a delay of {} is above max_delay ({}); raise max_delay in the topology file \
          (and re-apply it) or schedule the task later",
-        crate::config::duration_text(Duration::from_secs(delay_secs)),
-        crate::config::duration_text(max_delay)
+        crate::duration::duration_text(Duration::from_secs(delay_secs)),
+        crate::duration::duration_text(max_delay)
     )))
 }
 

@@ -118,7 +118,7 @@ impl Producer {
         let mut published = tokio::time::timeout_at(deadline, publishing)
             .await
             .map(Vec::into_iter);
-        let after = crate::config::duration_text(timeout);
+        let after = crate::duration::duration_text(timeout);
         let timed_out = |task: String, id: String| {
             Error::Wait(WaitFailure::TimedOut {
                 task,

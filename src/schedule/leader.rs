@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::cadence::CATCH_UP_MAX;
-use super::{firing, lease, record};
+use super::{firing, record};
+use crate::broker::lease;
 use crate::broker::{Session, close_channel};
+use crate::cadence::CATCH_UP_MAX;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 

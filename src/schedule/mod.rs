@@ -3,7 +3,7 @@
 //!
 //! **One leader.** Every scheduler replica (`warren scheduler`, or `warren worker
 //! --scheduler`) connects and tries to declare the exclusive queue `{ns}.scheduler.lease`
-//! ([`lease`]). The broker lets one connection hold it and refuses the others (405
+//! (`broker::lease`). The broker lets one connection hold it and refuses the others (405
 //! RESOURCE_LOCKED); they stand by and try again every second. When the leader's connection
 //! goes, `kill -9` included, the broker deletes the queue and a standby takes it within about
 //! a second. A leader fires only over the connection that holds the lease: once the broker
@@ -18,7 +18,7 @@
 //! also when it took over from a leader killed between two firings. The firing's task id is
 //! `{schedule}@{slot}` (`nightly@2026-11-24T02:00:00Z`), the same on every replica.
 //!
-//! Why not a unique task per firing ([`crate::producer::unique`])? Its key is released when
+//! Why not a unique task per firing (a unique key)? Its key is released when
 //! the task finishes, so it cannot stop a second firing of a slot after the first one ran;
 //! and the key, the task and the record would be three publishes, with a crash possible
 //! between any two. One publish to two queues leaves no such gap.
@@ -34,21 +34,20 @@
 //! scheduler on each side take the lease (each side sees the other's node, and the exclusive
 //! queue on it, as gone); RabbitMQ's `pause_minority` partition handling, which pauses the
 //! minority side and closes its connections, keeps it to one. Deleting the lease queue by
-//! hand makes its holder step down before its next firing ([`lease::still_held`]). Clocks:
+//! hand makes its holder step down before its next firing (`broker::lease::still_held`). Clocks:
 //! each slot is fired when the leader's clock reaches it; replicas with skewed clocks do not
 //! fire a slot twice (a new leader never fires at or before the record), but a slot may fire
 //! early or late by the skew.
 
-pub mod cadence;
 pub mod firing;
 mod leader;
-pub(crate) mod lease;
 pub mod record;
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::lease;
 use crate::broker::{Session, connection_name};
 use crate::config::Settings;
 use crate::error::{Error, Result};

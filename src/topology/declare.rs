@@ -16,7 +16,7 @@ use lapin::{Channel, Connection};
 use super::plan::{
     ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, OwnQueue, Plan, QueueDecl,
 };
-use crate::broker::close_channel;
+use crate::broker::{Session, close_channel};
 use crate::error::{Conflict, Error, Result};
 
 /// What [`apply`] declared.
@@ -70,6 +70,16 @@ pub async fn apply(plan: &Plan, conn: &Connection, vhost: &str) -> Result<ApplyR
         Ok(run.report)
     } else {
         Err(Error::TopologyConflict(run.conflicts))
+    }
+}
+
+impl Session {
+    /// Declares every exchange, queue and binding of `plan` on this session's connection.
+    ///
+    /// # Errors
+    /// As [`apply`].
+    pub async fn apply(&self, plan: &Plan) -> Result<ApplyReport> {
+        apply(plan, self.connection(), self.vhost()).await
     }
 }
 
@@ -225,17 +235,6 @@ pub async fn declare_queue(ch: &Channel, q: &QueueDecl) -> lapin::Result<lapin::
         ..Default::default()
     };
     ch.queue_declare(q.name.as_str().into(), opts, field_table(&q.args))
-        .await
-}
-
-/// The broker's view of `queue` (its message and consumer counts) by a passive declare,
-/// which creates nothing. A missing queue is a `NOT_FOUND` error that closes `ch`.
-pub async fn inspect(ch: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    ch.queue_declare(queue.into(), passive, FieldTable::default())
         .await
 }
 

@@ -12,9 +12,10 @@ use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::protocol::AMQPSoftError;
 use lapin::{Channel, Connection};
 
-use super::declare::{inspect, open};
+use super::declare::open;
 use super::plan::{Plan, QueueDecl, QueueType};
 use crate::broker::close_channel;
+use crate::broker::inspect::inspect;
 use crate::error::{Error, Result};
 
 /// What to do with queues that are not empty.

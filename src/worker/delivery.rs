@@ -284,7 +284,7 @@ async fn run(
         }
         Some(Err(_)) => RunResult::Retryable(format!(
             "time limit of {} exceeded",
-            crate::config::duration_text(limit)
+            crate::duration::duration_text(limit)
         )),
     };
     let took = started.elapsed();
@@ -316,7 +316,7 @@ async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action)
         }
         Action::Retry { delay, error, copy } => {
             span.record("outcome", "retry");
-            tracing::warn!(error = %error, retry_in = %crate::config::duration_text(delay), "attempt failed; retrying");
+            tracing::warn!(error = %error, retry_in = %crate::duration::duration_text(delay), "attempt failed; retrying");
             publish_then_ack(shared, task, held, Some(copy), None, Outcome::Retry).await
         }
         Action::Dead { why, copy, answer } => {

@@ -69,7 +69,7 @@ pub(super) struct Limit {
     /// At most this many runs at once.
     pub(super) running: Option<u32>,
     /// At most this many starts per period.
-    pub(super) rate: Option<crate::control::limits::RateLimit>,
+    pub(super) rate: Option<crate::limits::RateLimit>,
 }
 
 impl Limit {

@@ -262,7 +262,7 @@ impl Running {
     async fn drain(&self, sessions: Vec<Arc<Session>>) {
         let tracker = &self.shared.tracker;
         tracker.close();
-        tracing::info!(running = self.running_handlers(), grace = %crate::config::duration_text(self.grace), "shutting down: waiting for running tasks");
+        tracing::info!(running = self.running_handlers(), grace = %crate::duration::duration_text(self.grace), "shutting down: waiting for running tasks");
         if tokio::time::timeout(self.grace, tracker.wait())
             .await
             .is_err()

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use warren::config::parse_duration;
+use warren::duration::parse_duration;
 use warren::error::WaitFailure;
 use warren::wire::answer::Answer;
 use warren::{EnqueueOptions, Error, Producer, Result, Settings};

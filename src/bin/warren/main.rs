@@ -26,7 +26,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use warren::config::{Overrides, parse_duration};
+use warren::config::Overrides;
+use warren::duration::parse_duration;
 use warren::{Error, Result, Settings};
 
 /// The help heading of the options every subcommand takes, so that a subcommand's own

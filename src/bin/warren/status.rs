@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use warren::config::parse_duration;
+use warren::duration::parse_duration;
 use warren::ops::status::Status;
 use warren::ops::version::BrokerVersion;
 use warren::{Error, Result, Settings};

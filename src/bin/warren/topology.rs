@@ -72,7 +72,7 @@ pub(crate) async fn run(
 }
 
 async fn delete(settings: &Settings, mode: Teardown, out: &mut dyn Write) -> Result<ExitCode> {
-    let session = Session::open(settings, "cli").await?;
+    let session = Session::open(&settings.amqp_url, "cli", settings.connect_timeout).await?;
     let result = teardown(&settings.plan(), session.connection(), mode).await;
     session.close("done").await;
     let report = result?;
@@ -162,7 +162,7 @@ fn preflight(settings: &Settings, capacity_check: bool) -> Result<()> {
 
 async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
     let started = Instant::now();
-    let session = Session::open(settings, "cli").await?;
+    let session = Session::open(&settings.amqp_url, "cli", settings.connect_timeout).await?;
     let result = session.apply(&settings.plan()).await;
     if result.is_ok() {
         warn_of_old_work_queues(settings, &session).await;
@@ -210,7 +210,7 @@ async fn warn_of_old_work_queues(settings: &Settings, session: &Session) {
             return;
         };
         // A missing queue closes the channel (404): the usual case, nothing to say.
-        if let Ok(q) = warren::topology::declare::inspect(&ch, &queue).await {
+        if let Ok(q) = warren::broker::inspect::inspect(&ch, &queue).await {
             tracing::warn!(
                 "`{task}` is a broadcast type, but its old work queue `{queue}` ({} messages) \
                  is still bound and collects a copy of every broadcast; once it is drained, \

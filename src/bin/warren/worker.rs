@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use warren::config::parse_duration;
+use warren::duration::parse_duration;
 use warren::{Error, Result, Settings};
 
 use crate::exec::ExecHandler;

@@ -37,7 +37,7 @@ use clap::Args;
 use lapin::options::ConfirmSelectOptions;
 use serde::{Deserialize, Serialize};
 use warren::broker::Session;
-use warren::config::parse_duration;
+use warren::duration::parse_duration;
 use warren::topology::{self, Names};
 use warren::{Error, Producer, QueueType, Result, Settings, Task};
 

@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
-use warren::topology;
 use warren::{Error, Result};
 
 use super::{Drained, amqp};
@@ -20,7 +19,7 @@ pub(super) async fn settle() {
 pub(super) async fn wait_for_consumer(ch: &Channel, queue: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let q = topology::declare::inspect(ch, queue)
+        let q = warren::broker::inspect::inspect(ch, queue)
             .await
             .map_err(amqp("checking the bench queue"))?;
         if q.consumer_count() > 0 {

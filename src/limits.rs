@@ -62,7 +62,7 @@ impl RateLimit {
             return Err(bad(&format!(
                 "is slower than one start per {} (a start token would stay unacked past \
                  RabbitMQ's consumer timeout); use a [schedules] table for rarer runs",
-                crate::config::duration_text(HOLD_MAX)
+                crate::duration::duration_text(HOLD_MAX)
             )));
         }
         Ok(limit)

@@ -107,7 +107,7 @@ impl CronCadence {
 /// # Errors
 /// A sentence quoting the value and saying what is accepted.
 pub fn parse_every(text: &str) -> Result<Duration, String> {
-    let d = crate::config::parse_duration(text)?;
+    let d = crate::duration::parse_duration(text)?;
     if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
         return Err(format!(
             "every = \"{text}\" must be a whole number of seconds, at least 1s (a firing is a \
