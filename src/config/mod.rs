@@ -299,7 +299,7 @@ impl Settings {
             if task.rate_limit.is_some() {
                 plan.add_tokens(layout.names.limit_starts(name));
             }
-            plan.add_lazy(crate::control::events::pause_record(&layout.names, name));
+            plan.add_pause_record(&layout.names, name);
         }
         plan
     }

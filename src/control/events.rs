@@ -10,7 +10,7 @@
 
 use std::time::SystemTime;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use serde::{Deserialize, Serialize};
 
@@ -18,11 +18,10 @@ use lapin::protocol::AMQPSoftError;
 
 use crate::broker::is_soft;
 use crate::error::{Error, Result};
-use crate::topology::{ArgValue, Names, QueueDecl, QueueType};
+use crate::topology::declare::declare_bound;
+use crate::topology::names::{EVENTS_KEY, pause_key};
+use crate::topology::{Names, Plan};
 use crate::wire::unix_ms;
-
-/// The routing key that reaches the control stream.
-pub const EVENTS_KEY: &str = "events";
 
 /// One control event as it travels (JSON body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,28 +61,6 @@ pub enum Event {
     },
 }
 
-/// The routing key of a type's pause record (its `BCC` on a pause or resume).
-pub fn pause_key(task: &str) -> String {
-    format!("pause.{task}")
-}
-
-/// The pause record queue of `task`: one message, the last pause or resume. Classic in every
-/// namespace: it is read by `basic.get` and given back, which a quorum queue counts as a
-/// delivery (RabbitMQ 4.0 drops a message after 20), and the stream holds the same events
-/// for the retention if its node is lost.
-pub fn pause_record(names: &Names, task: &str) -> QueueDecl {
-    QueueDecl {
-        name: names.pause_record(task),
-        args: vec![
-            (
-                "x-queue-type",
-                ArgValue::Str(QueueType::Classic.as_str().into()),
-            ),
-            ("x-max-length", ArgValue::Int(1)),
-        ],
-    }
-}
-
 /// Publishes `event` to the control stream (and a pause or resume to its type's record,
 /// declared here), confirmed, on a channel of `conn`.
 ///
@@ -103,19 +80,10 @@ pub(crate) async fn publish(conn: &lapin::Connection, names: &Names, event: Even
         .map_err(|e| amqp("opening a control channel", e))?;
     let mut headers = FieldTable::default();
     if let Event::Pause { task } | Event::Resume { task } = &event {
-        let record = pause_record(names, task);
-        crate::topology::declare::declare_queue(&ch, &record)
+        let (record, binding) = Plan::pause_record(names, task);
+        declare_bound(&ch, &record, &binding)
             .await
             .map_err(|e| amqp(&format!("declaring `{}`", record.name), e))?;
-        ch.queue_bind(
-            record.name.as_str().into(),
-            names.control_exchange().as_str().into(),
-            pause_key(task).as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| amqp(&format!("binding `{}`", record.name), e))?;
         headers.insert(
             crate::wire::header::BCC.into(),
             AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(

@@ -3,13 +3,13 @@
 //! A RabbitMQ 3.10 node derives its file handle budget from its open-file limit, and every
 //! quorum queue it hosts draws on that budget whether or not it holds a message. When the
 //! budget runs out the node still answers the management API but accepts no new AMQP
-//! connection and does not recover by itself (`../shared/notes/rabbitmq-lapin-facts.md`,
-//! "quorum queues use up the file handle budget"). Applying a namespace is the moment that
+//! connection and does not recover by itself (measured on 3.10; `docs/deploying.md` has the
+//! figures). Applying a namespace is the moment that
 //! adds many quorum queues at once, so `warren topology apply` asks here first.
 //!
 //! The budget is not visible in the management API (its `fd_used` stayed at 40 while quorum
 //! queues were added until the node wedged), so this is an estimate from counts, calibrated on
-//! this machine (README, "Running in production"), all under a limit of 1024:
+//! a test machine (`docs/deploying.md`), all under a limit of 1024:
 //! - one node took 366 quorum queues and wedged before 398 (~2.5 handles each);
 //! - in a three-node cluster, the node the queues were declared through (which leads them
 //!   all: 3.10 places a leader on the declaring node) wedged between 203 and 222, while the

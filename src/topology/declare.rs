@@ -238,6 +238,27 @@ pub async fn declare_queue(ch: &Channel, q: &QueueDecl) -> lapin::Result<lapin::
         .await
 }
 
+/// Declares `q` (as [`declare_queue`]) and binds it as `binding` says: for state queues made
+/// on first use, such as a type's pause record.
+///
+/// # Errors
+/// The broker's refusal, which closes `ch`.
+pub async fn declare_bound(
+    ch: &Channel,
+    q: &QueueDecl,
+    binding: &BindingDecl,
+) -> lapin::Result<()> {
+    declare_queue(ch, q).await?;
+    ch.queue_bind(
+        q.name.as_str().into(),
+        binding.source.as_str().into(),
+        binding.routing_key.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// Deletes the plan's queues and exchanges, and each name in `extra` as both a queue and an
 /// exchange; best effort. For commands that declare a namespace of their own (the demo, the
 /// benchmark) and remove it afterwards; never for a namespace someone else uses.

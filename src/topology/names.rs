@@ -103,15 +103,15 @@ impl Names {
         format!("{}.delay.deliver", self.ns)
     }
 
-    /// `{ns}.{task}.schedule.{schedule}`: the last firing of one schedule of `task` (see
-    /// [`crate::schedule`]). Beside the task's own queues in a listing; task names hold no
+    /// `{ns}.{task}.schedule.{schedule}`: the last firing of one schedule of `task` (the
+    /// scheduler's record). Beside the task's own queues in a listing; task names hold no
     /// dot, so it never collides with another type's queue.
     pub fn schedule_record(&self, task: &str, schedule: &str) -> String {
         format!("{}.{}", self.ns, schedule_key(task, schedule))
     }
 
-    /// `{ns}.control`: the direct exchange control events are published to (see
-    /// [`crate::control`]).
+    /// `{ns}.control`: the direct exchange control events (cancel, pause, resume) are
+    /// published to.
     pub fn control_exchange(&self) -> String {
         format!("{}.control", self.ns)
     }
@@ -144,7 +144,7 @@ impl Names {
     }
 
     /// `{ns}.scheduler.lease`: the exclusive queue whose holder is the one scheduler that
-    /// fires (see [`crate::schedule`]).
+    /// fires (the scheduler's `BCC`).
     pub fn scheduler_lease(&self) -> String {
         format!("{}.scheduler.lease", self.ns)
     }
@@ -163,6 +163,15 @@ impl Names {
 /// fan-out binding of every worker) does not match it.
 pub fn own_key(task: &str, worker: &str) -> String {
     format!("{task}@{worker}")
+}
+
+/// The routing key under which the control exchange reaches the control stream.
+pub const EVENTS_KEY: &str = "events";
+
+/// The routing key of a type's pause record on the control exchange (a pause or resume
+/// carries it in `BCC`).
+pub fn pause_key(task: &str) -> String {
+    format!("pause.{task}")
 }
 
 /// `{task}.schedule.{schedule}`: the key a firing of `schedule` carries in `BCC`, which

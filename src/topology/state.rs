@@ -2,6 +2,7 @@
 //! control exchange and stream, limit tokens, and queues made on first use (pause records).
 //! Their messages are not tasks ([`Plan::state`]).
 
+use super::names::{EVENTS_KEY, Names, pause_key};
 use super::plan::{
     ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, Layout, Plan, QueueDecl,
     QueueType, TaskQueues, queue_type_args,
@@ -10,7 +11,7 @@ use super::plan::{
 impl Plan {
     /// The record queue of schedule `schedule` firing `task`, and its binding: a queue of one
     /// message (`x-max-length = 1`, the oldest dropped), which every firing reaches through
-    /// its `BCC` key (see [`crate::schedule`]), so it always holds the last one. Of the
+    /// its `BCC` key (the scheduler's firing), so it always holds the last one. Of the
     /// task's queue type: in a quorum namespace the record survives the loss of a node.
     pub fn schedule_record(
         layout: &Layout,
@@ -47,8 +48,9 @@ impl Plan {
         self.bindings.push(binding);
     }
 
-    /// Adds a limited type's token queue (classic: see [`crate::control`]): its messages
-    /// are tokens, Warren's state.
+    /// Adds a limited type's token queue (classic: tokens are taken by `basic.get` and
+    /// given back, which a quorum queue would count as deliveries): its messages are
+    /// tokens, Warren's state.
     pub fn add_tokens(&mut self, queue: String) {
         self.state.push(queue.clone());
         self.queues.push(QueueDecl {
@@ -57,14 +59,42 @@ impl Plan {
         });
     }
 
-    /// Adds a queue made on first use, deleted with the namespace (see [`Plan::lazy`]).
-    pub fn add_lazy(&mut self, queue: QueueDecl) {
+    /// The pause record queue of `task` and its binding from the control exchange: one
+    /// message, the last pause or resume, which reaches it by `BCC` ([`pause_key`]). Classic
+    /// in every namespace: it is read by `basic.get` and given back, which a quorum queue
+    /// counts as a delivery (RabbitMQ 4.0 drops a message after 20), and the control stream
+    /// holds the same events for the retention if its node is lost.
+    pub fn pause_record(names: &Names, task: &str) -> (QueueDecl, BindingDecl) {
+        let queue = QueueDecl {
+            name: names.pause_record(task),
+            args: vec![
+                (
+                    "x-queue-type",
+                    ArgValue::Str(QueueType::Classic.as_str().into()),
+                ),
+                ("x-max-length", ArgValue::Int(1)),
+            ],
+        };
+        let binding = BindingDecl {
+            source: names.control_exchange(),
+            destination: queue.name.clone(),
+            kind: Destination::Queue,
+            routing_key: pause_key(task),
+        };
+        (queue, binding)
+    }
+
+    /// Adds `task`'s pause record as a queue made on first use (by the first pause or
+    /// resume), deleted with the namespace (see [`Plan::lazy`]).
+    pub fn add_pause_record(&mut self, names: &Names, task: &str) {
+        let (queue, _) = Plan::pause_record(names, task);
         self.state.push(queue.name.clone());
         self.lazy.push(queue);
     }
 
     /// Adds the control exchange `{ns}.control` (direct) and the control stream of the same
-    /// name, bound under `events`, keeping events for `retention` (see [`crate::control`]).
+    /// name, bound under [`EVENTS_KEY`], keeping events for `retention`: a worker that starts replays
+    /// what it missed from the stream.
     pub fn add_control(&mut self, layout: &Layout, retention: std::time::Duration) {
         let names = &layout.names;
         let exchange = names.control_exchange();
@@ -89,7 +119,7 @@ impl Plan {
             &exchange,
             &stream.name,
             Destination::Queue,
-            crate::control::events::EVENTS_KEY.to_string(),
+            EVENTS_KEY.to_string(),
         );
         self.state.push(stream.name.clone());
         self.queues.push(stream);

@@ -4,7 +4,7 @@
 //!
 //! Pure: builds and reads `BasicProperties`, sends nothing. Any AMQP client can enqueue a
 //! Warren task by publishing a JSON body with `type` = task name to `{ns}.tasks`; every other
-//! field has a default (see DESIGN.md). Our headers do not start with `x-`: from RabbitMQ 3.13
+//! field has a default (`docs/wire-format.md` lists each). Our headers do not start with `x-`: from RabbitMQ 3.13
 //! on those belong to the broker. Strings are long strings: a short string in a field table
 //! makes RabbitMQ reset the connection.
 

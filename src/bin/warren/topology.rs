@@ -156,7 +156,7 @@ fn preflight(settings: &Settings, capacity_check: bool) -> Result<()> {
             tracing::warn!("the broker is nearly full: {}", figures.describe());
             Ok(())
         }
-        Verdict::WouldNotFit => Err(Error::WouldNotFit(Box::new(figures))),
+        Verdict::WouldNotFit => Err(Error::WouldNotFit(figures.describe())),
     }
 }
 
