@@ -60,7 +60,7 @@ pub struct UrlParts {
 /// [`Error::Config`] when the URL cannot be parsed (the message does not repeat the URL).
 ///
 /// Of a list, the first URL's: every URL of a list names the same vhost and user
-/// ([`crate::config::Settings::validate`] checks).
+/// (`Settings::validate`, in `config`, checks).
 pub fn url_parts(url: &str) -> Result<UrlParts> {
     let url = urls(url).first().copied().unwrap_or(url);
     let parsed = url::Url::parse(url).map_err(|e| {

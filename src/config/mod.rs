@@ -53,7 +53,7 @@ pub struct TaskSettings {
     /// Priority levels of the work queue (1–10), making it a priority queue.
     pub priorities: Option<u8>,
     /// Every worker serving this type runs each task once, from a queue of its own, instead
-    /// of one worker of the pool (`broadcast = true`; see [`crate::topology::plan::OwnQueue`]).
+    /// of one worker of the pool (`broadcast = true`; see [`crate::topology::OwnQueue`]).
     pub broadcast: bool,
     /// At most this many runs at once across every worker (see [`crate::control`]).
     pub concurrency_limit: Option<u32>,

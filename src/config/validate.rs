@@ -54,7 +54,7 @@ impl Settings {
                 ));
             }
             // A broadcast type's tasks wait in each worker's own queue, which is always
-            // classic (see `topology::plan::OwnQueue`): priorities work whatever the type.
+            // classic (see `topology::OwnQueue`): priorities work whatever the type.
             let queue_type = match task.broadcast {
                 true => crate::topology::QueueType::Classic,
                 false => task.queue_type.unwrap_or(self.queue_type),

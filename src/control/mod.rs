@@ -9,13 +9,13 @@
 //! record queue `{ns}.{task}.paused`, which keeps the last one beyond the retention.
 //!
 //! - A cancelled task that has not started goes dead as `cancelled` when a worker receives it
-//!   (delayed ones when their delay ends); a running one has its [`crate::TaskContext`]
+//!   (delayed ones when their delay ends); a running one has its `TaskContext`
 //!   `cancel` token fired, is given a second, and goes dead as `cancelled`. Dead, so it stays
 //!   visible and replayable; a replay after the cancel runs.
 //! - A paused type's consumers are cancelled on every worker (what they had prefetched goes
 //!   back to the queue unstarted); tasks wait in the broker until the resume.
 //!
-//! **Limits** ([`limits`], [`tokens`]): tokens in a queue, held by workers as unacked
+//! **Limits** ([`crate::limits`], [`tokens`]): tokens in a queue, held by workers as unacked
 //! deliveries, which the broker returns when a worker's connection dies.
 
 pub mod events;

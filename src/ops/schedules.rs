@@ -52,7 +52,7 @@ pub fn cadence_text(cadence: &Cadence) -> String {
 /// Reads every schedule's record and the lease's holder.
 ///
 /// # Errors
-/// [`crate::Error::Management`] and the like when the API cannot be read.
+/// [`crate::error::Error::Management`] and the like when the API cannot be read.
 pub fn fetch(settings: &Settings, mgmt: &Management, now: DateTime<Utc>) -> Result<Schedules> {
     let vhost = crate::broker::url_parts(&settings.amqp_url)?.vhost;
     let names = settings.layout().names;

@@ -222,7 +222,7 @@ pub fn delayed_total(ns: &str, queues: &[Value]) -> Option<u64> {
 /// Reads the status of `settings`' namespace.
 ///
 /// # Errors
-/// [`crate::Error::Management`] when the API is unreachable or refuses us.
+/// [`crate::error::Error::Management`] when the API is unreachable or refuses us.
 pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
     let vhost = crate::broker::url_parts(&settings.amqp_url)?.vhost;
     let ns = &settings.namespace;

@@ -11,7 +11,7 @@ const IDS_PER_EVENT: usize = 1000;
 impl Producer {
     /// Cancels tasks `ids` of type `task`: one that has not started never starts (it goes
     /// dead as `cancelled` when a worker receives it, a delayed one when its delay ends), a
-    /// running one has its [`crate::TaskContext::cancel`] fired and goes dead as `cancelled`.
+    /// running one has its [`crate::worker::TaskContext::cancel`] fired and goes dead as `cancelled`.
     /// Holds for `cancel_retention`, across worker restarts. An unknown or finished id is not
     /// an error. Returns once the broker holds the cancel.
     ///

@@ -23,7 +23,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::topology::plan::QueueType;
+use crate::topology::QueueType;
 use crate::topology::{ArgValue, Names, QueueDecl};
 
 /// Longest key, in bytes.

@@ -13,9 +13,9 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
-use super::plan::{
-    ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, OwnQueue, Plan, QueueDecl,
-};
+use super::decl::{ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, QueueDecl};
+use super::own::OwnQueue;
+use super::plan::Plan;
 use crate::broker::{Session, close_channel};
 use crate::error::{Conflict, Error, Result};
 

@@ -2,11 +2,11 @@
 //! control exchange and stream, limit tokens, and queues made on first use (pause records).
 //! Their messages are not tasks ([`Plan::state`]).
 
-use super::names::{EVENTS_KEY, Names, pause_key};
-use super::plan::{
-    ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, Layout, Plan, QueueDecl,
-    QueueType, TaskQueues, queue_type_args,
+use super::decl::{
+    ArgValue, BindingDecl, Destination, ExchangeDecl, ExchangeKind, QueueDecl, QueueType,
 };
+use super::names::{EVENTS_KEY, Names, pause_key};
+use super::plan::{Layout, Plan, TaskQueues, queue_type_args};
 
 impl Plan {
     /// The record queue of schedule `schedule` firing `task`, and its binding: a queue of one

@@ -12,8 +12,9 @@ use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::protocol::AMQPSoftError;
 use lapin::{Channel, Connection};
 
+use super::decl::{QueueDecl, QueueType};
 use super::declare::open;
-use super::plan::{Plan, QueueDecl, QueueType};
+use super::plan::Plan;
 use crate::broker::close_channel;
 use crate::broker::inspect::inspect;
 use crate::error::{Error, Result};

@@ -114,7 +114,7 @@ impl QueueConsumer {
         }
     }
 
-    async fn open(&self, queue: &str, tag: &str) -> crate::Result<(Channel, Consumer)> {
+    async fn open(&self, queue: &str, tag: &str) -> crate::error::Result<(Channel, Consumer)> {
         let ch = self.session.channel().await?;
         // Declared again with every channel: a broadcast's own queue may have been deleted
         // under a live connection (by an operator, or with the node it lived on).
@@ -123,7 +123,7 @@ impl QueueConsumer {
         }
         self.consume_on(ch, queue, tag)
             .await
-            .map_err(|source| crate::Error::Amqp {
+            .map_err(|source| crate::error::Error::Amqp {
                 operation: format!("consuming `{queue}`"),
                 source,
             })

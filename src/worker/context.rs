@@ -28,7 +28,7 @@ pub struct TaskContext {
     /// the task arrived without one. Tasks enqueued from the handler join this trace.
     pub traceparent: String,
     /// Cancelled when this run must stop: the task was cancelled (`warren cancel`,
-    /// [`crate::Producer::cancel`]; the run then ends dead as `cancelled`), or the worker
+    /// [`crate::producer::Producer::cancel`]; the run then ends dead as `cancelled`), or the worker
     /// stops at once (the grace period ran out; the task goes back to its queue). Long
     /// handlers should check it and stop early; after a second their future is dropped.
     pub cancel: CancellationToken,

@@ -429,7 +429,9 @@ fn continue_chain<'a>(
                 held.ack();
                 true
             }
-            Err(crate::Error::Unroutable { .. }) => settle(shared, task, held, unroutable).await,
+            Err(crate::error::Error::Unroutable { .. }) => {
+                settle(shared, task, held, unroutable).await
+            }
             // Refused again and again (or the broker stayed away): requeueing for ever would
             // run the finished step for ever; on its last attempt it goes dead instead.
             Err(err) if last_attempt(task, held) => {

@@ -90,7 +90,7 @@ impl LimitedConsumer {
         }
     }
 
-    async fn open(&self) -> crate::Result<Open> {
+    async fn open(&self) -> crate::error::Result<Open> {
         let names = self.shared.routes.names();
         let name = &self.task.name;
         let get = self.session.channel().await?;

@@ -38,7 +38,7 @@ impl Running {
     /// Serves sessions until `shutdown`, then drains.
     ///
     /// # Errors
-    /// [`crate::Error::TopologyConflict`] and other errors a reconnect cannot cure.
+    /// [`crate::error::Error::TopologyConflict`] and other errors a reconnect cannot cure.
     pub(super) async fn run(self, shutdown: CancellationToken) -> Result<()> {
         // Sessions stay referenced until the drain is over: in-flight deliveries ack on them.
         let mut sessions: Vec<Arc<Session>> = Vec::new();
