@@ -5,22 +5,24 @@
 //! declares each flag together with its environment variable (clap's `env`), so it hands
 //! this module one [`Overrides`] that already holds "flag, else environment". No lapin here.
 //!
-//! `file.rs` is the topology file's format, `validate.rs` the range checks; this file holds
-//! the settings themselves, their layering, and the plan and routes they imply.
+//! This file holds the settings themselves and their defaults; `layers.rs` reads and layers
+//! them, `file.rs` is the topology file's format (`schedules.rs` its schedule tables),
+//! `validate.rs` the range checks, and `plan.rs` the plan and routes they imply.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod file;
+mod layers;
+mod plan;
 mod schedules;
 mod validate;
 
+pub use layers::{Overrides, topology_file};
+
 use crate::cadence::{Cadence, CatchUp};
-use crate::duration::parse_duration;
-use crate::error::{Error, Result};
 use crate::retry::TaskPolicy;
-use crate::topology::{Ladder, Layout, Names, OwnQueue, Plan, QueueType, Routes, TaskQueues};
+use crate::topology::QueueType;
 
 /// Broker URL used when nothing else is configured: the local RabbitMQ's default vhost.
 pub const AMQP_URL_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -157,89 +159,7 @@ impl Default for Settings {
     }
 }
 
-/// Values from the environment or CLI flags that override the file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Overrides {
-    /// `--amqp-url` / `WARREN_AMQP_URL`.
-    pub amqp_url: Option<String>,
-    /// `--namespace` / `WARREN_NAMESPACE`.
-    pub namespace: Option<String>,
-    /// `--management-url` / `WARREN_MANAGEMENT_URL`.
-    pub management_url: Option<String>,
-    /// `--connect-timeout` / `WARREN_CONNECT_TIMEOUT`.
-    pub connect_timeout: Option<Duration>,
-}
-
-impl Overrides {
-    /// Reads the `WARREN_*` variables, for library users without a CLI.
-    pub fn from_env() -> Self {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Overrides {
-            amqp_url: var("WARREN_AMQP_URL"),
-            namespace: var("WARREN_NAMESPACE"),
-            management_url: var("WARREN_MANAGEMENT_URL"),
-            connect_timeout: var("WARREN_CONNECT_TIMEOUT").and_then(|v| parse_duration(&v).ok()),
-        }
-    }
-}
-
 impl Settings {
-    /// Loads settings: defaults, then `path` (or `topology/warren.toml` when it exists), then
-    /// `overrides`, then validates.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the file, line and key when the file is unreadable or wrong,
-    /// or the field when a value is out of range.
-    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings> {
-        let mut settings = match topology_file(path) {
-            Some(p) => Settings::from_file(&p)?,
-            None => Settings::default(),
-        };
-        settings.apply(overrides);
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    /// Reads one topology file over the built-in defaults, without validating.
-    ///
-    /// # Errors
-    /// [`Error::TopologyFile`] when the file cannot be read; [`Error::Config`] when it cannot
-    /// be parsed.
-    pub fn from_file(path: &Path) -> Result<Settings> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::TopologyFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Settings::from_toml(&text).map_err(|e| match e {
-            Error::Config(msg) => Error::Config(format!("in `{}`: {msg}", path.display())),
-            other => other,
-        })
-    }
-
-    /// Parses topology TOML over the built-in defaults, without validating.
-    ///
-    /// # Errors
-    /// [`Error::Config`] with TOML's line and column for syntax errors and unknown keys.
-    pub fn from_toml(text: &str) -> Result<Settings> {
-        file::parse(text)
-    }
-
-    /// Applies environment/flag overrides (they win over the file).
-    pub fn apply(&mut self, overrides: &Overrides) {
-        if let Some(url) = &overrides.amqp_url {
-            self.amqp_url = url.clone();
-        }
-        if let Some(ns) = &overrides.namespace {
-            self.namespace = ns.clone();
-        }
-        if let Some(url) = &overrides.management_url {
-            self.management_url = Some(url.clone());
-        }
-        if let Some(t) = overrides.connect_timeout {
-            self.connect_timeout = t;
-        }
-    }
-
     /// The policy of task type `name`: its own table, else `[defaults]`.
     pub fn policy(&self, name: &str) -> &TaskPolicy {
         self.tasks.get(name).map_or(&self.defaults, |t| &t.policy)
@@ -248,94 +168,6 @@ impl Settings {
     /// True when task type `name` is declared `broadcast = true`.
     pub fn is_broadcast(&self, name: &str) -> bool {
         self.tasks.get(name).is_some_and(|t| t.broadcast)
-    }
-
-    /// The shape of this namespace: names, ladder height, queue type.
-    pub fn layout(&self) -> Layout {
-        Layout {
-            names: Names::new(&self.namespace),
-            ladder: Ladder::for_max_delay(self.max_delay),
-            queue_type: self.queue_type,
-        }
-    }
-
-    /// The declaration plan of every task type in [`Settings::tasks`] and every schedule's
-    /// record queue.
-    pub fn plan(&self) -> Plan {
-        let mut plan = self.plan_for(self.tasks.keys().map(String::as_str));
-        let layout = self.layout();
-        for (name, schedule) in &self.schedules {
-            plan.add_schedule(&layout, self.task_queues(&schedule.task), name);
-        }
-        plan
-    }
-
-    /// What the schedules need declared on top of the task types: each one's record queue
-    /// and its binding (the exchanges come from `topology apply`).
-    pub fn schedules_plan(&self) -> Plan {
-        let layout = self.layout();
-        let mut plan = Plan::default();
-        for (name, schedule) in &self.schedules {
-            plan.add_schedule(&layout, self.task_queues(&schedule.task), name);
-        }
-        plan
-    }
-
-    /// The declaration plan of the given task types (validated names), each with its own
-    /// policy's delivery limit.
-    pub fn plan_for<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) -> Plan {
-        let names: Vec<&str> = tasks.into_iter().collect();
-        let tasks = names.iter().map(|name| self.task_queues(name));
-        let layout = self.layout();
-        let mut plan = Plan::build(&layout, tasks);
-        plan.add_control(&layout, self.cancel_retention);
-        for name in names {
-            let Some(task) = self.tasks.get(name) else {
-                continue;
-            };
-            if task.concurrency_limit.is_some() {
-                plan.add_tokens(layout.names.limit_running(name));
-            }
-            if task.rate_limit.is_some() {
-                plan.add_tokens(layout.names.limit_starts(name));
-            }
-            plan.add_pause_record(&layout.names, name);
-        }
-        plan
-    }
-
-    /// Worker `worker`'s own queue of broadcast type `name` (see [`OwnQueue`]).
-    pub fn own_queue(&self, name: &str, worker: &str) -> OwnQueue {
-        Plan::own_queue(&self.layout(), self.task_queues(name), worker)
-    }
-
-    fn task_queues<'a>(&self, name: &'a str) -> TaskQueues<'a> {
-        let task = self.tasks.get(name);
-        TaskQueues {
-            name,
-            delivery_limit: self.policy(name).delivery_limit,
-            queue_type: task.and_then(|t| t.queue_type),
-            priorities: task.and_then(|t| t.priorities),
-            broadcast: self.is_broadcast(name),
-        }
-    }
-
-    /// The routes of this namespace.
-    pub fn routes(&self) -> Routes {
-        let Layout { names, ladder, .. } = self.layout();
-        Routes::new(names, ladder)
-    }
-}
-
-/// The topology file [`Settings::load`] reads for `path`: `path` itself when given, else
-/// `topology/warren.toml` when it exists, else none (built-in defaults).
-pub fn topology_file(path: Option<&Path>) -> Option<PathBuf> {
-    match path {
-        Some(p) => Some(p.to_path_buf()),
-        None => {
-            let default = Path::new(TOPOLOGY_PATH_DEFAULT);
-            default.exists().then(|| default.to_path_buf())
-        }
     }
 }
 
@@ -367,21 +199,6 @@ mod tests {
         assert_eq!(p.backoff.multiplier, 3.0);
         assert_eq!(p.backoff.max, Duration::from_secs(600));
         assert_eq!(s.policy("unknown").max_attempts, 7);
-    }
-
-    #[test]
-    fn overrides_win_over_the_file() {
-        let mut s =
-            Settings::from_toml("namespace = \"file\"\namqp_url = \"amqp://a/%2f\"").unwrap();
-        s.apply(&Overrides {
-            namespace: Some("flag".into()),
-            amqp_url: None,
-            management_url: Some("http://m:1".into()),
-            connect_timeout: None,
-        });
-        assert_eq!(s.namespace, "flag");
-        assert_eq!(s.amqp_url, "amqp://a/%2f");
-        assert_eq!(s.management_url.as_deref(), Some("http://m:1"));
     }
 
     #[test]
