@@ -182,6 +182,8 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
         chain: super::decode::chain_of(props).unwrap_or_default(),
         // Its key was released when it went dead; a replay is not unique.
         unique: None,
+        // Set below as a header, not from the envelope.
+        replayed_at_ms: None,
     };
     let mut headers = merged(&env, props);
     let replays = header_int(props, header::REPLAYS).unwrap_or(0) + 1;

@@ -117,6 +117,9 @@ pub fn read_envelope(
         reply_to: reply_to_of(props),
         chain: chain_of(props)?,
         unique: header_str(props, header::UNIQUE),
+        replayed_at_ms: get(header::REPLAYED_AT)
+            .and_then(as_int)
+            .map(|at| at.max(0) as u64),
     })
 }
 

@@ -98,6 +98,10 @@ pub struct Envelope {
     /// A unique task: the queue holding its key, which the worker releases when the task's
     /// outcome is final. Kept by retry, interrupted and unstarted copies (the key stays held).
     pub unique: Option<String>,
+    /// When this copy was replayed from its dead queue (`warren-replayed-at`, unix ms), if it
+    /// was: a cancel issued before it does not apply to it. Read, never written by
+    /// [`Envelope::headers`]: only a replay sets it.
+    pub replayed_at_ms: Option<u64>,
 }
 
 impl Envelope {
@@ -116,6 +120,7 @@ impl Envelope {
             reply_to: None,
             chain: Vec::new(),
             unique: None,
+            replayed_at_ms: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! One delivery, start to end: read it, run it, settle it. The shell around the pure parts:
-//! [`crate::wire::decode`] reads the envelope, [`super::outcome`] decides, this module runs
-//! the handler, publishes the outcome's copy and acks.
+//! [`crate::wire::decode`] reads the envelope (once), [`super::outcome`] decides, this module
+//! runs the handler and [`super::settle`] publishes the outcome's copy and acks.
 //!
 //! Order: read the envelope (bad headers or a foreign task type go dead at once); expired
 //! tasks go dead unrun; undecodable bodies go dead unrun; then the handler runs under the
@@ -16,43 +16,15 @@ use lapin::message::Delivery;
 use tracing::Instrument;
 
 use super::Shared;
-use super::acks::{Settle, Settler};
+use super::acks::Settler;
 use super::context::TaskContext;
 use super::handler::{HandlerFuture, Registered};
 use super::outcome::{Action, Judge, RunResult};
-use super::telemetry::Outcome;
+use super::settle::{Held, settle};
 use crate::task::TaskError;
 use crate::trace::TraceParent;
-use crate::wire::copies::{Original, Outgoing};
 use crate::wire::decode::{Rejection, fallback_envelope, read_envelope};
 use crate::wire::{Envelope, Reason, unix_ms};
-
-/// A delivery and where to report its settlement.
-struct Held {
-    delivery: Delivery,
-    settler: Settler,
-    /// A unique task's key queue, released when its outcome is final.
-    unique: Option<String>,
-}
-
-impl Held {
-    fn ack(&self) {
-        self.settler.settle(Settle::Ack(self.delivery.delivery_tag));
-    }
-
-    fn requeue(&self) {
-        self.settler
-            .settle(Settle::Requeue(self.delivery.delivery_tag));
-    }
-
-    fn original<'a>(&'a self, env: &'a Envelope) -> Original<'a> {
-        Original {
-            env,
-            props: &self.delivery.properties,
-            body: &self.delivery.data,
-        }
-    }
-}
 
 /// Processes one delivery to its end. Holds `_hold` for its whole life: a concurrency
 /// permit, and a limited type's run token.
@@ -85,12 +57,12 @@ pub(super) async fn process<H: Send + 'static>(
         delivery,
         settler,
         unique,
+        attempt: if refused.is_none() { env.attempt } else { 0 },
     };
     let refused = refused.or_else(|| {
-        let since = || replayed_ms(&held.delivery.properties);
         shared
             .control
-            .is_cancelled(&task.name, &env.id, since)
+            .is_cancelled(&task.name, &env.id, || env.replayed_at_ms)
             .then(|| Rejection::new(Reason::Cancelled, "cancelled before it started"))
     });
     if let Some(why) = refused {
@@ -119,14 +91,14 @@ pub(super) async fn hand_back(
     delivery: Delivery,
     settler: Settler,
 ) {
+    let Ok(env) = read_envelope(&task.name, &delivery.properties, delivery.redelivered) else {
+        return;
+    };
     let held = Held {
         delivery,
         settler,
         unique: None,
-    };
-    let props = &held.delivery.properties;
-    let Ok(env) = read_envelope(&task.name, props, held.delivery.redelivered) else {
-        return;
+        attempt: env.attempt,
     };
     let copy = held
         .original(&env)
@@ -174,8 +146,10 @@ async fn run_and_settle(
     // Registered before the handler starts, then checked once more: a cancel that came in
     // between stops it at once instead of being missed.
     let run_guard = shared.control.run_started(&task.name, &env.id);
-    let replayed = || replayed_ms(&held.delivery.properties);
-    if shared.control.is_cancelled(&task.name, &env.id, replayed) {
+    if shared
+        .control
+        .is_cancelled(&task.name, &env.id, || env.replayed_at_ms)
+    {
         run_guard.token.cancel();
     }
     let mut ctx = context(shared, task, env, trace.clone());
@@ -199,13 +173,6 @@ async fn run_and_settle(
     if settle(shared, task, held, action).await {
         finished(took);
     }
-}
-
-/// When this copy was replayed from its dead queue, if it was: a cancel from before that
-/// does not apply to it.
-fn replayed_ms(props: &lapin::BasicProperties) -> Option<u64> {
-    crate::wire::decode::header_int(props, crate::wire::header::REPLAYED_AT)
-        .map(|at| at.max(0) as u64)
 }
 
 /// The decision's inputs as of now.
@@ -290,191 +257,6 @@ async fn run(
     let took = started.elapsed();
     task.metrics.finished(took);
     (result, took)
-}
-
-/// Carries out `action`: an ack, or the copy published with a confirm and then an ack.
-/// Returns whether the outcome is in the broker (false: the delivery was requeued instead).
-async fn settle(shared: &Shared, task: &Registered, held: &Held, action: Action) -> bool {
-    let span = tracing::Span::current();
-    match action {
-        Action::Ack => {
-            span.record("outcome", "success");
-            if held.unique.is_some() {
-                release_key(shared, held).await;
-            }
-            held.ack();
-            task.metrics.outcome(Outcome::Success);
-            true
-        }
-        Action::Next { next, unroutable } => {
-            span.record("outcome", "success");
-            continue_chain(shared, task, held, next, *unroutable).await
-        }
-        Action::Answer { answer } => {
-            span.record("outcome", "success");
-            publish_then_ack(shared, task, held, None, Some(answer), Outcome::Success).await
-        }
-        Action::Retry { delay, error, copy } => {
-            span.record("outcome", "retry");
-            tracing::warn!(error = %error, retry_in = %crate::duration::duration_text(delay), "attempt failed; retrying");
-            publish_then_ack(shared, task, held, Some(copy), None, Outcome::Retry).await
-        }
-        Action::Dead { why, copy, answer } => {
-            span.record("outcome", "dead");
-            log_death(&copy, &why);
-            let outcome = Outcome::Dead(why.reason);
-            publish_then_ack(shared, task, held, Some(copy), answer.map(|a| *a), outcome).await
-        }
-        Action::Interrupted { copy } => {
-            span.record("outcome", "interrupted");
-            let interruptions =
-                crate::wire::decode::header_int(&copy.properties, crate::wire::header::INTERRUPTED);
-            tracing::warn!(
-                interruptions,
-                "the worker stopped before the task finished; back to its queue, same attempt"
-            );
-            publish_then_ack(shared, task, held, Some(copy), None, Outcome::Interrupted).await
-        }
-        Action::Abandon => {
-            span.record("outcome", "interrupted");
-            tracing::warn!(
-                "the worker stopped before this broadcast finished here; it will not run on \
-                 this worker again (the other workers run their own copies)"
-            );
-            task.metrics.outcome(Outcome::Interrupted);
-            held.ack();
-            true
-        }
-    }
-}
-
-fn log_death(copy: &Outgoing, why: &Rejection) {
-    match why.reason {
-        Reason::Permanent => {
-            tracing::warn!(error = %why.error, "permanent failure; dead-lettering")
-        }
-        Reason::Failed => tracing::warn!(error = %why.error, "attempts exhausted; dead-lettering"),
-        r if r.refused_unrun() => tracing::warn!(task.kind = %copy.task, task.id = %copy.id,
-            reason = r.as_str(), error = %why.error, "dead-lettering without running"),
-        _ => {}
-    }
-}
-
-/// Publishes `copy` (retry, dead or interrupted) with a confirm, then `answer` to a waiting
-/// caller, then acks. If the copy cannot be published the delivery is requeued instead: the
-/// task's outcome must be in the broker before the ack. The answer is best effort: if it
-/// cannot be published it is lost (logged) and the delivery acked all the same; requeueing
-/// would run a finished task again, or loop on a reply queue that refuses. Returns whether
-/// it acked.
-///
-/// Boxed: this cold path (a message, a confirm, a backoff timer) would otherwise be part of
-/// every delivery's future, which tokio copies when it spawns one.
-fn publish_then_ack<'a>(
-    shared: &'a Shared,
-    task: &'a Registered,
-    held: &'a Held,
-    copy: Option<Outgoing>,
-    answer: Option<Outgoing>,
-    outcome: Outcome,
-) -> futures_util::future::BoxFuture<'a, bool> {
-    Box::pin(async move {
-        if let Some(copy) = copy {
-            let (kind, id) = (copy.task.clone(), copy.id.clone());
-            if let Err(err) = shared.producer.publish(copy).await {
-                let what = match outcome {
-                    Outcome::Retry => "retry",
-                    Outcome::Interrupted => "interrupted",
-                    _ => "dead",
-                };
-                tracing::error!(task.kind = %kind, task.id = %id, error = %err,
-                    "could not publish the {what} copy; requeueing the delivery instead of acking it");
-                // Don't spin: a broker that refuses now will likely refuse in the next ms.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                held.requeue();
-                return false;
-            }
-        }
-        if matches!(outcome, Outcome::Success | Outcome::Dead(_)) && held.unique.is_some() {
-            release_key(shared, held).await;
-        }
-        if let Some(answer) = answer {
-            let (kind, id) = (answer.task.clone(), answer.id.clone());
-            if let Err(err) = shared.producer.publish(answer).await {
-                tracing::error!(task.kind = %kind, task.id = %id, error = %err,
-                    "could not answer the caller waiting for this task; its outcome stands");
-            }
-        }
-        task.metrics.outcome(outcome);
-        held.ack();
-        true
-    })
-}
-
-/// Enqueues a chain's next step (confirmed), then acks; when the broker has no queue for
-/// the step, carries out `unroutable` (this task dead, with the chain) instead; any other
-/// failure requeues the delivery. Boxed like [`publish_then_ack`].
-fn continue_chain<'a>(
-    shared: &'a Shared,
-    task: &'a Registered,
-    held: &'a Held,
-    next: Outgoing,
-    unroutable: Action,
-) -> futures_util::future::BoxFuture<'a, bool> {
-    Box::pin(async move {
-        let (step, id) = (next.task.clone(), next.id.clone());
-        match shared.producer.publish(next).await {
-            Ok(()) => {
-                // A unique chain's key stays with its next step.
-                task.metrics.outcome(Outcome::Success);
-                held.ack();
-                true
-            }
-            Err(crate::error::Error::Unroutable { .. }) => {
-                settle(shared, task, held, unroutable).await
-            }
-            // Refused again and again (or the broker stayed away): requeueing for ever would
-            // run the finished step for ever; on its last attempt it goes dead instead.
-            Err(err) if last_attempt(task, held) => {
-                tracing::error!(task.id = %id, next = %step, error = %err,
-                    "could not enqueue the chain's next step on the last attempt; dead-lettering this step");
-                settle(shared, task, held, unroutable).await
-            }
-            Err(err) => {
-                tracing::error!(task.id = %id, next = %step, error = %err,
-                    "could not enqueue the chain's next step; requeueing the delivery instead of acking it");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                held.requeue();
-                false
-            }
-        }
-    })
-}
-
-/// Releases the unique key of a task whose outcome is final, before its ack: a crash before
-/// this point redelivers the task, which releases the key when it ends. A release that fails
-/// is logged; the key is then held until released by hand (see the README).
-fn release_key<'a>(shared: &'a Shared, held: &'a Held) -> futures_util::future::BoxFuture<'a, ()> {
-    Box::pin(async move {
-        let Some(queue) = &held.unique else { return };
-        let id = held
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string());
-        let id = id.unwrap_or_default();
-        if let Err(e) = shared.producer.release_unique(queue, &id).await {
-            tracing::error!(task.id = %id, queue = %queue, error = %e, "could not release the unique key");
-        }
-    })
-}
-
-/// True when this delivery is its task's last attempt (crashed deliveries counted, as the
-/// envelope counts them).
-fn last_attempt(task: &Registered, held: &Held) -> bool {
-    let props = &held.delivery.properties;
-    crate::wire::decode::read_envelope(&task.name, props, held.delivery.redelivered)
-        .is_ok_and(|env| env.attempt >= task.policy.max_attempts)
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

@@ -19,9 +19,11 @@ mod consume;
 mod context;
 mod delivery;
 mod handler;
+mod ledger;
 mod limited;
 mod outcome;
 mod run;
+mod settle;
 mod telemetry;
 
 use std::collections::BTreeMap;
