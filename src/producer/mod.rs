@@ -233,39 +233,24 @@ impl Producer {
         body: Vec<u8>,
         options: EnqueueOptions,
     ) -> Result<String> {
-        let unique = options
-            .unique_key
-            .clone()
-            .map(|key| (key, options.unique_for));
-        let out = self.prepare(task, body, options)?;
-        let Some((key, window)) = unique else {
+        let (out, lock) = self
+            .preparer(false)
+            .prepared(task, body, options, SystemTime::now())?;
+        let Some(lock) = lock else {
             return self.publish_one(out).await;
         };
         // The key first, then the task; a task that could not be published gives it back.
-        // The key's marker expires with the task (which the broker may dead-letter by itself
-        // then, unseen by any worker); the window's with the window.
-        let queues = unique::lock_queues(self.inner.routes.names(), task, &key, window);
-        let expiry =
-            crate::wire::decode::header_int(&out.properties, crate::wire::header::EXPIRES_AT).map(
-                |at| {
-                    Duration::from_millis(
-                        (at as u64)
-                            .saturating_sub(crate::wire::unix_ms(SystemTime::now()))
-                            .max(1),
-                    )
-                },
-            );
         {
             // Not held across the publish: the pool is small, and the publisher needs one.
             let conn = self.inner.publisher.connection().await?;
-            unique::acquire(&conn, task, &key, &out.id, &queues, [expiry, window]).await?;
+            unique::acquire(&conn, task, &lock.key, &out.id, &lock.queues, lock.ttls).await?;
         }
         let id = out.id.clone();
         let published = self.publish_one(out).await;
         if published.is_err()
             && let Ok(conn) = self.inner.publisher.connection().await
         {
-            unique::release_all(&conn, &queues, &id).await;
+            unique::release_all(&conn, &lock.queues, &id).await;
         }
         published
     }

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::EnqueueOptions;
+use super::unique::Lock;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::topology::ladder::round_up_secs;
@@ -37,6 +38,21 @@ impl Preparer<'_> {
         options: EnqueueOptions,
         now: SystemTime,
     ) -> Result<Outgoing> {
+        self.prepared(task, body, options, now).map(|(out, _)| out)
+    }
+
+    /// As [`Preparer::message`], with a unique task's [`Lock`] worked out in the same pass:
+    /// the key's queues are named once, for the header and for the enqueue that takes them.
+    ///
+    /// # Errors
+    /// As [`Preparer::message`]; also a bad unique key or window, or a unique broadcast.
+    pub(crate) fn prepared(
+        &self,
+        task: &str,
+        body: Vec<u8>,
+        options: EnqueueOptions,
+        now: SystemTime,
+    ) -> Result<(Outgoing, Option<Lock>)> {
         let s = self.settings;
         validate_task_name(task).map_err(Error::InvalidInput)?;
         check_size(task, body.len(), s.max_payload_bytes)?;
@@ -50,8 +66,9 @@ impl Preparer<'_> {
         env.correlation_id = options.correlation_id;
         env.priority = options.priority;
         env.reply_to = options.reply_to;
-        if let Some(key) = &options.unique_key {
-            super::unique::check_key(key)?;
+        let mut lock = None;
+        if let Some(key) = options.unique_key {
+            super::unique::check_key(&key)?;
             if options
                 .unique_for
                 .is_some_and(|w| w > super::unique::WINDOW_MAX || w.is_zero())
@@ -68,8 +85,21 @@ impl Preparer<'_> {
                      copy; broadcast tasks cannot be unique"
                 )));
             }
-            let queues = super::unique::lock_queues(self.routes.names(), task, key, None);
+            let window = options.unique_for;
+            let queues = super::unique::lock_queues(self.routes.names(), task, &key, window);
             env.unique = Some(queues[0].name.clone());
+            // The key's marker expires with the task (which the broker may dead-letter by
+            // itself then, unseen by any worker); the window's with the window.
+            let expiry = expires_at.map(|at| {
+                at.duration_since(now)
+                    .unwrap_or_default()
+                    .max(Duration::from_millis(1))
+            });
+            lock = Some(Lock {
+                key,
+                queues,
+                ttls: [expiry, window],
+            });
         }
         check_chain(s, task, &options.then)?;
         env.chain = options.then;
@@ -88,7 +118,7 @@ impl Preparer<'_> {
             // checks `warren-expires-at` instead.
             (self.routes.delayed(task, delay), None)
         };
-        Ok(Outgoing {
+        let out = Outgoing {
             task: task.to_string(),
             id: env.id.clone(),
             route,
@@ -99,7 +129,8 @@ impl Preparer<'_> {
             } else {
                 IfUnroutable::Error
             },
-        })
+        };
+        Ok((out, lock))
     }
 
     /// When the task must not start any more: the call's expiry, else the type's default.

@@ -112,6 +112,16 @@ pub(crate) fn lock_queues(
     queues
 }
 
+/// A unique task's key as its enqueue takes it, worked out once when the task is prepared:
+/// the key, its lock queues (the key's own, then the `unique_for` window's) and how long
+/// each one's marker lives (the task's expiry, the window).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lock {
+    pub(crate) key: String,
+    pub(crate) queues: Vec<QueueDecl>,
+    pub(crate) ttls: [Option<Duration>; 2],
+}
+
 /// Takes `key` for task `id`: declares each of `queues` and puts a marker in it, confirmed,
 /// on a channel of `conn`. A queue deleted between the declare and the publish (its key
 /// released meanwhile) is declared again.
