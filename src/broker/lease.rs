@@ -52,7 +52,7 @@ pub(crate) async fn still_held(conn: &lapin::Connection, queue: &str) -> bool {
     let Ok(ch) = conn.create_channel().await else {
         return false;
     };
-    let held = super::inspect::inspect(&ch, queue).await.is_ok();
+    let held = super::inspect(&ch, queue).await.is_ok();
     close_channel(&ch, "lock checked").await;
     held
 }

@@ -13,7 +13,7 @@
 
 pub mod closing;
 pub mod connect;
-pub mod inspect;
+mod inspect;
 pub(crate) mod lease;
 mod pool;
 mod session;
@@ -21,6 +21,7 @@ pub mod url;
 
 pub use closing::{CLOSE_TIMEOUT, close_channel, close_connection, is_soft};
 pub use connect::{ATTEMPT_TIMEOUT, connect, connection_name};
+pub use inspect::inspect;
 pub use pool::{Nodes, Pool, PooledConnection};
 pub use session::Session;
 pub use url::{UrlParts, redact, url_parts, urls};

@@ -62,7 +62,7 @@ pub fn describe(props: &BasicProperties, body: &[u8]) -> DeadTask {
 /// Messages in `queue` (a passive declare). A missing queue is the caller's to fix (a wrong
 /// task name or namespace: [`Error::MissingQueue`]); any other failure is the broker's.
 async fn message_count(ch: &Channel, queue: &str) -> Result<u32> {
-    match crate::broker::inspect::inspect(ch, queue).await {
+    match crate::broker::inspect(ch, queue).await {
         Ok(state) => Ok(state.message_count()),
         Err(source) => match source.kind() {
             lapin::ErrorKind::ProtocolError(e)

@@ -247,7 +247,7 @@ async fn holds_marker(conn: &lapin::Connection, queue: &str) -> bool {
     let Ok(probe) = conn.create_channel().await else {
         return false;
     };
-    let held = crate::broker::inspect::inspect(&probe, queue)
+    let held = crate::broker::inspect(&probe, queue)
         .await
         .is_ok_and(|q| q.message_count() > 0);
     crate::broker::close_channel(&probe, "probe").await;

@@ -16,7 +16,7 @@ use super::decl::{QueueDecl, QueueType};
 use super::declare::open;
 use super::plan::Plan;
 use crate::broker::close_channel;
-use crate::broker::inspect::inspect;
+use crate::broker::inspect;
 use crate::error::{Error, Result};
 
 /// What to do with queues that are not empty.

@@ -512,7 +512,7 @@ fn the_compose_file_runs_a_broker_topology_three_workers_and_a_producer() {
     // The stop grace outlasts the worker's own 30 s grace, so a deploy drains, not kills
     let stop_grace = services["worker"]["stop_grace_period"].as_str().unwrap();
     assert!(
-        warren::config::parse_duration(stop_grace).unwrap() > std::time::Duration::from_secs(30)
+        warren::duration::parse_duration(stop_grace).unwrap() > std::time::Duration::from_secs(30)
     );
     let worker_ports: Vec<&str> = services["worker"]["ports"]
         .as_vec()

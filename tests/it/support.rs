@@ -100,7 +100,7 @@ impl TestBroker {
 
     /// Messages in `queue` right now (passive declare).
     pub async fn count(&self, ch: &Channel, queue: &str) -> u32 {
-        warren::topology::declare::inspect(ch, queue)
+        warren::broker::inspect(ch, queue)
             .await
             .expect("queue exists")
             .message_count()

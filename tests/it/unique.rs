@@ -123,7 +123,7 @@ async fn of_two_hundred_concurrent_enqueues_of_one_key_exactly_one_is_accepted()
     .await;
     assert!(after_death.is_ok(), "{after_death:?}");
     stop(worker.0, worker.1).await;
-    let gone = warren::topology::declare::inspect(
+    let gone = warren::broker::inspect(
         &broker.connect().await.create_channel().await.unwrap(),
         "t.report.unique.daily",
     )
@@ -161,7 +161,7 @@ async fn unique_for_holds_the_key_after_the_task_finished() {
     for _ in 0..50 {
         // A passive declare of a missing queue closes its channel: one channel per probe.
         let probe = conn.create_channel().await.unwrap();
-        if warren::topology::declare::inspect(&probe, "t.report.unique.hourly")
+        if warren::broker::inspect(&probe, "t.report.unique.hourly")
             .await
             .is_err()
         {

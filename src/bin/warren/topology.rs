@@ -210,7 +210,7 @@ async fn warn_of_old_work_queues(settings: &Settings, session: &Session) {
             return;
         };
         // A missing queue closes the channel (404): the usual case, nothing to say.
-        if let Ok(q) = warren::broker::inspect::inspect(&ch, &queue).await {
+        if let Ok(q) = warren::broker::inspect(&ch, &queue).await {
             tracing::warn!(
                 "`{task}` is a broadcast type, but its old work queue `{queue}` ({} messages) \
                  is still bound and collects a copy of every broadcast; once it is drained, \

@@ -19,7 +19,7 @@ pub(super) async fn settle() {
 pub(super) async fn wait_for_consumer(ch: &Channel, queue: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let q = warren::broker::inspect::inspect(ch, queue)
+        let q = warren::broker::inspect(ch, queue)
             .await
             .map_err(amqp("checking the bench queue"))?;
         if q.consumer_count() > 0 {
