@@ -6,6 +6,7 @@ mod chains;
 mod cli;
 mod contract;
 mod control;
+mod examples;
 mod faults;
 mod ops;
 mod producer;
