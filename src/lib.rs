@@ -11,27 +11,31 @@
 //!         (level n holds 2^n s)          {ns}.dead ──▶ {ns}.{task}.dead
 //! ```
 //!
-//! Module map (the library knows no command line; the `warren` binary in `src/bin/warren/`
-//! uses only what is public here):
+//! # Layers
 //!
-//! | module | owns | pure? |
+//! The modules stand on floors, and **a module imports only from floors below its own**:
+//! no circle, no arrow back up. The `warren` binary in `src/bin/warren/` uses only what is
+//! public here. `tests/it/layers.rs` reads this table and checks every `use` of the crate
+//! against it, so the table and the code cannot drift apart.
+//!
+//! | floor | modules | owns |
 //! |---|---|---|
-//! | [`config`] | [`Settings`]: defaults < topology file < environment < flags, `validate` | yes |
-//! | [`task`] | the [`Task`] trait, [`TaskError`] | yes |
-//! | [`retry`] | [`retry::TaskPolicy`] and its backoff, `decide` after a failed attempt | yes |
-//! | [`wire`] | the message format: encode ([`wire::Envelope`]), [`wire::decode`], the retry, dead and replay [`wire::copies`], [`wire::Reason`] | yes |
-//! | [`topology`] | [`topology::names`], the delay [`topology::ladder`], every [`topology::routes`] route, the declaration [`topology::plan`]; [`topology::declare`] sends it | all but `declare` |
-//! | [`broker`] | named connections, bounded retries, [`broker::Session`] (connect, declare, one bounded close), the pool | no |
-//! | [`producer`] | [`Producer`]: message preparation (pure), the confirm pipeline | partly |
-//! | [`worker`] | [`Worker`]: sessions and reconnects, consumers, one delivery's shell, the outcome decision (pure), acks, metrics | partly |
-//! | [`schedule`] | periodic tasks: slots of a cron or period ([`schedule::cadence`], pure), the firing message (pure), the leader's lease and term, the records | partly |
-//! | [`control`] | limits across workers ([`control::limits`], pure; the token queues), the control stream of cancels and pauses, a worker's view of it | partly |
-//! | [`ops`] | the management HTTP API, `status`, `dlq` and `schedules` as functions returning data | partly |
-//! | [`trace`] | W3C `traceparent` carried from producer to handler | yes |
-//! | [`error`] | [`Error`]: facts, no command-line advice; `is_transient`, `is_usage` | yes |
+//! | 1 | [`error`], [`duration`], [`retry`], [`trace`] | [`Error`] (facts, no command-line advice); durations as people write them; [`retry::TaskPolicy`] and `decide`; W3C `traceparent` |
+//! | 2 | [`broker`], [`task`], [`cadence`], [`limits`] | URLs, named connections, [`broker::Session`], [`broker::Pool`], closing, the exclusive-queue lease, passive inspect; the [`Task`] trait; a schedule's slots; rate limits as numbers |
+//! | 3 | [`topology`] | names, the delay ladder, routes, the declaration plan (pure); `declare` and `teardown` send it |
+//! | 4 | [`config`], [`wire`] | [`Settings`]: defaults < topology file < environment < flags; the message format: encode, decode, copies |
+//! | 5 | [`control`], [`schedule`] | limit tokens, the control stream of cancels and pauses; the scheduler's lease, firings, records |
+//! | 6 | [`producer`] | [`Producer`]: prepare (pure), confirm pipeline, unique keys, waiting, chains |
+//! | 7 | [`worker`], [`ops`] | [`Worker`]: sessions, consumers, one delivery, the outcome (pure), settling, acks; the management API, status, dlq, schedules, capacity |
+//! | 8 | `lib.rs` | this face: re-exports only; nothing inside the crate imports it |
 //!
-//! lapin is called only from `broker`, `topology::declare`, `producer`, `worker`, `schedule`,
-//! `control` and `ops::dlq`. Performance figures live in `docs/performance.md`, not in comments.
+//! Two rules ride on the floors: **nothing below floor 4 names [`Settings`]** (the broker and
+//! the topology take a URL, a role, a deadline, a [`topology::Layout`]), and **only
+//! [`broker`], `topology::{declare, teardown}` and floors 5 and up talk to the broker**;
+//! below that, lapin's types appear only as values (`wire` builds `BasicProperties`, `error`
+//! carries `lapin::Error`). The design, with each decision and its reason, is in
+//! `docs/design.md`; the wire format in `docs/wire-format.md`; performance figures live in
+//! `docs/performance.md`, not in comments.
 
 #![warn(
     missing_docs,

@@ -8,6 +8,7 @@ mod contract;
 mod control;
 mod examples;
 mod faults;
+mod layers;
 mod ops;
 mod producer;
 mod results;
