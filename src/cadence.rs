@@ -2,7 +2,7 @@
 //!
 //! A firing's time (its *slot*) is computed, never remembered: every scheduler replica works
 //! out the same slots from the topology file alone, so a leader that takes over needs from the
-//! broker only the last slot fired (see [`super::record`]). A period's slots are the multiples
+//! broker only the last slot fired (the schedule's record queue). A period's slots are the multiples
 //! of it since 1970-01-01T00:00:00Z (`every = "10m"` fires at :00, :10, :20…), the same on
 //! every host whatever time each one started.
 

@@ -1,7 +1,7 @@
 //! Limits across every worker, as numbers: `rate_limit = "10/s"` parsed, and how many start
 //! tokens circulate for it. Pure.
 //!
-//! A limit is a queue of tokens (see [`super::tokens`]): `concurrency_limit = N` is N tokens,
+//! A limit is a queue of tokens (the `control` module's token queues): `concurrency_limit = N` is N tokens,
 //! each held by a worker for one run; `rate_limit = R/period` is K tokens, each held for K/R
 //! after a start, so at most K starts fall in any K/R window. K is the rate over 100 ms,
 //! rounded up: at most 10 % of a second's starts at once, and one token for any rate up to

@@ -7,8 +7,9 @@
 //! lapin does not recover) and connection loss follow the same path.
 //!
 //! The plumbing every other part of Warren talks to RabbitMQ through: [`url`] (node lists,
-//! redaction), [`connect`] (named connections, bounded retries), [`Session`], [`Pool`],
-//! [`closing`], the exclusive-queue [`lease`] and the passive [`inspect`]. It knows no
+//! redaction), [`mod@connect`] (named connections, bounded retries), [`Session`], [`Pool`],
+//! [`closing`], the exclusive-queue lease (`lease`, crate-internal) and the passive
+//! [`inspect()`]. It knows no
 //! settings file and no topology: callers hand it a URL, a role and a deadline.
 
 pub mod closing;

@@ -22,7 +22,8 @@ pub struct Pool {
 /// Pooled connection: derefs to a [`Connection`].
 pub type PooledConnection = deadpool::managed::Object<Nodes>;
 
-/// Creates pool connections on any node of a URL list; see [`connect_once`].
+/// Creates pool connections on any node of a URL list, each over the nodes in a random
+/// order.
 #[derive(Debug)]
 pub struct Nodes {
     list: String,
@@ -92,7 +93,7 @@ impl Pool {
     /// A connected connection, retrying with backoff until the pool's deadline.
     ///
     /// # Errors
-    /// As [`connect`].
+    /// As [`super::connect()`].
     pub async fn get(&self) -> Result<PooledConnection> {
         self.get_within(self.deadline).await
     }
@@ -101,7 +102,7 @@ impl Pool {
     /// deadline of its own passes what is left of it.
     ///
     /// # Errors
-    /// As [`connect`].
+    /// As [`super::connect()`].
     pub async fn get_within(&self, limit: Option<Duration>) -> Result<PooledConnection> {
         // The manager bounds each node by ATTEMPT_TIMEOUT and moves on to the next; this
         // bounds the whole round by the time left (or by every node's share without one), so

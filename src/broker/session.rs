@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// The sequence every short-lived user of the broker follows (a command, the demo, the
 /// benchmark, a test) and the worker's unit of reconnection. Close it with
 /// [`Session::close`]: the broker then logs a clean close, and a dying connection cannot hold
-/// up an exit for more than [`CLOSE_TIMEOUT`].
+/// up an exit for more than [`super::CLOSE_TIMEOUT`].
 #[derive(Debug)]
 pub struct Session {
     conn: Connection,
@@ -71,7 +71,7 @@ impl Session {
         self.conn.status().connected()
     }
 
-    /// Closes the connection with the AMQP handshake, waiting at most [`CLOSE_TIMEOUT`];
+    /// Closes the connection with the AMQP handshake, waiting at most [`super::CLOSE_TIMEOUT`];
     /// `reason` is what the broker logs. Channels still open close with it.
     pub async fn close(&self, reason: &str) {
         close_connection(&self.conn, reason).await;

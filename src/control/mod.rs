@@ -1,7 +1,7 @@
 //! Control held in RabbitMQ: limits across every worker, durable cancels, pause and resume.
 //!
 //! **Cancel, pause, resume** are events appended to the control stream `{ns}.control.events`
-//! ([`events`]). Every worker follows it ([`follow`]): at each (re)connect it replays the
+//! ([`events`]). Every worker follows it (`follow`): at each (re)connect it replays the
 //! events of the last `cancel_retention` (a stream with `x-max-age`), and knows it has caught
 //! up once it reads back a marker it published itself, before it consumes a single task. So
 //! a cancel holds for workers started later and across restarts, and a pause holds for a
@@ -15,7 +15,7 @@
 //! - A paused type's consumers are cancelled on every worker (what they had prefetched goes
 //!   back to the queue unstarted); tasks wait in the broker until the resume.
 //!
-//! **Limits** ([`crate::limits`], [`tokens`]): tokens in a queue, held by workers as unacked
+//! **Limits** ([`crate::limits`], `tokens`): tokens in a queue, held by workers as unacked
 //! deliveries, which the broker returns when a worker's connection dies.
 
 pub mod events;

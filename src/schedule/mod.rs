@@ -24,7 +24,7 @@
 //! between any two. One publish to two queues leaves no such gap.
 //!
 //! **Catch-up.** A new leader compares each record with the clock: the slots that fell due
-//! while nobody led are fired per the schedule's `catch_up` ([`cadence::CatchUp`]: the most
+//! while nobody led are fired per the schedule's `catch_up` ([`crate::cadence::CatchUp`]: the most
 //! recent one by default, all of them, or none). A schedule that never fired starts with its
 //! next slot. A leader that falls behind (a slow broker, a suspended host) fires every slot
 //! it owes, up to 1000.

@@ -37,7 +37,8 @@ pub struct TaskQueues<'a> {
     pub queue_type: Option<QueueType>,
     /// Classic only: a priority work queue with this many levels (`x-max-priority`).
     pub priorities: Option<u8>,
-    /// A broadcast type: no shared work queue, each worker declares its [`OwnQueue`].
+    /// A broadcast type: no shared work queue, each worker declares its
+    /// [`super::OwnQueue`].
     pub broadcast: bool,
 }
 
