@@ -21,7 +21,7 @@ use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::Notify;
 
-use super::ledger::{Frame, Ledger};
+use super::ledger::{Frame, Ledger, Settle};
 
 /// Longest a settled delivery waits for its ack to be sent. On a quorum queue every ack frame
 /// is a Raft command the broker writes and replicates, so fewer frames are faster end to end
@@ -29,15 +29,6 @@ use super::ledger::{Frame, Ledger};
 /// classic queues showed no difference. Longer only widens the window of finished tasks that
 /// a crash runs again, which the quarter-prefetch batch bounds under load anyway.
 pub(crate) const ACK_DELAY: Duration = Duration::from_millis(25);
-
-/// A settlement of one delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settle {
-    /// The outcome is safe: ack it.
-    Ack(u64),
-    /// Give it back to the queue.
-    Requeue(u64),
-}
 
 /// Where deliveries of one channel report their settlement. Cheap to clone.
 ///

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 use super::handler::Registered;
-use super::{Shared, acks, delivery};
+use super::{Shared, acks, delivery, ledger};
 use crate::broker::Session;
 
 /// A consumer of one work queue on one session.
@@ -95,7 +95,7 @@ impl QueueConsumer {
                         let held = held.map(|d| d.delivery_tag);
                         let buffered = Self::buffered(deliveries).await;
                         for tag in held.into_iter().chain(buffered) {
-                            settler.settle(acks::Settle::Requeue(tag));
+                            settler.settle(ledger::Settle::Requeue(tag));
                         }
                     }
                     if stopping {

@@ -3,7 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use super::acks::Settle;
+/// A settlement of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// The outcome is safe: ack it.
+    Ack(u64),
+    /// Give it back to the queue.
+    Requeue(u64),
+}
 
 /// What the acking task knows about each tag at or above `next`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

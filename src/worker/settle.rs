@@ -7,8 +7,9 @@ use std::time::Duration;
 use lapin::message::Delivery;
 
 use super::Shared;
-use super::acks::{Settle, Settler};
+use super::acks::Settler;
 use super::handler::Registered;
+use super::ledger::Settle;
 use super::outcome::Action;
 use super::telemetry::Outcome;
 use crate::wire::Envelope;
