@@ -1,4 +1,4 @@
-//! Behaviours the README promises that no other test exercised: a crash loop on a quorum
+//! Behaviours the docs promise that no other test exercised: a crash loop on a quorum
 //! queue, a classic redelivery as an attempt, a topology default expiry, the second signal,
 //! the exec contract's kills, the metrics' moving values, and `worker --tasks`.
 
