@@ -56,24 +56,8 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{Ladder, Layout, Names, QueueType, TaskQueues};
-    use std::time::Duration;
-
-    fn plan(qt: QueueType, max_delay_secs: u64) -> Plan {
-        let layout = Layout {
-            names: Names::new("ns"),
-            ladder: Ladder::for_max_delay(Duration::from_secs(max_delay_secs)),
-            queue_type: qt,
-        };
-        let resize = TaskQueues {
-            name: "resize",
-            delivery_limit: 10,
-            queue_type: None,
-            priorities: None,
-            broadcast: false,
-        };
-        Plan::build(&layout, [resize])
-    }
+    use crate::topology::QueueType;
+    use crate::topology::plan::tests::plan;
 
     #[test]
     fn definitions_keep_integer_arguments_as_numbers() {

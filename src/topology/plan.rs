@@ -222,13 +222,13 @@ fn at_least_once_dead_lettering(qt: QueueType) -> Vec<(&'static str, ArgValue)> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::topology::decl::ArgValue;
     use std::time::Duration;
 
     /// Namespace `ns` with task types `resize` (delivery limit 10) and `send_email` (4).
-    fn plan(qt: QueueType, max_delay_secs: u64) -> Plan {
+    pub(in crate::topology) fn plan(qt: QueueType, max_delay_secs: u64) -> Plan {
         let layout = Layout {
             names: Names::new("ns"),
             ladder: Ladder::for_max_delay(Duration::from_secs(max_delay_secs)),
