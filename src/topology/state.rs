@@ -65,15 +65,11 @@ impl Plan {
     /// counts as a delivery (RabbitMQ 4.0 drops a message after 20), and the control stream
     /// holds the same events for the retention if its node is lost.
     pub fn pause_record(names: &Names, task: &str) -> (QueueDecl, BindingDecl) {
+        let mut args = queue_type_args(QueueType::Classic);
+        args.push(("x-max-length", ArgValue::Int(1)));
         let queue = QueueDecl {
             name: names.pause_record(task),
-            args: vec![
-                (
-                    "x-queue-type",
-                    ArgValue::Str(QueueType::Classic.as_str().into()),
-                ),
-                ("x-max-length", ArgValue::Int(1)),
-            ],
+            args,
         };
         let binding = BindingDecl {
             source: names.control_exchange(),

@@ -117,6 +117,67 @@ async fn cancelled_delayed_tasks_never_run_even_when_every_worker_restarts_befor
     producer.close().await;
 }
 
+/// A cancel holds for the task's first copy, not for a replay asked for after it: the worker
+/// reads the replay's `warren-replayed-at` from the envelope and compares it with the cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_task_goes_dead_and_its_replay_after_the_cancel_runs() {
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    let producer = Producer::new(&settings).unwrap();
+    let ledger = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let (token, handle) = spawn(ledger_worker(
+        &settings,
+        ledger.clone(),
+        t0,
+        Duration::ZERO,
+        2,
+    ));
+    let delayed = EnqueueOptions::default().delay(Duration::from_secs(2));
+    let id = producer.enqueue_with(&Job { n: 7 }, delayed).await.unwrap();
+    producer
+        .cancel("job", std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.count(&ch, "t.job.dead").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled task never went dead"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ledger.lock().unwrap().is_empty(), "a cancelled task ran");
+    let session =
+        warren::broker::Session::open(&settings.amqp_url, "test", settings.connect_timeout)
+            .await
+            .unwrap();
+    let report = warren::ops::dlq::replay(
+        &session,
+        &producer,
+        "job",
+        &warren::ops::dlq::Selection::All,
+        false,
+    )
+    .await
+    .unwrap();
+    session.close("done").await;
+    assert_eq!(report.replayed, vec![id]);
+    eventually(Duration::from_secs(10), "the replay runs", || {
+        (!ledger.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    stop(token, handle).await;
+    let ran: Vec<u32> = ledger.lock().unwrap().iter().map(|r| r.0).collect();
+    assert_eq!(ran, vec![7], "the replay ran once");
+    assert_eq!(
+        broker.count(&ch, "t.job.dead").await,
+        0,
+        "nothing dead again"
+    );
+    producer.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_exec_task_is_killed_within_a_second_of_its_cancel_and_goes_dead() {
     let broker = TestBroker::new();
