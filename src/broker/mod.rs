@@ -15,6 +15,7 @@
 pub mod closing;
 pub mod connect;
 mod inspect;
+pub mod io;
 pub(crate) mod lease;
 mod pool;
 mod session;
@@ -25,4 +26,4 @@ pub use connect::{ATTEMPT_TIMEOUT, connect, connection_name};
 pub use inspect::inspect;
 pub use pool::{Nodes, Pool, PooledConnection};
 pub use session::Session;
-pub use url::{UrlParts, redact, url_parts, urls};
+pub use url::{UrlParts, redact, url_parts, urls, with_heartbeat};

@@ -41,6 +41,47 @@ fn redact_one(url: &str) -> String {
     }
 }
 
+/// `list` with `heartbeat={secs}` added to each URL that does not name a heartbeat of its own
+/// (a URL's own `?heartbeat=` wins: an operator can set it per node).
+///
+/// Why Warren always asks: a client that asks for nothing inherits the broker's 60 s, and a
+/// frozen process (SIGSTOP, a paused VM, a starved container) then holds its unacked tasks
+/// for up to three timeouts before the broker gives them to another worker.
+pub fn with_heartbeat(list: &str, heartbeat: std::time::Duration) -> String {
+    let secs = heartbeat.as_secs().max(1);
+    urls(list)
+        .into_iter()
+        .map(|url| {
+            if has_query_key(url, "heartbeat") {
+                return url.to_string();
+            }
+            // The query goes before a fragment, which AMQP URLs do not use but may carry.
+            let (base, fragment) = match url.split_once('#') {
+                Some((b, f)) => (b, Some(f)),
+                None => (url, None),
+            };
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let mut out = format!("{base}{sep}heartbeat={secs}");
+            if let Some(f) = fragment {
+                out.push('#');
+                out.push_str(f);
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn has_query_key(url: &str, key: &str) -> bool {
+    let Some((_, query)) = url.split_once('?') else {
+        return false;
+    };
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some(key))
+}
+
 /// Parts of an AMQP URL that Warren needs besides connecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlParts {
@@ -109,6 +150,32 @@ mod tests {
         );
         assert_eq!(redact("amqp://host/vh"), "amqp://host/vh");
         assert!(!redact("amqp://bob:s3cret@[bad").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_heartbeat_is_added_where_a_url_names_none() {
+        let ten = std::time::Duration::from_secs(10);
+        assert_eq!(
+            with_heartbeat("amqp://h:1/%2f", ten),
+            "amqp://h:1/%2f?heartbeat=10"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/v?frame_max=8192", ten),
+            "amqp://h/v?frame_max=8192&heartbeat=10"
+        );
+        // A URL's own value wins, node by node.
+        assert_eq!(
+            with_heartbeat("amqp://a/v?heartbeat=3, amqp://b/v", ten),
+            "amqp://a/v?heartbeat=3,amqp://b/v?heartbeat=10"
+        );
+        // `heartbeat_x` is another key; sub-second rounds up to the protocol's 1 s.
+        assert_eq!(
+            with_heartbeat(
+                "amqp://h/v?heartbeat_x=1",
+                std::time::Duration::from_millis(300)
+            ),
+            "amqp://h/v?heartbeat_x=1&heartbeat=1"
+        );
     }
 
     #[test]

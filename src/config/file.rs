@@ -33,6 +33,8 @@ struct FileSettings {
     #[serde(default, deserialize_with = "opt_duration")]
     connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "opt_duration")]
+    heartbeat: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
     cancel_retention: Option<Duration>,
     #[serde(default)]
     defaults: PolicyFile,
@@ -204,6 +206,7 @@ impl FileSettings {
             schedules,
             worker,
             connect_timeout: self.connect_timeout.unwrap_or(base.connect_timeout),
+            heartbeat: self.heartbeat.unwrap_or(base.heartbeat),
             cancel_retention: self.cancel_retention.unwrap_or(base.cancel_retention),
         })
     }

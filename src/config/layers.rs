@@ -18,6 +18,8 @@ pub struct Overrides {
     pub management_url: Option<String>,
     /// `--connect-timeout` / `WARREN_CONNECT_TIMEOUT`.
     pub connect_timeout: Option<Duration>,
+    /// `--heartbeat` / `WARREN_HEARTBEAT`.
+    pub heartbeat: Option<Duration>,
 }
 
 impl Overrides {
@@ -29,6 +31,7 @@ impl Overrides {
             namespace: var("WARREN_NAMESPACE"),
             management_url: var("WARREN_MANAGEMENT_URL"),
             connect_timeout: var("WARREN_CONNECT_TIMEOUT").and_then(|v| parse_duration(&v).ok()),
+            heartbeat: var("WARREN_HEARTBEAT").and_then(|v| parse_duration(&v).ok()),
         }
     }
 }
@@ -88,6 +91,9 @@ impl Settings {
         if let Some(t) = overrides.connect_timeout {
             self.connect_timeout = t;
         }
+        if let Some(t) = overrides.heartbeat {
+            self.heartbeat = t;
+        }
     }
 }
 
@@ -116,6 +122,7 @@ mod tests {
             amqp_url: None,
             management_url: Some("http://m:1".into()),
             connect_timeout: None,
+            heartbeat: None,
         });
         assert_eq!(s.namespace, "flag");
         assert_eq!(s.amqp_url, "amqp://a/%2f");

@@ -129,6 +129,11 @@ pub struct Settings {
     /// How long producers and CLI commands retry reaching the broker before failing.
     /// Workers retry forever. Defaults to 15 s.
     pub connect_timeout: Duration,
+    /// AMQP heartbeat timeout asked of the broker for every connection (a URL's own
+    /// `?heartbeat=` wins). It bounds how long a frozen worker or node holds tasks and how
+    /// long a client takes to notice a silent broker: two to three timeouts. Defaults to
+    /// 5 s ([`crate::broker::connect::HEARTBEAT_DEFAULT`]).
+    pub heartbeat: Duration,
     /// How long a cancel holds (for tasks not started yet, delayed ones included): the
     /// control stream's `x-max-age`. Defaults to 7 days.
     pub cancel_retention: Duration,
@@ -154,12 +159,19 @@ impl Default for Settings {
             schedules: BTreeMap::new(),
             worker: WorkerSettings::default(),
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            heartbeat: crate::broker::connect::HEARTBEAT_DEFAULT,
             cancel_retention: CANCEL_RETENTION_DEFAULT,
         }
     }
 }
 
 impl Settings {
+    /// The URL (or list) to connect with: `amqp_url` with the `heartbeat` setting added to
+    /// each URL that does not name one. Contains the password, as `amqp_url` does.
+    pub fn broker_url(&self) -> String {
+        crate::broker::with_heartbeat(&self.amqp_url, self.heartbeat)
+    }
+
     /// The policy of task type `name`: its own table, else `[defaults]`.
     pub fn policy(&self, name: &str) -> &TaskPolicy {
         self.tasks.get(name).map_or(&self.defaults, |t| &t.policy)

@@ -37,6 +37,18 @@ impl Settings {
                 crate::duration::duration_text(self.cancel_retention)
             ));
         }
+        // 0 would turn heartbeats off: a frozen peer would then hold its tasks until TCP
+        // gives up, which can take many minutes. Past 5 m the bound is no bound.
+        if self.heartbeat < Duration::from_secs(1)
+            || self.heartbeat > Duration::from_secs(300)
+            || self.heartbeat.subsec_nanos() != 0
+        {
+            problems.push(format!(
+                "`heartbeat` must be a whole number of seconds from 1s to 5m (it bounds how long \
+                 a frozen worker holds its tasks; 5s is the default), got {}",
+                crate::duration::duration_text(self.heartbeat)
+            ));
+        }
         if self.max_payload_bytes == 0 {
             problems.push("`max_payload_bytes` must be at least 1".to_string());
         }

@@ -158,9 +158,10 @@ impl Producer {
     /// # Errors
     /// [`Error::Config`] when the AMQP URL is unusable.
     pub fn with_role(settings: &Settings, role: &str) -> Result<Producer> {
-        let pool = Pool::new(&settings.amqp_url, role, 2, Some(settings.connect_timeout))?;
+        let url = settings.broker_url();
+        let pool = Pool::new(&url, role, 2, Some(settings.connect_timeout))?;
         let wait_pool = Pool::new(
-            &settings.amqp_url,
+            &url,
             &format!("{role}-wait"),
             1,
             Some(settings.connect_timeout),

@@ -93,10 +93,11 @@ impl Scheduler {
             ));
         }
         let mut pause = Duration::from_millis(500);
+        let url = self.settings.broker_url();
         loop {
             let session = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                s = Session::connect(&self.settings.amqp_url, &self.name, None) => s?,
+                s = Session::connect(&url, &self.name, None) => s?,
             };
             let began = tokio::time::Instant::now();
             let outcome = self.serve(&session, &shutdown).await;

@@ -253,7 +253,7 @@ impl Worker {
             tasks,
             plan,
             shared: Arc::new(shared),
-            amqp_url: self.settings.amqp_url,
+            amqp_url: self.settings.broker_url(),
             grace: self.grace,
             cancel_retention: self.settings.cancel_retention,
             give_up_wait: std::sync::atomic::AtomicU32::new(0),

@@ -441,7 +441,7 @@ async fn the_metrics_endpoint_serves_task_series() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();
-    let status = worker.wait().unwrap();
+    let status = worker.wait_within(Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
     assert!(
         body.contains("warren_task_duration_seconds_bucket{task=\"job\""),

@@ -172,6 +172,7 @@ fn a_user_limited_to_the_namespace_can_apply_enqueue_and_work() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(crate::support::Reaped::new)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while log.lines().len() < 20 {
@@ -185,7 +186,7 @@ fn a_user_limited_to_the_namespace_can_apply_enqueue_and_work() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();
-    assert!(worker.wait().unwrap().success());
+    assert!(worker.wait_within(Duration::from_secs(60)).success());
     // and outside the namespace it may not declare anything
     let other = run(
         &url,

@@ -171,8 +171,12 @@ pub fn warren_bin() -> Command {
     cmd
 }
 
+/// Longest a command run by [`run`] may take before the test kills it and fails: no test
+/// waits on a child without a deadline (a hung command would otherwise hang CI).
+pub const RUN_DEADLINE: Duration = Duration::from_secs(180);
+
 pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::process::Stdio;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if stdin.is_some() {
@@ -180,12 +184,48 @@ pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
     } else {
         Stdio::null()
     });
+    let what = format!("{cmd:?}");
     let mut child = cmd.spawn().expect("spawn warren");
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin");
         pipe.write_all(input.as_bytes()).expect("write stdin");
     }
-    child.wait_with_output().expect("warren runs")
+    // Both pipes are read while the child runs, or a full pipe would block it.
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr")));
+    let status = wait_within(&mut child, RUN_DEADLINE, &what);
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Waits for `child` at most `within`; past that, kills it and fails the test naming `what`.
+pub fn wait_within(
+    child: &mut std::process::Child,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -301,12 +341,43 @@ impl Reaped {
         Reaped(child, None)
     }
 
+    /// Spawns `cmd` as the leader of a process group of its own, so that [`Reaped::signal`]
+    /// reaches its children too (an exec handler's processes): a frozen host freezes them all.
+    pub fn group(mut cmd: Command) -> Reaped {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        Reaped::new(cmd.spawn().expect("spawn"))
+    }
+
     /// What the child wrote to stderr so far (when it was sent to a file).
     pub fn log(&self) -> String {
         self.1
             .as_ref()
             .and_then(|f| std::fs::read_to_string(&f.0).ok())
             .unwrap_or_default()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, ...) to the child's process group (which is the
+    /// child alone unless it was started with [`Reaped::group`]).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.0.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), "--", &format!("-{pid}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("kill");
+        if !status.success() {
+            // Not a group leader: the process alone.
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &pid])
+                .status();
+        }
+    }
+
+    /// Waits for the child at most `within` (then kills it and fails the test).
+    pub fn wait_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let what = format!("child {}", self.0.id());
+        wait_within(&mut self.0, within, &what)
     }
 }
 
@@ -326,6 +397,8 @@ impl std::ops::DerefMut for Reaped {
 impl Drop for Reaped {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
+            // The whole group (a stopped child dies of SIGKILL too), then reap.
+            self.signal("KILL");
             let _ = self.0.kill();
             let _ = self.0.wait();
         }

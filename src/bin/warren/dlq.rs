@@ -70,7 +70,7 @@ pub(crate) async fn run(
             names.dead_queue(&task)
         )));
     }
-    let session = Session::open(&settings.amqp_url, "cli", settings.connect_timeout).await?;
+    let session = Session::open(&settings.broker_url(), "cli", settings.connect_timeout).await?;
     let here = Dlq {
         session: &session,
         names: &names,

@@ -58,6 +58,10 @@ pub struct Cli {
     /// How long to keep trying to reach the broker, e.g. `15s`.
     #[arg(long, global = true, help_heading = GLOBAL, env = "WARREN_CONNECT_TIMEOUT", value_parser = parse_duration)]
     pub connect_timeout: Option<Duration>,
+    /// AMQP heartbeat timeout, e.g. `10s`: how long a frozen process or a silent broker goes
+    /// unnoticed [default: 5s, or `heartbeat` in the topology file].
+    #[arg(long, global = true, help_heading = GLOBAL, env = "WARREN_HEARTBEAT", value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
     /// Log format on stderr; `RUST_LOG` sets the level.
     #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -199,6 +203,7 @@ impl Cli {
             namespace: self.namespace.clone(),
             management_url: self.management_url.clone(),
             connect_timeout: self.connect_timeout,
+            heartbeat: self.heartbeat,
         };
         Settings::load(self.topology.as_deref(), &overrides)
     }

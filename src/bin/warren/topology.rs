@@ -72,7 +72,7 @@ pub(crate) async fn run(
 }
 
 async fn delete(settings: &Settings, mode: Teardown, out: &mut dyn Write) -> Result<ExitCode> {
-    let session = Session::open(&settings.amqp_url, "cli", settings.connect_timeout).await?;
+    let session = Session::open(&settings.broker_url(), "cli", settings.connect_timeout).await?;
     let result = teardown(&settings.plan(), session.connection(), mode).await;
     session.close("done").await;
     let report = result?;
@@ -162,7 +162,7 @@ fn preflight(settings: &Settings, capacity_check: bool) -> Result<()> {
 
 async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
     let started = Instant::now();
-    let session = Session::open(&settings.amqp_url, "cli", settings.connect_timeout).await?;
+    let session = Session::open(&settings.broker_url(), "cli", settings.connect_timeout).await?;
     let result = session.apply(&settings.plan()).await;
     if result.is_ok() {
         warn_of_old_work_queues(settings, &session).await;

@@ -72,7 +72,7 @@ pub(super) async fn drain_child(
         DrainSide::Warren => warren_drain(settings, n, prefetch, concurrency).await?,
         DrainSide::Raw | DrainSide::RawMultiple => {
             let conn = warren::broker::connect(
-                &settings.amqp_url,
+                &settings.broker_url(),
                 "warren bench raw",
                 Some(settings.connect_timeout),
             )

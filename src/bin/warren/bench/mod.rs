@@ -276,7 +276,7 @@ pub async fn run(
     let ns = format!("{}.bench-{}", base.namespace, std::process::id());
     let settings = bench_settings(base, opts.queue_type, &ns)?;
     let session = Session::connect(
-        &settings.amqp_url,
+        &settings.broker_url(),
         "warren bench",
         Some(settings.connect_timeout),
     )

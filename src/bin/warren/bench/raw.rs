@@ -232,7 +232,7 @@ impl RawEndToEnd {
             Wire::Bare => None,
             Wire::Warren => Some(
                 warren::broker::connect(
-                    &settings.amqp_url,
+                    &settings.broker_url(),
                     "warren bench raw-publish",
                     Some(settings.connect_timeout),
                 )

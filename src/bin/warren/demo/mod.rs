@@ -224,7 +224,7 @@ pub async fn run(
 ) -> Result<Summary> {
     let settings = demo_settings(base)?;
     let names = Names::new(&settings.namespace);
-    let session = Session::open(&settings.amqp_url, "demo", settings.connect_timeout).await?;
+    let session = Session::open(&settings.broker_url(), "demo", settings.connect_timeout).await?;
     let plan = settings.plan();
     session.apply(&plan).await?;
     let result = drive::drive(&settings, opts, &session, &names, &mut progress).await;

@@ -17,6 +17,9 @@ use warren::{Producer, Settings, Task, TaskContext, Worker};
 
 use crate::support::{TempFile, TestBroker, warren_bin};
 
+mod frozen;
+mod ledger;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Job {
     n: u32,
@@ -166,7 +169,7 @@ async fn faults_three_workers_with_one_killed_repeatedly_lose_nothing() {
     while log.lines().len() < 5000 && started.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let _ = workers[0].kill();
-        let _ = workers[0].wait();
+        workers[0].wait_within(Duration::from_secs(10));
         kills += 1;
         workers[0] = spawn();
     }
@@ -183,7 +186,7 @@ async fn faults_three_workers_with_one_killed_repeatedly_lose_nothing() {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &w.id().to_string()])
             .status();
-        let status = w.wait().unwrap();
+        let status = w.wait_within(Duration::from_secs(60));
         // The last replacement of worker 0 may get the signal before it has installed its
         // handler (it was started moments ago): then SIGTERM ends it, which is no failure.
         let just_started =
@@ -612,7 +615,7 @@ async fn faults_amqps_with_a_private_ca_enqueues_and_works() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();
-    assert!(worker.wait().unwrap().success());
+    assert!(worker.wait_within(Duration::from_secs(60)).success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
