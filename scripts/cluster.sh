@@ -12,6 +12,25 @@
 # start. Quorum queues declared on the cluster replicate across all of its nodes. Node 1 also
 # listens for amqps:// on 5691 with a private CA ($WARREN_CLUSTER_DIR/tls/ca.pem) and has a
 # 4 s consumer_timeout, for the consumer-timeout scenario.
+#
+# Partitions: the nodes run with cluster_partition_handling = pause_minority (the side with
+# fewer nodes pauses: it closes client connections and refuses new ones until it sees the
+# majority again) and net_ticktime = 10 s (a silent peer is declared down in 7.5-12.5 s; the
+# default 60 s would make every partition test take minutes). Node i makes its outgoing
+# distribution connections from 127.0.0.(i+1), so nftables can tell the nodes apart on
+# loopback:
+#
+#   scripts/cluster.sh cut I      drop (silently: no RST, no ICMP) every packet between node I
+#                                 and the other nodes; clients and rabbitmqctl still reach it
+#   scripts/cluster.sh heal       remove every rule `cut` made (the nft table warren_cut)
+#   scripts/cluster.sh pid I      the pid of node I's Erlang VM (to SIGSTOP or kill -9 it)
+#   scripts/cluster.sh start I..  start nodes again (after a kill -9) and wait until they serve
+#   scripts/cluster.sh only I     refuse (RST) new AMQP connections to every node but I, so
+#                                 that clients given every URL all land on node I; `heal`
+#                                 lifts it
+#   scripts/cluster.sh syns       how many AMQP connection attempts (TCP SYNs to the nodes'
+#                                 AMQP ports) were made since the first call: reconnect storms
+#                                 show here
 set -euo pipefail
 
 DIR=${WARREN_CLUSTER_DIR:-/tmp/warren-cluster}
@@ -62,6 +81,7 @@ start_node() {
 listeners.tcp.default = $((5680 + i))
 management.tcp.port = $((15680 + i))
 loopback_users = none
+cluster_partition_handling = pause_minority
 CONF
   if [ "$i" = 1 ]; then
     # amqps:// on 5691, with the private CA of make_tls
@@ -75,8 +95,18 @@ ssl_options.fail_if_no_peer_cert = false
 # a consumer timeout short enough to test (checked every second, see advanced.config)
 consumer_timeout = 4000
 CONF
-    echo '[{rabbit, [{channel_tick_interval, 1000}]}].' > "$d/advanced.config"
   fi
+  # dead_letter_worker_publisher_confirm_timeout: how long a quorum queue's at-least-once
+  # dead-letter worker waits for the target queue's confirm before sending again. Its default
+  # (180 s) strands delayed tasks that long when the ladder's next queue lost its leader
+  # (measured: every delayed task in flight at a kill -9 waited past 90 s); 5 s is what
+  # docs/deploying.md advises operators to set.
+  local rabbit='[{dead_letter_worker_publisher_confirm_timeout, 5000}]'
+  [ "$i" = 1 ] && rabbit='[{dead_letter_worker_publisher_confirm_timeout, 5000}, {channel_tick_interval, 1000}]'
+  cat > "$d/advanced.config" <<ERL
+[{kernel, [{net_ticktime, 10}, {inet_dist_connect_options, [{ip, {127,0,0,$((i + 1))}}]}]},
+ {rabbit, $rabbit}].
+ERL
   echo '[rabbitmq_management].' > "$d/enabled_plugins"
   cat > "$d/env.sh" <<ENV
 export HOME=/var/lib/rabbitmq
@@ -128,7 +158,10 @@ up() {
 }
 
 down() {
+  heal >/dev/null 2>&1
   [ -d "$DIR" ] || { say "nothing to stop"; return 0; }
+  # A frozen node (SIGSTOP) cannot act on SIGTERM.
+  for d in "$DIR"/c*; do [ -f "$d/pid" ] && kill -CONT "$(cat "$d/pid")" 2>/dev/null || true; done
   for d in "$DIR"/c*; do
     [ -f "$d/pid" ] || continue
     local pid; pid=$(cat "$d/pid")
@@ -142,6 +175,66 @@ down() {
   say "down"
 }
 
+# nftables, from Debian's packages when missing (the image has neither nft nor iptables).
+need_nft() {
+  command -v nft >/dev/null 2>&1 && return 0
+  say "installing nftables (for partitions)"
+  if ! { apt-get install -y -qq nftables >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nftables >/dev/null 2>&1; }; }; then
+    say "cannot install nftables: apt-get install nftables failed"
+    exit 1
+  fi
+}
+
+# Node I's distribution traffic, both directions: the connections it makes (from its own
+# source address) and those the others make to its distribution port (from theirs).
+cut() {
+  local i=$1 n; n=$(cat "$DIR/size" 2>/dev/null || echo 0)
+  [ "$i" -ge 1 ] && [ "$i" -le "$n" ] || { say "no node $i in a cluster of $n"; exit 2; }
+  need_nft
+  local me="127.0.0.$((i + 1))" port=$((25680 + i)) others=""
+  for j in $(seq 1 "$n"); do
+    [ "$j" = "$i" ] || others="${others:+$others, }127.0.0.$((j + 1))"
+  done
+  nft add table inet warren_cut
+  for hook in input output; do
+    nft add chain inet warren_cut "$hook" "{ type filter hook $hook priority 0; policy accept; }"
+    nft add rule inet warren_cut "$hook" ip saddr "$me" tcp dport != 4369 drop
+    nft add rule inet warren_cut "$hook" ip daddr "$me" drop
+    nft add rule inet warren_cut "$hook" ip saddr "{ $others }" tcp dport "$port" drop
+    nft add rule inet warren_cut "$hook" ip daddr "{ $others }" tcp sport "$port" drop
+  done
+  say "cut: node $i ($(node "$i")) from the others"
+}
+
+only() {
+  local i=$1 n ports=""; n=$(cat "$DIR/size" 2>/dev/null || echo 0)
+  need_nft
+  for j in $(seq 1 "$n"); do
+    [ "$j" = "$i" ] || ports="${ports:+$ports, }$((5680 + j))"
+  done
+  nft add table inet warren_cut
+  nft add chain inet warren_cut only "{ type filter hook input priority 0; policy accept; }"
+  nft add rule inet warren_cut only tcp dport "{ $ports }" tcp flags syn reject with tcp reset
+  say "only: new AMQP connections go to node $i alone"
+}
+
+syns() {
+  need_nft
+  if ! nft list table inet warren_syns >/dev/null 2>&1; then
+    nft add table inet warren_syns
+    nft add chain inet warren_syns out "{ type filter hook output priority 0; policy accept; }"
+    nft add rule inet warren_syns out tcp dport 5681-5683 tcp flags syn counter
+  fi
+  nft list table inet warren_syns | sed -n 's/.*counter packets \([0-9]*\).*/\1/p'
+}
+
+heal() {
+  command -v nft >/dev/null 2>&1 || return 0
+  nft delete table inet warren_cut 2>/dev/null || true
+  nft delete table inet warren_syns 2>/dev/null || true
+  say "healed"
+}
+
 urls() {
   local n; n=$(cat "$DIR/size" 2>/dev/null || echo 0)
   for i in $(seq 1 "$n"); do echo "amqp://guest:guest@127.0.0.1:$((5680 + i))/%2f"; done
@@ -151,5 +244,11 @@ case "${1:-}" in
   up) up "${2:-3}" ;;
   down) down ;;
   urls) urls ;;
-  *) echo "usage: $0 up [1|3] | down | urls" >&2; exit 2 ;;
+  cut) cut "${2:?usage: $0 cut NODE}" ;;
+  heal) heal ;;
+  pid) cat "$DIR/c${2:?usage: $0 pid NODE}/pid" ;;
+  start) shift; for i in "$@"; do start_node "$i"; done; for i in "$@"; do wait_node "$i"; done; say "started: $*" ;;
+  only) only "${2:?usage: $0 only NODE}" ;;
+  syns) syns ;;
+  *) echo "usage: $0 up [1|3] | down | urls | cut NODE | heal | pid NODE | start NODE.. | only NODE | syns" >&2; exit 2 ;;
 esac

@@ -151,8 +151,7 @@ pub(super) async fn bounded<T>(
     }
 }
 
-/// Runs `attempt` with exponential backoff (200 ms doubling to 5 s, with the `backoff`
-/// crate's jitter) until it succeeds, fails for good, or `deadline` has passed (never, when
+/// Runs `attempt` with exponential backoff (500 ms doubling to 5 s, each wait ±50 %) until it succeeds, fails for good, or `deadline` has passed (never, when
 /// `None`). No wait runs past the deadline, and each attempt is told the time left, to
 /// bound itself with. The first retry is logged at `warn`, the rest at `debug`: one line says
 /// the broker is not there, not one per attempt.
@@ -162,7 +161,10 @@ where
     Fut: std::future::Future<Output = std::result::Result<T, backoff::Error<Error>>>,
 {
     let mut waits = ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(200))
+        .with_initial_interval(Duration::from_millis(500))
+        // Each wait is drawn from ±50 % of the interval, so clients that failed together
+        // retry apart (the kill -9 scenario counts their attempts per second).
+        .with_randomization_factor(0.5)
         .with_multiplier(2.0)
         .with_max_interval(Duration::from_secs(5))
         .with_max_elapsed_time(None)
