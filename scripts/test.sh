@@ -1,34 +1,63 @@
 #!/usr/bin/env bash
 # The test command: makes sure a broker runs, then runs every test (unit, integration, doc),
-# then the fault scenarios (broker node restarts, node loss, a small file handle budget) on a
-# RabbitMQ cluster of their own, which scripts/cluster.sh starts beside the shared broker and
-# removes afterwards.
+# then the fault scenarios (frozen workers and nodes, a silent partition, kill -9 of a node
+# and of the whole broker, node restarts, a small file handle budget) on a RabbitMQ cluster
+# of their own, which scripts/cluster.sh starts beside the shared broker and removes
+# afterwards. The fault scenarios write their counts to target/fault-ledger/, and
+# scripts/ledger.sh renders them into docs/reliability.md.
 #
 #   scripts/test.sh                        everything
-#   WARREN_SKIP_FAULTS=1 scripts/test.sh   everything but the fault scenarios, for a quicker
-#                                          loop; exits 3 even when all passed, so that a run
-#                                          without them can never pass as a whole one
+#   scripts/test.sh ARGS...                `cargo test ARGS...` only (a filtered run, for a
+#                                          quick loop): its last line says it was not the
+#                                          whole suite, and it exits 3 when all passed
+#   WARREN_SKIP_FAULTS=1 scripts/test.sh   everything but the fault scenarios; exits 3 even
+#                                          when all passed, so that a run without them can
+#                                          never pass as a whole one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/broker.sh
-cargo test --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
-if [ "${WARREN_SKIP_FAULTS:-}" = 1 ]; then
-  echo "test.sh: WARREN_SKIP_FAULTS=1: the fault scenarios (tests/it/faults.rs) were NOT run; exit 3" >&2
+# How many tests each suite of a cargo test log ran: "suite: N passed, M ignored".
+summary() {
+  awk '/^ *Running |^ *Doc-tests /{ suite=$2; if ($1=="Doc-tests") suite="doc-tests " $2 }
+       /^test result:/{ printf "test.sh: %-40s %s passed, %s ignored\n", suite, $4, $8 }' "$1" |
+    sed 's/;//g'
+}
+
+if [ "$#" -gt 0 ]; then
+  status=0
+  cargo test --locked "$@" 2>&1 | tee "$log" || status=$?
+  summary "$log"
+  [ "$status" = 0 ] || exit "$status"
+  echo "test.sh: FILTERED run (cargo test $*): NOT the whole suite; exit 3" >&2
   exit 3
 fi
-trap 'scripts/cluster.sh down' EXIT
+
+cargo test --locked 2>&1 | tee "$log"
+summary "$log" > "$log.summary"
+
+if [ "${WARREN_SKIP_FAULTS:-}" = 1 ]; then
+  cat "$log.summary"; rm -f "$log.summary"
+  echo "test.sh: WARREN_SKIP_FAULTS=1: the fault scenarios (tests/it/faults/) were NOT run; exit 3" >&2
+  exit 3
+fi
+trap 'rm -f "$log" "$log.summary"; scripts/cluster.sh down' EXIT
 scripts/cluster.sh down >/dev/null 2>&1 || true
 # The fault nodes get a small open-file limit, as a node started by hand often has: the
 # file handle scenario needs one, and the others declare a few dozen queues.
 WARREN_CLUSTER_NOFILE=1024 scripts/cluster.sh up 3
-log=$(mktemp)
+rm -rf target/fault-ledger
 cargo test --locked --test it -- --ignored --test-threads=1 faults:: 2>&1 | tee "$log"
 # A filter that matches nothing passes with "0 passed": make sure every scenario ran.
 ran=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | tail -1)
-rm -f "$log"
-expected=$(grep -c '^async fn faults_' tests/it/faults.rs)
+expected=$(cat tests/it/faults/*.rs | grep -c '^async fn faults_')
 if [ "${ran:-0}" -ne "$expected" ]; then
-  echo "test.sh: tests/it/faults.rs has $expected fault scenarios, ${ran:-0} ran" >&2
+  echo "test.sh: tests/it/faults/ has $expected fault scenarios, ${ran:-0} ran" >&2
   exit 1
 fi
+scripts/ledger.sh
+cat "$log.summary"
+echo "test.sh: fault scenarios                              $ran passed"
+echo "test.sh: the whole suite passed"

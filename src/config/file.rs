@@ -75,6 +75,8 @@ struct TaskFile {
     delivery_limit: Option<u32>,
     max_interruptions: Option<u32>,
     exec: Option<Vec<String>>,
+    #[serde(default)]
+    exec_broker_url: bool,
     queue_type: Option<QueueType>,
     priorities: Option<u8>,
     #[serde(default)]
@@ -161,6 +163,7 @@ impl TaskFile {
         TaskSettings {
             policy,
             exec: self.exec,
+            exec_broker_url: self.exec_broker_url,
             queue_type: self.queue_type,
             priorities: self.priorities,
             broadcast: self.broadcast,

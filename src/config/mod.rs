@@ -49,6 +49,10 @@ pub struct TaskSettings {
     pub policy: TaskPolicy,
     /// Program run by `warren worker` for this type, e.g. `["python3", "handlers/resize.py"]`.
     pub exec: Option<Vec<String>>,
+    /// The `exec` program gets the broker's URL (with its password) as `WARREN_AMQP_URL`
+    /// (`exec_broker_url = true`). Off by default: a handler that does not talk to the broker
+    /// should not hold its credentials (a crash report or a logged environment would leak them).
+    pub exec_broker_url: bool,
     /// This type's queue type when it differs from the namespace's (priorities need classic
     /// queues on RabbitMQ 3.x).
     pub queue_type: Option<QueueType>,

@@ -58,6 +58,12 @@ impl Settings {
                 problems.push(format!("[tasks.{name}]: {e}"));
             }
             check_policy(&format!("[tasks.{name}]"), &task.policy, &mut problems);
+            if task.exec_broker_url && task.exec.is_none() {
+                problems.push(format!(
+                    "[tasks.{name}] `exec_broker_url` hands the broker URL to an `exec` program; \
+                     this type has no `exec`"
+                ));
+            }
             if let Some(exec) = &task.exec
                 && exec.first().is_none_or(|p| p.trim().is_empty())
             {

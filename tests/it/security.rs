@@ -247,3 +247,61 @@ fn a_worker_refused_its_own_broadcast_queue_stops_at_start_and_says_why() {
         "{err}"
     );
 }
+
+#[test]
+fn exec_programs_get_no_broker_credentials_unless_their_type_asks() {
+    // Given two exec types that write their whole environment to a file: `plain`, and
+    // `talker`, which sets exec_broker_url = true; the worker has the URL (with its
+    // password) and a management URL with one in its own environment
+    let broker = TestBroker::new();
+    let user = User::new(&broker, ".*", ".*", ".*");
+    let url = user.url(&broker);
+    let (plain_env, talker_env) = (TempFile::path("env"), TempFile::path("env"));
+    let topo = TempFile::with(&format!(
+        "max_delay = \"1h\"\n[tasks.plain]\nexec = [\"sh\", \"-c\", \"env > {}\"]\n\
+         [tasks.talker]\nexec = [\"sh\", \"-c\", \"env > {}\"]\nexec_broker_url = true\n",
+        plain_env.as_str(),
+        talker_env.as_str()
+    ));
+    let apply = run(&url, topo.as_str(), &["topology", "apply"], "warn");
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    for task in ["plain", "talker"] {
+        let enq = run(&url, topo.as_str(), &["enqueue", task, "--payload", "{}"], "warn");
+        assert!(enq.status.success(), "{}", stderr(&enq));
+    }
+    let mut worker = warren_bin()
+        .env("WARREN_AMQP_URL", &url)
+        .env(
+            "WARREN_MANAGEMENT_URL",
+            format!("http://{}:{PASSWORD}@127.0.0.1:15672", user.name),
+        )
+        .env("WARREN_NAMESPACE", "t")
+        .env("WARREN_TOPOLOGY", topo.as_str())
+        .arg("worker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(crate::support::Reaped::new)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while plain_env.lines().is_empty() || talker_env.lines().is_empty() {
+        assert!(Instant::now() < deadline, "both programs ran within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    worker.signal("TERM");
+    assert!(worker.wait_within(Duration::from_secs(60)).success());
+    // Then the plain program saw its task's variables and no credential
+    let plain = plain_env.lines().join("\n");
+    assert!(plain.contains("WARREN_TASK=plain"), "{plain}");
+    assert!(!plain.contains(PASSWORD), "a credential reached `plain`: {plain}");
+    assert!(!plain.contains("WARREN_AMQP_URL"), "{plain}");
+    assert!(!plain.contains("WARREN_MANAGEMENT_URL"), "{plain}");
+    // and the type that asked got the AMQP URL, but still not the management one
+    let talker = talker_env.lines().join("\n");
+    assert!(
+        talker.contains(&format!("WARREN_AMQP_URL={url}")),
+        "{talker}"
+    );
+    assert!(!talker.contains("WARREN_MANAGEMENT_URL"), "{talker}");
+}

@@ -44,7 +44,14 @@ pub(crate) struct ExecHandler {
     workdir: PathBuf,
     /// Largest stdout sent as the result to a waiting caller (`max_payload_bytes`).
     result_limit: usize,
+    /// The broker URL handed to the program as `WARREN_AMQP_URL`, when its type asks for it
+    /// (`exec_broker_url = true`); otherwise the program gets no broker credentials at all.
+    broker_url: Option<String>,
 }
+
+/// Variables of the worker's own environment that carry credentials (the AMQP URL and a
+/// management URL may hold passwords): never inherited by an `exec` program.
+const CREDENTIAL_VARS: [&str; 2] = ["WARREN_AMQP_URL", "WARREN_MANAGEMENT_URL"];
 
 impl ExecHandler {
     /// The handler of task type `task` running `argv` in `workdir`.
@@ -78,7 +85,14 @@ impl ExecHandler {
             args: args.to_vec(),
             workdir: workdir.to_path_buf(),
             result_limit: warren::config::MAX_PAYLOAD_BYTES_DEFAULT,
+            broker_url: None,
         })
+    }
+
+    /// Hands the program `url` as `WARREN_AMQP_URL` (the type set `exec_broker_url`).
+    pub(crate) fn broker_url(mut self, url: Option<String>) -> ExecHandler {
+        self.broker_url = url;
+        self
     }
 
     /// The largest stdout a waiting caller is sent; a longer one fails the task for good.
@@ -159,6 +173,12 @@ impl ExecHandler {
 
     fn command(&self, ctx: &TaskContext) -> Command {
         let mut cmd = Command::new(&self.program);
+        for var in CREDENTIAL_VARS {
+            cmd.env_remove(var);
+        }
+        if let Some(url) = &self.broker_url {
+            cmd.env("WARREN_AMQP_URL", url);
+        }
         cmd.args(&self.args)
             .current_dir(&self.workdir)
             .env("WARREN_TASK", &ctx.task)

@@ -89,8 +89,10 @@ pub(crate) async fn run(settings: &Settings, args: WorkerArgs, workdir: &Path) -
                 if with_exec.is_empty() { "none".to_string() } else { with_exec.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
             ))
         })?;
-        let handler =
-            ExecHandler::new(name, &exec, workdir)?.result_limit(settings.max_payload_bytes);
+        let wants_url = settings.tasks.get(name).is_some_and(|t| t.exec_broker_url);
+        let handler = ExecHandler::new(name, &exec, workdir)?
+            .result_limit(settings.max_payload_bytes)
+            .broker_url(wants_url.then(|| settings.amqp_url.clone()));
         worker = worker.handle_json(name, handler.into_handler())?;
     }
     if let Some(n) = args.concurrency {

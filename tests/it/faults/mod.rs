@@ -220,6 +220,13 @@ async fn faults_three_workers_with_one_killed_repeatedly_lose_nothing() {
         "LEDGER kill-9: {t:?}, kills {kills}, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    ledger::write(
+        &format!("worker killed (kill -9) every 0.7 s, {kills} times, 3 workers"),
+        5000,
+        &t,
+        None,
+        "a killed worker's unacked tasks are redelivered at once",
+    );
     t.assert_nothing_lost();
     // Bound: each kill can repeat at most what that worker held (prefetch 16).
     assert!(t.duplicates <= kills * 16, "{t:?} after {kills} kills");
@@ -323,6 +330,13 @@ async fn faults_every_connection_force_closed_mid_run_loses_nothing() {
     let (r1, r2) = (w1.await.unwrap(), w2.await.unwrap());
     eprintln!(
         "LEDGER force-close: {t:?}, connections closed per round {per_round:?}, producer errors {errors}"
+    );
+    ledger::write(
+        "every connection force-closed, 3 rounds (management API)",
+        sent,
+        &t,
+        None,
+        "clients reconnect; unconfirmed tasks are published again",
     );
     r1.expect("worker 1 ran to its stop");
     r2.expect("worker 2 ran to its stop");
@@ -977,6 +991,13 @@ async fn faults_clients_given_every_node_move_on_when_their_node_stops() {
     eprintln!(
         "LEDGER node of worker and producer ({node}) stopped: {t:?}, producer errors {errors}, \
          worker moved to {worker_now}, producer to {producer_now}"
+    );
+    ledger::write(
+        "node of a worker and a producer stopped, both given every node",
+        1500 + warmups,
+        &t,
+        None,
+        "both move to another node without a restart",
     );
     worker_result.expect("the worker ran to its stop");
     t.assert_nothing_lost();
