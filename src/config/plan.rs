@@ -49,10 +49,10 @@ impl Settings {
                 continue;
             };
             if task.concurrency_limit.is_some() {
-                plan.add_tokens(layout.names.limit_running(name));
+                plan.add_tokens(&layout.names, layout.names.limit_running(name));
             }
             if task.rate_limit.is_some() {
-                plan.add_tokens(layout.names.limit_starts(name));
+                plan.add_tokens(&layout.names, layout.names.limit_starts(name));
             }
             plan.add_pause_record(&layout.names, name);
         }

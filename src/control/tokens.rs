@@ -98,6 +98,7 @@ impl Tokens {
     /// Broker errors; the caller's session reconnects.
     pub(crate) async fn subscribe(
         session: &Session,
+        names: &crate::topology::Names,
         queue: &str,
         lock: &str,
         count: u32,
@@ -127,8 +128,9 @@ impl Tokens {
         let state = crate::topology::declare::declare_queue(&channel, &decl)
             .await
             .map_err(|e| amqp("declaring the limit tokens", e))?;
+        let binding = crate::topology::Plan::state_binding(names, queue);
         if state.consumer_count() == 0 && state.message_count() != count {
-            refill(session, &channel, queue, count).await?;
+            refill(session, &channel, &binding, count).await?;
             tracing::info!(queue, tokens = count, "limit tokens counted and refilled");
         }
         channel
@@ -166,8 +168,15 @@ impl Tokens {
     }
 }
 
-/// Empties `queue` and publishes `count` tokens into it, confirmed.
-async fn refill(session: &Session, channel: &Channel, queue: &str, count: u32) -> Result<()> {
+/// Empties the queue of `binding` and publishes `count` tokens into it through the binding
+/// (made here too, for a namespace applied before it existed), confirmed.
+async fn refill(
+    session: &Session,
+    channel: &Channel,
+    binding: &crate::topology::BindingDecl,
+    count: u32,
+) -> Result<()> {
+    let queue = binding.destination.as_str();
     let amqp = |what: &str, source| Error::Amqp {
         operation: format!("{what} `{queue}`"),
         source,
@@ -177,6 +186,15 @@ async fn refill(session: &Session, channel: &Channel, queue: &str, count: u32) -
         .await
         .map_err(|e| amqp("purging the limit tokens", e))?;
     let ch = session.channel().await?;
+    ch.queue_bind(
+        queue.into(),
+        binding.source.as_str().into(),
+        binding.routing_key.as_str().into(),
+        lapin::options::QueueBindOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .map_err(|e| amqp("binding the limit tokens", e))?;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| amqp("refilling", e))?;
@@ -185,8 +203,8 @@ async fn refill(session: &Session, channel: &Channel, queue: &str, count: u32) -
     for _ in 0..count {
         let c = ch
             .basic_publish(
-                "".into(),
-                queue.into(),
+                binding.source.as_str().into(),
+                binding.routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 b"token",
                 props.clone(),

@@ -244,7 +244,16 @@ impl Producer {
         {
             // Not held across the publish: the pool is small, and the publisher needs one.
             let conn = self.inner.publisher.connection().await?;
-            unique::acquire(&conn, task, &lock.key, &out.id, &lock.queues, lock.ttls).await?;
+            unique::acquire(
+                &conn,
+                &lock.exchange,
+                task,
+                &lock.key,
+                &out.id,
+                &lock.queues,
+                lock.ttls,
+            )
+            .await?;
         }
         let id = out.id.clone();
         let published = self.publish_one(out).await;

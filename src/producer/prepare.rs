@@ -96,6 +96,7 @@ impl Preparer<'_> {
                     .max(Duration::from_millis(1))
             });
             lock = Some(Lock {
+                exchange: self.routes.names().control_exchange(),
                 key,
                 queues,
                 ttls: [expiry, window],

@@ -118,6 +118,8 @@ pub(crate) fn lock_queues(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Lock {
     pub(crate) key: String,
+    /// The exchange the markers are published through (see `Plan::state_binding`).
+    pub(crate) exchange: String,
     pub(crate) queues: Vec<QueueDecl>,
     pub(crate) ttls: [Option<Duration>; 2],
 }
@@ -131,6 +133,7 @@ pub(crate) struct Lock {
 /// released); broker errors.
 pub(crate) async fn acquire(
     conn: &lapin::Connection,
+    exchange: &str,
     task: &str,
     key: &str,
     id: &str,
@@ -142,7 +145,7 @@ pub(crate) async fn acquire(
     // The markers this task may hold: those confirmed, and one whose confirm was lost.
     let mut taken = 0;
     for (q, ttl) in queues.iter().zip(ttls) {
-        match put_marker(conn, &ch, q, id, ttl).await {
+        match put_marker(conn, &ch, q, exchange, id, ttl).await {
             Ok(true) => taken += 1,
             Ok(false) => {
                 result = Err(Error::Duplicate {
@@ -183,6 +186,7 @@ async fn put_marker(
     conn: &lapin::Connection,
     ch: &lapin::Channel,
     q: &QueueDecl,
+    exchange: &str,
     id: &str,
     ttl: Option<Duration>,
 ) -> Result<bool> {
@@ -203,6 +207,15 @@ async fn put_marker(
         )
         .await
         .map_err(|e| amqp("declaring the unique key queue", e))?;
+        ch.queue_bind(
+            q.name.as_str().into(),
+            exchange.into(),
+            q.name.as_str().into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map_err(|e| amqp("binding the unique key queue", e))?;
         let mut props = lapin::BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(id.into());
@@ -215,7 +228,7 @@ async fn put_marker(
         };
         let confirm = ch
             .basic_publish(
-                "".into(),
+                exchange.into(),
                 q.name.as_str().into(),
                 opts,
                 id.as_bytes(),

@@ -50,13 +50,28 @@ impl Plan {
 
     /// Adds a limited type's token queue (classic: tokens are taken by `basic.get` and
     /// given back, which a quorum queue would count as deliveries): its messages are
-    /// tokens, Warren's state.
-    pub fn add_tokens(&mut self, queue: String) {
+    /// tokens, Warren's state. Bound as [`Plan::state_binding`] says, for the refills.
+    pub fn add_tokens(&mut self, names: &Names, queue: String) {
         self.state.push(queue.clone());
+        self.bindings.push(Plan::state_binding(names, &queue));
         self.queues.push(QueueDecl {
             name: queue,
             args: queue_type_args(QueueType::Classic),
         });
+    }
+
+    /// The binding through which Warren writes a state queue of its own (limit tokens, a
+    /// unique key's marker): from the control exchange, under the queue's own name. Not the
+    /// default exchange: publishing there needs write permission on `amq.default`, which
+    /// reaches every queue of the vhost, so a user limited to the namespace (`^ns\.`) could
+    /// not take a unique key or refill tokens.
+    pub fn state_binding(names: &Names, queue: &str) -> BindingDecl {
+        BindingDecl {
+            source: names.control_exchange(),
+            destination: queue.to_string(),
+            kind: Destination::Queue,
+            routing_key: queue.to_string(),
+        }
     }
 
     /// The pause record queue of `task` and its binding from the control exchange: one

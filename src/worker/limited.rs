@@ -102,7 +102,10 @@ impl LimitedConsumer {
             Some(n) => {
                 let prefetch = local.min(u16::try_from(n).unwrap_or(u16::MAX));
                 let q = names.limit_running(name);
-                Some(Tokens::subscribe(&self.session, &q, &lock, n, prefetch, &self.stop).await?)
+                Some(
+                    Tokens::subscribe(&self.session, names, &q, &lock, n, prefetch, &self.stop)
+                        .await?,
+                )
             }
             None => None,
         };
@@ -112,7 +115,8 @@ impl LimitedConsumer {
                 let prefetch = local.min(u16::try_from(k).unwrap_or(u16::MAX));
                 let q = names.limit_starts(name);
                 let tokens =
-                    Tokens::subscribe(&self.session, &q, &lock, k, prefetch, &self.stop).await?;
+                    Tokens::subscribe(&self.session, names, &q, &lock, k, prefetch, &self.stop)
+                        .await?;
                 Some((tokens, hold))
             }
             None => None,

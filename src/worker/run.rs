@@ -70,7 +70,8 @@ impl Running {
             // Every worker of a fleet loses its connection at the same instant when a node
             // dies: a random pause first spreads their reconnects (and their consumers'
             // redeclares) instead of landing them on the surviving nodes in one burst.
-            let spread = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 0..1000));
+            let spread =
+                Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 0..1000));
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(None),
                 _ = tokio::time::sleep(spread) => {}

@@ -91,7 +91,10 @@ async fn faults_a_frozen_worker_gives_up_its_tasks_within_the_heartbeat_and_work
     let mut workers = [spawn(0), spawn(1)];
     let producer = Producer::new(&settings).unwrap();
     let mut ledger = Ledger::default();
-    for r in producer.enqueue_many((0..80).map(|n| Job { n: n + 1 })).await {
+    for r in producer
+        .enqueue_many((0..80).map(|n| Job { n: n + 1 }))
+        .await
+    {
         ledger.confirmed.insert(r.expect("confirmed"));
     }
     // When the first worker freezes while it holds tasks
@@ -148,7 +151,10 @@ async fn faults_a_frozen_worker_gives_up_its_tasks_within_the_heartbeat_and_work
     })
     .await;
     let before_second = runs(&logs[0]).len();
-    for r in producer.enqueue_many((0..40).map(|n| Job { n: 100 + n })).await {
+    for r in producer
+        .enqueue_many((0..40).map(|n| Job { n: 100 + n }))
+        .await
+    {
         ledger.confirmed.insert(r.expect("confirmed"));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -185,10 +191,7 @@ async fn faults_a_frozen_worker_gives_up_its_tasks_within_the_heartbeat_and_work
         stall <= Duration::from_secs(30),
         "the frozen worker's tasks ran elsewhere {stall:?} after the freeze (bound: 30 s)"
     );
-    assert!(
-        w2_took_over > 0,
-        "worker 2 ran tasks after the freeze"
-    );
+    assert!(w2_took_over > 0, "worker 2 ran tasks after the freeze");
     assert!(
         w1_after > 0,
         "the thawed worker took work again: {}",
@@ -215,7 +218,11 @@ async fn faults_handlers_that_block_the_runtime_do_not_stop_the_heartbeats() {
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     let producer = Producer::new(&settings).unwrap();
     for r in producer.enqueue_many((1..=4).map(|n| Job { n })).await {
-        ledger.lock().unwrap().confirmed.insert(r.expect("confirmed"));
+        ledger
+            .lock()
+            .unwrap()
+            .confirmed
+            .insert(r.expect("confirmed"));
     }
     let stop = CancellationToken::new();
     let recorder = ledger.clone();
@@ -257,6 +264,8 @@ async fn faults_handlers_that_block_the_runtime_do_not_stop_the_heartbeats() {
     t.assert_nothing_lost();
     assert_eq!(t2.runs, 4, "every task ran once, none again: {t2:?}");
     assert_eq!(t2.duplicates, 0, "{t2:?}");
-    let dead = broker.count(&conn.create_channel().await.unwrap(), "t.job.dead").await;
+    let dead = broker
+        .count(&conn.create_channel().await.unwrap(), "t.job.dead")
+        .await;
     assert_eq!(dead, 0, "nothing was dead-lettered");
 }

@@ -493,8 +493,12 @@ async fn under_fault(
                 for q in qs.as_array().into_iter().flatten() {
                     eprintln!(
                         "queue {} messages {} ready {} unacked {} leader {} consumers {}",
-                        q["name"], q["messages"], q["messages_ready"],
-                        q["messages_unacknowledged"], q["leader"], q["consumers"]
+                        q["name"],
+                        q["messages"],
+                        q["messages_ready"],
+                        q["messages_unacknowledged"],
+                        q["leader"],
+                        q["consumers"]
                     );
                 }
                 break;
@@ -535,15 +539,21 @@ struct Run {
 /// Tasks [`under_fault`] offers the producer.
 const UNDER_FAULT_SENT: usize = 1500;
 
-
 /// What a node fault may cost and no more: nothing lost, every task confirmed or reported,
 /// at most the batches in flight while the node was away failed (50 tasks each), and
 /// duplicates within what two workers held unacked (prefetch 20 each) over a few reconnects.
 fn assert_bounded(run: &Run) {
     let (t, errors) = (&run.t, run.errors);
-    assert!(run.workers_ran > 0, "the workers under test ran tasks: {t:?}");
+    assert!(
+        run.workers_ran > 0,
+        "the workers under test ran tasks: {t:?}"
+    );
     t.assert_nothing_lost();
-    assert_eq!(t.confirmed + errors, UNDER_FAULT_SENT, "{t:?}, errors {errors}");
+    assert_eq!(
+        t.confirmed + errors,
+        UNDER_FAULT_SENT,
+        "{t:?}, errors {errors}"
+    );
     assert!(errors <= 300, "{errors} producer errors: {t:?}");
     assert!(t.confirmed >= 1200, "{t:?}");
     assert!(t.duplicates <= 160, "{t:?}");

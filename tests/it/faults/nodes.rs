@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ClusterVhost, Run, UNDER_FAULT_SENT, assert_bounded, cluster, ledger, rabbitmqctl, under_fault};
+use super::{
+    ClusterVhost, Run, UNDER_FAULT_SENT, assert_bounded, cluster, ledger, rabbitmqctl, under_fault,
+};
 
 /// Runs `scripts/cluster.sh ARGS` (bounded: 3 minutes) and returns its stdout.
 fn cluster_sh(args: &[&str]) -> String {
@@ -65,7 +67,13 @@ fn signal(node: u32, sig: &str) {
 /// `(running nodes, partitions)` as node `node` reports them.
 fn cluster_status(node: u32) -> Option<(usize, usize)> {
     let out = std::process::Command::new("timeout")
-        .args(["20", "rabbitmqctl", "-q", "-n", &format!("warren-c{node}@localhost")])
+        .args([
+            "20",
+            "rabbitmqctl",
+            "-q",
+            "-n",
+            &format!("warren-c{node}@localhost"),
+        ])
         .args(["cluster_status", "--formatter", "json"])
         .output()
         .ok()?;
@@ -89,7 +97,11 @@ async fn whole_again(within: Duration) -> Duration {
 
 /// The list of every node's URL, for this test's vhost.
 fn every_node(v: &ClusterVhost) -> String {
-    cluster().iter().map(|u| v.url(u)).collect::<Vec<_>>().join(",")
+    cluster()
+        .iter()
+        .map(|u| v.url(u))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn report(name: &str, run: &Run, note: &str) {
@@ -143,7 +155,11 @@ async fn faults_a_frozen_node_is_left_by_its_clients_within_the_heartbeat_bound(
         "an enqueue call took {:?}",
         run.slowest_enqueue
     );
-    assert!(run.stall <= Duration::from_secs(45), "stall {:?}", run.stall);
+    assert!(
+        run.stall <= Duration::from_secs(45),
+        "stall {:?}",
+        run.stall
+    );
     eprintln!("the cluster was whole {rejoin:?} after the thaw's check");
 }
 
@@ -189,8 +205,16 @@ async fn faults_a_node_cut_off_silently_pauses_and_its_clients_move_to_the_major
         "the cut-off node paused (pause_minority) within 40 s"
     );
     assert_bounded(&run);
-    assert!(run.slowest_enqueue <= Duration::from_secs(45), "{:?}", run.slowest_enqueue);
-    assert!(run.stall <= Duration::from_secs(45), "stall {:?}", run.stall);
+    assert!(
+        run.slowest_enqueue <= Duration::from_secs(45),
+        "{:?}",
+        run.slowest_enqueue
+    );
+    assert!(
+        run.stall <= Duration::from_secs(45),
+        "stall {:?}",
+        run.stall
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +241,11 @@ async fn faults_a_node_killed_with_sigkill_loses_no_confirmed_task() {
         "sockets close at once: clients move on without waiting for a heartbeat",
     );
     assert_bounded(&run);
-    assert!(run.slowest_enqueue <= Duration::from_secs(45), "{:?}", run.slowest_enqueue);
+    assert!(
+        run.slowest_enqueue <= Duration::from_secs(45),
+        "{:?}",
+        run.slowest_enqueue
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
