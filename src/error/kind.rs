@@ -73,13 +73,30 @@ fn is_transient_lapin(err: &lapin::Error) -> bool {
         | K::InvalidConnectionState(_)
         | K::InvalidChannel(_)
         | K::MissingHeartbeatError => true,
-        K::ProtocolError(amqp) => matches!(
-            amqp.kind(),
-            lapin::protocol::AMQPErrorKind::Hard(lapin::protocol::AMQPHardError::CONNECTIONFORCED)
-                | lapin::protocol::AMQPErrorKind::Soft(
+        K::ProtocolError(amqp) => {
+            matches!(
+                amqp.kind(),
+                lapin::protocol::AMQPErrorKind::Hard(
+                    lapin::protocol::AMQPHardError::CONNECTIONFORCED
+                ) | lapin::protocol::AMQPErrorKind::Soft(
                     lapin::protocol::AMQPSoftError::RESOURCELOCKED
                 )
-        ),
+            ) || node_down(amqp)
+        }
         _ => false,
     }
+}
+
+/// `NOT_FOUND - home node '...' of durable queue '...' is down or inaccessible`: a classic
+/// queue (limit tokens, pause records) whose node is away. It exists, and comes back with
+/// its node: a worker retries rather than stops (measured: a worker stopped for good when
+/// the node holding a type's tokens was killed).
+fn node_down(amqp: &lapin::protocol::AMQPError) -> bool {
+    matches!(
+        amqp.kind(),
+        lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
+    ) && amqp
+        .get_message()
+        .as_str()
+        .contains("is down or inaccessible")
 }

@@ -168,8 +168,8 @@ impl Publisher {
     /// Publishes every message with a window of outstanding confirms; one result per item,
     /// in order, `Ok(id)` only for a confirmed one. A lost channel or connection leaves the
     /// fate of the in-flight messages unknown: they are published again (same id) on a new
-    /// channel until the retry period ends. Refusals and returns are final for their message;
-    /// a missing exchange is final for all that follow.
+    /// channel until the retry period ends, and so are refused (nacked) ones. Returns are
+    /// final for their message; a missing exchange is final for all that follow.
     pub(super) async fn publish_all(
         &self,
         items: impl Iterator<Item = Result<Outgoing>>,
@@ -316,9 +316,16 @@ impl Publisher {
                 task: m.task.clone(),
                 namespace: self.namespace.clone(),
             }),
-            Ok(Confirmation::Nack(_)) => Err(Error::Refusal {
-                task: m.task.clone(),
-            }),
+            // A nack is a broker that could not take the message right now: a quorum queue
+            // electing a new leader after a node loss (measured: every batch in flight for
+            // ~1 s after a kill -9), a full queue. It is published again with the rest of the
+            // round's unsettled messages until the retry period ends, then reported.
+            Ok(Confirmation::Nack(_)) => {
+                run.again.push_back(i);
+                return Some(Error::Refusal {
+                    task: m.task.clone(),
+                });
+            }
             Ok(Confirmation::NotRequested) => Err(Error::Internal(
                 "the publishing channel is not in confirm mode".into(),
             )),

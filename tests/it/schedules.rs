@@ -76,6 +76,11 @@ fn slot_of(id: &str) -> DateTime<Utc> {
 
 /// Fails unless `slots` (sorted) hold no duplicate and no gap: each one period after the last.
 fn assert_every_slot_once(slots: &[DateTime<Utc>]) {
+    // No slots (or one) would pass the check below without showing anything.
+    assert!(
+        slots.len() >= 2,
+        "at least two firings to compare: {slots:?}"
+    );
     for pair in slots.windows(2) {
         let step = (pair[1] - pair[0]).num_seconds();
         assert!(
@@ -169,6 +174,10 @@ async fn three_schedulers_fire_every_slot_once_while_the_leader_is_killed_twice(
         slots.len()
     );
     assert_every_slot_once(&slots);
+    assert!(
+        !takeovers.is_empty(),
+        "the leader was deposed at least once"
+    );
     for (n, t) in takeovers.iter().enumerate() {
         assert!(
             *t < Duration::from_secs(5),

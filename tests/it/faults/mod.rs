@@ -94,6 +94,9 @@ fn record(ledger: &Mutex<Ledger>, results: Vec<warren::Result<String>>) -> usize
             }
             Err(e) => {
                 assert!(e.is_transient(), "unclear error: {e}");
+                if errors == 0 {
+                    eprintln!("enqueue error (first of its batch): {e}");
+                }
                 errors += 1;
             }
         }
@@ -422,7 +425,11 @@ fn rabbitmqctl(node: u32, args: &[&str]) {
 }
 
 fn cluster_settings(url: &str) -> Settings {
-    let mut s = Settings::from_toml(TOPOLOGY).unwrap();
+    cluster_settings_in(TOPOLOGY, url)
+}
+
+fn cluster_settings_in(topology: &str, url: &str) -> Settings {
+    let mut s = Settings::from_toml(topology).unwrap();
     s.amqp_url = url.to_string();
     s.namespace = "t".into();
     s.validate().unwrap();
@@ -437,7 +444,18 @@ async fn under_fault(
     delayed_every: u32,
     fault: impl std::future::Future<Output = ()>,
 ) -> Run {
-    let settings = cluster_settings(producer_url);
+    under_fault_in(TOPOLOGY, producer_url, worker_url, delayed_every, fault).await
+}
+
+/// As [`under_fault`], with the task type declared by `topology`.
+async fn under_fault_in(
+    topology: &str,
+    producer_url: &str,
+    worker_url: &str,
+    delayed_every: u32,
+    fault: impl std::future::Future<Output = ()>,
+) -> Run {
+    let settings = cluster_settings_in(topology, producer_url);
     let vhost = warren::broker::url_parts(producer_url).unwrap().vhost;
     let conn = warren::broker::connect(producer_url, "fault test", Some(Duration::from_secs(30)))
         .await
@@ -447,7 +465,7 @@ async fn under_fault(
         .unwrap();
     let _ = conn.close(200, "".into()).await;
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
-    let wsettings = cluster_settings(worker_url);
+    let wsettings = cluster_settings_in(topology, worker_url);
     let stop = CancellationToken::new();
     let w1 =
         tokio::spawn(recording_worker(&wsettings, "cluster-w1", ledger.clone()).run(stop.clone()));

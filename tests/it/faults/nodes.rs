@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    ClusterVhost, Run, UNDER_FAULT_SENT, assert_bounded, cluster, ledger, rabbitmqctl, under_fault,
+    ClusterVhost, Run, TOPOLOGY, UNDER_FAULT_SENT, assert_bounded, cluster, ledger, rabbitmqctl,
+    under_fault, under_fault_in,
 };
 
 /// Runs `scripts/cluster.sh ARGS` (bounded: 3 minutes) and returns its stdout.
@@ -299,4 +300,41 @@ async fn faults_the_whole_broker_killed_with_sigkill_keeps_every_confirmed_task_
         per_second.iter().sum::<u64>() > 0,
         "the clients tried to reconnect at all"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh up 3: run by scripts/test.sh"]
+async fn faults_concurrency_limit_tokens_come_back_whole_after_their_node_is_killed() {
+    // Given a type limited to 4 runs at once across both workers, its token queue (classic,
+    // so on one node) and the clients on node 1
+    let _restore = Restore;
+    let v = ClusterVhost::new(15682);
+    let list = every_node(&v);
+    let topology = format!("{TOPOLOGY}concurrency_limit = 4\n");
+    cluster_sh(&["only", "1"]);
+    let run = under_fault_in(&topology, &list, &list, 0, async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster_sh(&["heal"]);
+        // When node 1, which holds the tokens, is killed with SIGKILL and started 5 s later
+        signal(1, "KILL");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        cluster_sh(&["start", "1"]);
+        whole_again(Duration::from_secs(90)).await;
+    })
+    .await;
+    report(
+        "node holding the concurrency-limit tokens killed (kill -9)",
+        &run,
+        "limited work waits for the node, then the tokens are counted and refilled",
+    );
+    assert_bounded(&run);
+    // Then, with nothing running, the token queue holds exactly the limit: none leaked,
+    // none doubled by a refill beside tokens that came back from disk
+    let mgmt = warren::ops::management::Management::new("http://127.0.0.1:15682", "guest", "guest");
+    let tokens = crate::support::eventually(Duration::from_secs(30), "the tokens at rest", || {
+        let q = mgmt.queue(&v.vhost, "t.job.limit.running").ok()??;
+        (q["messages_unacknowledged"] == 0).then(|| q["messages_ready"].as_u64())?
+    })
+    .await;
+    assert_eq!(tokens, 4, "tokens at rest after the node came back");
 }
