@@ -26,20 +26,24 @@ pub(super) async fn enqueue_in_chunks(
 ) -> Result<ExitCode> {
     let started = Instant::now();
     let progress = Progress::new(total);
-    let (mut ok, mut failed) = (0u64, 0u64);
+    let (mut ok, mut failed, mut n) = (0u64, 0u64, 0u64);
     let mut items = items.peekable();
     while items.peek().is_some() {
         let chunk: Vec<_> = items.by_ref().take(CHUNK).collect();
         for result in producer.enqueue_many_raw(chunk).await {
+            n += 1;
             match result {
                 Ok(id) => {
                     ok += 1;
                     writeln!(out, "{id}").map_err(write_err)?;
                 }
                 Err(e) => {
-                    if failed == 0 {
-                        progress.println(&format!("error: {}", hints::explained(&e)));
-                    }
+                    // Each one, numbered: stdout holds exactly the confirmed ids, stderr
+                    // exactly the tasks that are not in the broker.
+                    progress.println(&format!(
+                        "error: task {n} of {total} NOT enqueued: {}",
+                        hints::explained(&e)
+                    ));
                     failed += 1;
                 }
             }
