@@ -21,7 +21,7 @@ trap 'rm -f "$log"' EXIT
 
 # How many tests each suite of a cargo test log ran: "suite: N passed, M ignored".
 summary() {
-  awk '/^ *Running |^ *Doc-tests /{ suite=$2; if ($1=="Doc-tests") suite="doc-tests " $2 }
+  awk '/^ *Running |^ *Doc-tests /{ suite=($2=="unittests") ? "unit tests " $3 : $2; if ($1=="Doc-tests") suite="doc-tests " $2 }
        /^test result:/{ printf "test.sh: %-40s %s passed, %s ignored\n", suite, $4, $8 }' "$1" |
     sed 's/;//g'
 }
