@@ -513,3 +513,164 @@ async fn faults_a_partition_cutting_off_the_scheduler_leader_fires_each_slot_onc
         "a scheduler on the majority led {takeover:?} after the cut"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh up 3: run by scripts/test.sh"]
+async fn faults_a_unique_key_outlives_a_kill_of_its_node_and_is_freed_by_its_task() {
+    // Given a unique task enqueued through node 1 (its key's queue is classic: it lives
+    // there), no worker running
+    let _restore = Restore;
+    let v = ClusterVhost::new(15682);
+    let list = every_node(&v);
+    let settings = super::cluster_settings(&list);
+    cluster_sh(&["only", "1"]);
+    let session =
+        warren::broker::Session::connect(&list, "fault test", Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    session.apply(&settings.plan()).await.unwrap();
+    session.close("declared").await;
+    let producer = warren::Producer::with_role(&settings, "unique-producer").unwrap();
+    let once = || warren::EnqueueOptions::default().unique("k-1", None);
+    let job = super::Job { n: 1 };
+    producer
+        .enqueue_with(&job, once())
+        .await
+        .expect("the key is free");
+    let dup = producer.enqueue_with(&job, once()).await.unwrap_err();
+    assert!(matches!(dup, warren::Error::Duplicate { .. }), "{dup}");
+    // When node 1 is killed with SIGKILL
+    cluster_sh(&["heal"]);
+    signal(1, "KILL");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Then the same key is not accepted while its queue is away (a clear, transient error,
+    // never a second task)
+    let away = producer.enqueue_with(&job, once()).await.unwrap_err();
+    eprintln!("enqueue of a held key while its node is away: {away}");
+    assert!(
+        !matches!(away, warren::Error::Duplicate { .. }) && away.is_transient(),
+        "{away}"
+    );
+    // and once the node is back the key is still held (the marker is durable),
+    cluster_sh(&["start", "1"]);
+    whole_again(Duration::from_secs(90)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let back = loop {
+        match producer.enqueue_with(&job, once()).await {
+            Err(e @ warren::Error::Duplicate { .. }) => break Err(e),
+            Ok(id) => break Ok(id),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the key's queue never came back: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    assert!(back.is_err(), "the key outlived the kill: {back:?}");
+    // until its task runs, which frees it for the next one
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = ran.clone();
+    let worker = warren::Worker::new(&settings).role("unique-worker").handle(
+        move |_job: super::Job, _ctx: warren::TaskContext| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        },
+    );
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = loop {
+        match producer.enqueue_with(&job, once()).await {
+            Ok(id) => break id,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the key was never freed: {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    stop.cancel();
+    running.await.unwrap().expect("the worker ran to its stop");
+    producer.close().await;
+    eprintln!("key freed after its task ran; next task {next}");
+    assert!(ran.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh up 3: run by scripts/test.sh"]
+async fn faults_a_pause_holds_across_a_kill_of_the_node_of_its_record() {
+    // Given a paused type whose pause record (classic) lives on node 1, and 20 tasks waiting
+    let _restore = Restore;
+    let v = ClusterVhost::new(15682);
+    let list = every_node(&v);
+    let settings = super::cluster_settings(&list);
+    cluster_sh(&["only", "1"]);
+    let session =
+        warren::broker::Session::connect(&list, "fault test", Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    session.apply(&settings.plan()).await.unwrap();
+    session.close("declared").await;
+    let producer = warren::Producer::with_role(&settings, "pause-producer").unwrap();
+    producer.pause("job").await.unwrap();
+    for r in producer
+        .enqueue_many((0..20).map(|n| super::Job { n: n + 1 }))
+        .await
+    {
+        r.expect("confirmed");
+    }
+    // When node 1 is killed with SIGKILL and a worker starts on the other nodes
+    cluster_sh(&["heal"]);
+    signal(1, "KILL");
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = ran.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = warren::Worker::new(&settings).role("pause-worker").handle(
+        move |_job: super::Job, _ctx: warren::TaskContext| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        },
+    );
+    let running = tokio::spawn(worker.run(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Then it runs nothing of the paused type while the record is away (it cannot tell the
+    // pause is still on, so it waits, rather than run what an operator paused)
+    let while_away = ran.load(std::sync::atomic::Ordering::SeqCst);
+    // nor once the node is back
+    cluster_sh(&["start", "1"]);
+    whole_again(Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_back = ran.load(std::sync::atomic::Ordering::SeqCst);
+    // and a resume then lets every task run
+    producer.resume("job").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ran.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 20 ran after the resume",
+            ran.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    running.await.unwrap().expect("the worker ran to its stop");
+    producer.close().await;
+    eprintln!(
+        "paused type: {while_away} ran while the record's node was away, {after_back} once back"
+    );
+    assert_eq!(
+        while_away, 0,
+        "a paused type ran while its record's node was away"
+    );
+    assert_eq!(
+        after_back, 0,
+        "a paused type ran after its record's node came back"
+    );
+}
