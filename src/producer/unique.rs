@@ -190,32 +190,22 @@ async fn put_marker(
     id: &str,
     ttl: Option<Duration>,
 ) -> Result<bool> {
-    use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+    use lapin::options::BasicPublishOptions;
     let amqp = |what: &str, source| Error::Amqp {
         operation: format!("{what} `{}`", q.name),
         source,
     };
     for _ in 0..3 {
-        let opts = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
+        // Through the namespace's exchange, not the default one (see `Plan::state_binding`).
+        let binding = crate::topology::BindingDecl {
+            source: exchange.to_string(),
+            destination: q.name.clone(),
+            kind: crate::topology::Destination::Queue,
+            routing_key: q.name.clone(),
         };
-        ch.queue_declare(
-            q.name.as_str().into(),
-            opts,
-            crate::topology::declare::field_table(&q.args),
-        )
-        .await
-        .map_err(|e| amqp("declaring the unique key queue", e))?;
-        ch.queue_bind(
-            q.name.as_str().into(),
-            exchange.into(),
-            q.name.as_str().into(),
-            lapin::options::QueueBindOptions::default(),
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .map_err(|e| amqp("binding the unique key queue", e))?;
+        crate::topology::declare::declare_bound(ch, q, &binding)
+            .await
+            .map_err(|e| amqp("declaring the unique key queue", e))?;
         let mut props = lapin::BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(id.into());

@@ -153,6 +153,22 @@ fn every_node(v: &ClusterVhost) -> String {
         .join(",")
 }
 
+/// The fault topology declared through node 1 and a producer connected there (while `only 1`
+/// holds, which it leaves in place: the caller heals it when its setup is done), so that
+/// the state queues the producer makes (unique keys, pause records) live on node 1.
+async fn declared_on_node_1(list: &str, role: &str) -> (warren::Settings, warren::Producer) {
+    let settings = super::cluster_settings(list);
+    cluster_sh(&["only", "1"]);
+    let session =
+        warren::broker::Session::connect(list, "fault test", Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    session.apply(&settings.plan()).await.unwrap();
+    session.close("declared").await;
+    let producer = warren::Producer::with_role(&settings, role).unwrap();
+    (settings, producer)
+}
+
 fn report(name: &str, run: &Run, note: &str) {
     eprintln!(
         "LEDGER {name}: {:?}, producer errors {}, longest stall {:?}, slowest enqueue call {:?}",
@@ -522,15 +538,7 @@ async fn faults_a_unique_key_outlives_a_kill_of_its_node_and_is_freed_by_its_tas
     let _restore = Restore;
     let v = ClusterVhost::new(15682);
     let list = every_node(&v);
-    let settings = super::cluster_settings(&list);
-    cluster_sh(&["only", "1"]);
-    let session =
-        warren::broker::Session::connect(&list, "fault test", Some(Duration::from_secs(30)))
-            .await
-            .unwrap();
-    session.apply(&settings.plan()).await.unwrap();
-    session.close("declared").await;
-    let producer = warren::Producer::with_role(&settings, "unique-producer").unwrap();
+    let (settings, producer) = declared_on_node_1(&list, "unique-producer").await;
     let once = || warren::EnqueueOptions::default().unique("k-1", None);
     let job = super::Job { n: 1 };
     producer
@@ -607,15 +615,7 @@ async fn faults_a_pause_holds_across_a_kill_of_the_node_of_its_record() {
     let _restore = Restore;
     let v = ClusterVhost::new(15682);
     let list = every_node(&v);
-    let settings = super::cluster_settings(&list);
-    cluster_sh(&["only", "1"]);
-    let session =
-        warren::broker::Session::connect(&list, "fault test", Some(Duration::from_secs(30)))
-            .await
-            .unwrap();
-    session.apply(&settings.plan()).await.unwrap();
-    session.close("declared").await;
-    let producer = warren::Producer::with_role(&settings, "pause-producer").unwrap();
+    let (settings, producer) = declared_on_node_1(&list, "pause-producer").await;
     producer.pause("job").await.unwrap();
     for r in producer
         .enqueue_many((0..20).map(|n| super::Job { n: n + 1 }))
