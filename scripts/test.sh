@@ -26,16 +26,29 @@ summary() {
     sed 's/;//g'
 }
 
+# Runs cargo test with ARGS into the log; when it fails, prints every panic's message once
+# more at the end (a backtrace per failure otherwise pushes the messages out of the last
+# screen, and out of the tail a CI report keeps).
+run_tests() {
+  local status=0
+  cargo test --locked "$@" 2>&1 | tee "$log" || status=$?
+  if [ "$status" != 0 ]; then
+    echo "test.sh: the panics of that run, without their backtraces:" >&2
+    awk '/ panicked at /{ on=1 } /^stack backtrace:/{ on=0 } on' "$log" >&2
+  fi
+  return "$status"
+}
+
 if [ "$#" -gt 0 ]; then
   status=0
-  cargo test --locked "$@" 2>&1 | tee "$log" || status=$?
+  run_tests "$@" || status=$?
   summary "$log"
   [ "$status" = 0 ] || exit "$status"
   echo "test.sh: FILTERED run (cargo test $*): NOT the whole suite; exit 3" >&2
   exit 3
 fi
 
-cargo test --locked 2>&1 | tee "$log"
+run_tests
 summary "$log" > "$log.summary"
 
 if [ "${WARREN_SKIP_FAULTS:-}" = 1 ]; then
@@ -49,7 +62,7 @@ scripts/cluster.sh down >/dev/null 2>&1 || true
 # file handle scenario needs one, and the others declare a few dozen queues.
 WARREN_CLUSTER_NOFILE=1024 scripts/cluster.sh up 3
 rm -rf target/fault-ledger
-cargo test --locked --test it -- --ignored --test-threads=1 faults:: 2>&1 | tee "$log"
+run_tests --test it -- --ignored --test-threads=1 faults::
 # A filter that matches nothing passes with "0 passed": make sure every scenario ran.
 ran=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | tail -1)
 expected=$(cat tests/it/faults/*.rs | grep -c '^async fn faults_')

@@ -106,6 +106,25 @@ impl TestBroker {
             .message_count()
     }
 
+    /// Waits until `queue` holds `want` messages (10 s at most) and fails naming the last
+    /// count seen. For a quorum queue after another connection's ack, nack or channel close:
+    /// the broker confirms none of those, and the queue's leader applies them a moment after
+    /// the client has moved on, so a count read at once can still see the old state.
+    pub async fn count_settles(&self, ch: &Channel, queue: &str, want: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.count(ch, queue).await;
+            if seen == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{queue}` holds {seen} messages after 10 s, expected {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The management API's view of one queue in this vhost.
     pub fn queue_info(&self, name: &str) -> serde_json::Value {
         self.mgmt
