@@ -117,7 +117,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // same, refusing while tasks wait unless told otherwise).
     let session = Session::open(&settings.amqp_url, "example", settings.connect_timeout).await?;
     let plan = settings.plan();
-    let removed = teardown(&plan, session.connection(), Teardown::RefuseUnlessEmpty).await;
+    let removed = teardown(
+        &plan,
+        &Default::default(),
+        session.connection(),
+        Teardown::RefuseUnlessEmpty,
+    )
+    .await;
     session.close("deleted").await;
     removed?;
     Ok(())

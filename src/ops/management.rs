@@ -260,6 +260,37 @@ impl Management {
         }
     }
 
+    /// Every queue of namespace `ns` in `vhost` (names starting `{ns}.`), with `columns`
+    /// (comma-separated) of each, read page by page.
+    ///
+    /// # Errors
+    /// [`Error::Management`], also when the vhost does not exist.
+    pub fn namespace_queues(&self, vhost: &str, ns: &str, columns: &str) -> Result<Vec<Value>> {
+        let regex = format!("^{}\\.", ns.replace('.', "\\."));
+        let mut queues = Vec::new();
+        let mut page = 1;
+        loop {
+            let path = format!(
+                "queues/{}?page={page}&page_size=500&use_regex=true&name={}&columns={columns}",
+                enc(vhost),
+                enc(&regex)
+            );
+            // The API answers 404 for a vhost it does not have: say that, not the URL.
+            let body = self.get_opt(&path)?.ok_or_else(|| {
+                Error::Management(format!(
+                    "vhost `{vhost}` does not exist on the broker at {}",
+                    self.base()
+                ))
+            })?;
+            queues.extend(body["items"].as_array().cloned().unwrap_or_default());
+            if page >= body["page_count"].as_u64().unwrap_or(1) {
+                break;
+            }
+            page += 1;
+        }
+        Ok(queues)
+    }
+
     /// One queue's details, or `None` when it does not exist.
     ///
     /// # Errors

@@ -4,6 +4,7 @@
 
 pub mod capacity;
 pub mod dlq;
+pub mod leftovers;
 pub mod management;
 pub mod schedules;
 pub mod status;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::management::{Management, enc};
 use crate::topology::names::Names;
 
@@ -226,30 +226,9 @@ pub fn delayed_total(ns: &str, queues: &[Value]) -> Option<u64> {
 pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
     let vhost = crate::broker::url_parts(&settings.amqp_url)?.vhost;
     let ns = &settings.namespace;
-    let regex = format!("^{}\\.", ns.replace('.', "\\."));
     let columns = "name,messages,messages_ready,messages_unacknowledged,consumers,\
                    message_stats.publish_details.rate,message_stats.ack_details.rate";
-    let mut queues = Vec::new();
-    let mut page = 1;
-    loop {
-        let path = format!(
-            "queues/{}?page={page}&page_size=500&use_regex=true&name={}&columns={columns}",
-            enc(&vhost),
-            enc(&regex)
-        );
-        // The API answers 404 for a vhost it does not have: say that, not the URL.
-        let body = mgmt.get_opt(&path)?.ok_or_else(|| {
-            Error::Management(format!(
-                "vhost `{vhost}` does not exist on the broker at {}",
-                mgmt.base()
-            ))
-        })?;
-        queues.extend(body["items"].as_array().cloned().unwrap_or_default());
-        if page >= body["page_count"].as_u64().unwrap_or(1) {
-            break;
-        }
-        page += 1;
-    }
+    let queues = mgmt.namespace_queues(&vhost, ns, columns)?;
     let declared: Vec<String> = settings.tasks.keys().cloned().collect();
     let broadcast: Vec<String> = (settings.tasks.iter())
         .filter(|(_, t)| t.broadcast)

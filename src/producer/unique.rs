@@ -96,7 +96,7 @@ pub(crate) fn lock_queues(
         ("x-overflow", ArgValue::Str("reject-publish".into())),
     ];
     let mut queues = vec![QueueDecl {
-        name: format!("{}.{task}.unique.{key}", names.namespace()),
+        name: names.unique_lock(task, &key),
         args: args.clone(),
     }];
     if window.is_some() {
@@ -105,7 +105,7 @@ pub(crate) fn lock_queues(
         // enqueue with another window an `inequivalent arg` error.
         args.push(("x-expires", ArgValue::Int(WINDOW_QUEUE_EXPIRES_MS)));
         queues.push(QueueDecl {
-            name: format!("{}.{task}.unique-for.{key}", names.namespace()),
+            name: names.unique_window(task, &key),
             args,
         });
     }

@@ -29,8 +29,8 @@ pub use decl::{
 };
 pub use declare::{ApplyReport, apply};
 pub use ladder::Ladder;
-pub use names::{Names, validate_namespace, validate_task_name};
+pub use names::{Names, RuntimeQueue, validate_namespace, validate_task_name};
 pub use own::OwnQueue;
 pub use plan::{Layout, Plan, TaskQueues};
 pub use routes::{Route, Routes};
-pub use teardown::{Teardown, TeardownReport, teardown};
+pub use teardown::{RuntimeQueues, Teardown, TeardownReport, teardown};

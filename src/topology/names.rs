@@ -155,6 +155,44 @@ impl Names {
     pub fn own_queue(&self, task: &str, worker: &str) -> String {
         format!("{}.{}", self.ns, own_key(task, worker))
     }
+
+    /// `{ns}.{task}.unique.{key}`: the lock of one unique key of `task` (`key` as it appears
+    /// in names, see `producer::unique::key_in_name`).
+    pub fn unique_lock(&self, task: &str, key: &str) -> String {
+        format!("{}.{task}.unique.{key}", self.ns)
+    }
+
+    /// `{ns}.{task}.unique-for.{key}`: the `unique_for` window of one unique key of `task`.
+    pub fn unique_window(&self, task: &str, key: &str) -> String {
+        format!("{}.{task}.unique-for.{key}", self.ns)
+    }
+
+    /// What the queue `name`, made at run time rather than by the plan, is to task type
+    /// `task` of this namespace, if anything: a worker's own queue of a broadcast type, or a
+    /// unique key's lock or window. A name alone can mislead only across namespaces (`shop`'s
+    /// type `test` and `shop.test`'s type `unique` would share `shop.test.unique.*`), so
+    /// callers also check the queue's arguments.
+    pub fn runtime_queue(&self, task: &str, name: &str) -> Option<RuntimeQueue> {
+        let rest = name.strip_prefix(&self.ns)?.strip_prefix('.')?;
+        let rest = rest.strip_prefix(task)?;
+        if rest.len() > 1 && rest.starts_with('@') {
+            return Some(RuntimeQueue::Own);
+        }
+        let key = rest
+            .strip_prefix(".unique.")
+            .or_else(|| rest.strip_prefix(".unique-for."))?;
+        (!key.is_empty()).then_some(RuntimeQueue::UniqueKey)
+    }
+}
+
+/// A queue of a namespace that its plan does not name: made by workers and producers as they
+/// run, found by listing the vhost (see [`Names::runtime_queue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeQueue {
+    /// A worker's own queue of a broadcast type (exclusive to its connection).
+    Own,
+    /// A unique key's lock or `unique_for` window (one marker message).
+    UniqueKey,
 }
 
 /// `{task}@{worker}`: the routing key (after the ladder's bits) that reaches one worker's own
@@ -202,6 +240,34 @@ pub fn worker_id(host: &str, pid: u32, nth: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_queues_are_told_apart_from_each_other_and_from_other_names() {
+        let n = Names::new("shop");
+        let kind = |name: &str| n.runtime_queue("mail", name);
+        assert_eq!(kind("shop.mail@host:12"), Some(RuntimeQueue::Own));
+        assert_eq!(
+            kind(&n.unique_lock("mail", "k1")),
+            Some(RuntimeQueue::UniqueKey)
+        );
+        assert_eq!(
+            kind(&n.unique_window("mail", "k1")),
+            Some(RuntimeQueue::UniqueKey)
+        );
+        for other in [
+            "shop.mail",
+            "shop.mail.dead",
+            "shop.mail@",
+            "shop.mail.unique.",
+            "shop.mailer.unique.k1",
+            "shop.mailer@host:12",
+            "shopx.mail@host:12",
+            "shop.test.mail@host:12",
+            "other.mail.unique.k1",
+        ] {
+            assert_eq!(kind(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn names_follow_the_design_table() {

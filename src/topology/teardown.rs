@@ -7,12 +7,18 @@
 //! refuse that flag (RabbitMQ 3.10 answers `NOT_IMPLEMENTED` and closes the connection), so
 //! for them a task enqueued between the check and the delete is lost: stop the producers
 //! first.
+//!
+//! Queues made at run time are not in the plan: workers' own queues of broadcast types and
+//! unique keys. AMQP cannot list queues, so the caller finds them (`ops::leftovers`, through
+//! the management API) and passes them in [`RuntimeQueues`]: an own queue with its consumer
+//! is a running worker, which keeps the namespace like a busy work queue does; unique keys go
+//! with the namespace, unless some of its queues are kept (their tasks still hold them).
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::protocol::AMQPSoftError;
 use lapin::{Channel, Connection};
 
-use super::decl::{QueueDecl, QueueType};
+use super::decl::QueueType;
 use super::declare::open;
 use super::plan::Plan;
 use crate::broker::close_channel;
@@ -54,12 +60,28 @@ pub struct TeardownReport {
     pub missing: Vec<String>,
 }
 
-/// Deletes `plan`'s queues and exchanges on `conn` as `mode` allows.
+/// A namespace's queues that its plan does not name, found on the broker by listing them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeQueues {
+    /// Workers' own queues of broadcast types (`{ns}.{task}@{worker}`), with the counts the
+    /// listing showed: another connection's exclusive queue cannot be read over AMQP.
+    pub own: Vec<QueueState>,
+    /// Unique keys' locks and windows (`{ns}.{task}.unique.{key}`, `….unique-for.{key}`).
+    pub keys: Vec<String>,
+}
+
+/// Deletes `plan`'s queues and exchanges on `conn` as `mode` allows, and the queues of
+/// `runtime` (see the module's doc).
 ///
 /// # Errors
 /// [`Error::NotEmpty`] (nothing deleted) when `mode` is [`Teardown::RefuseUnlessEmpty`] and a
 /// queue holds tasks or has consumers; [`Error::Amqp`] when the broker fails.
-pub async fn teardown(plan: &Plan, conn: &Connection, mode: Teardown) -> Result<TeardownReport> {
+pub async fn teardown(
+    plan: &Plan,
+    runtime: &RuntimeQueues,
+    conn: &Connection,
+    mode: Teardown,
+) -> Result<TeardownReport> {
     let mut run = Tearing {
         conn,
         channel: open(conn).await?,
@@ -71,11 +93,24 @@ pub async fn teardown(plan: &Plan, conn: &Connection, mode: Teardown) -> Result<
             found.push((q, state));
         }
     }
+    // An own queue lives as long as its worker's connection: one still there is a worker
+    // running (its consumer counted once, whatever the listing's stats say). One gone since
+    // the listing is its worker gone: nothing to do.
+    let mut own = Vec::new();
+    for q in &runtime.own {
+        if run.exists(&q.name).await? {
+            own.push(QueueState {
+                consumers: q.consumers.max(1),
+                ..q.clone()
+            });
+        }
+    }
     // Warren's own state (control events, schedule records) is not work to lose.
     let holds_tasks = |q: &QueueState| q.messages > 0 && !plan.state.contains(&q.name);
     let busy: Vec<QueueState> = found
         .iter()
         .map(|(_, state)| state)
+        .chain(&own)
         .filter(|q| holds_tasks(q) || q.consumers > 0)
         .cloned()
         .collect();
@@ -93,9 +128,23 @@ pub async fn teardown(plan: &Plan, conn: &Connection, mode: Teardown) -> Result<
             true if mode != Teardown::Everything && state.consumers == 0 => Teardown::Everything,
             _ => mode,
         };
-        run.delete_queue(decl, state, mode).await?;
+        run.delete_queue(decl.queue_type(), state, mode).await?;
+    }
+    for state in own {
+        // Exclusive, so classic; another connection's: the broker refuses while it lives.
+        run.delete_queue(QueueType::Classic, state, mode).await?;
     }
     if run.report.kept_queues.is_empty() {
+        for name in &runtime.keys {
+            // One marker and no consumer: the key of a task that is no longer anywhere.
+            if let Some(state) = run.state(name).await? {
+                run.delete_queue(QueueType::Classic, state, Teardown::Everything)
+                    .await?;
+            }
+        }
+        run.report
+            .missing
+            .retain(|name| !runtime.keys.contains(name));
         for e in &plan.exchanges {
             run.delete_exchange(&e.name).await?;
         }
@@ -132,9 +181,26 @@ impl Tearing<'_> {
         }
     }
 
+    /// True when queue `name` exists, also when another connection holds it exclusively.
+    async fn exists(&mut self, name: &str) -> Result<bool> {
+        match inspect(&self.channel, name).await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if soft(&e, AMQPSoftError::NOTFOUND) || soft(&e, AMQPSoftError::RESOURCELOCKED) =>
+            {
+                self.channel = open(self.conn).await?;
+                Ok(soft(&e, AMQPSoftError::RESOURCELOCKED))
+            }
+            Err(source) => Err(Error::Amqp {
+                operation: format!("reading queue `{name}`"),
+                source,
+            }),
+        }
+    }
+
     async fn delete_queue(
         &mut self,
-        decl: &QueueDecl,
+        queue_type: QueueType,
         q: QueueState,
         mode: Teardown,
     ) -> Result<()> {
@@ -145,7 +211,7 @@ impl Tearing<'_> {
         }
         // `if_empty` unless everything goes: a task that arrived after the check stays.
         // Classic queues only: quorum queues refuse the flag.
-        let classic = decl.queue_type() == QueueType::Classic;
+        let classic = queue_type == QueueType::Classic;
         let opts = QueueDeleteOptions {
             if_empty: classic && mode != Teardown::Everything,
             ..Default::default()
@@ -161,7 +227,11 @@ impl Tearing<'_> {
                     .push(QueueState { messages, ..q });
                 Ok(())
             }
-            Err(e) if soft(&e, AMQPSoftError::PRECONDITIONFAILED) => {
+            // Not empty any more, or (RESOURCE_LOCKED) another connection's exclusive queue.
+            Err(e)
+                if soft(&e, AMQPSoftError::PRECONDITIONFAILED)
+                    || soft(&e, AMQPSoftError::RESOURCELOCKED) =>
+            {
                 self.report.kept_queues.push(q);
                 self.channel = open(self.conn).await?;
                 Ok(())

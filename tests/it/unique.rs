@@ -345,3 +345,79 @@ fn of_two_hundred_warren_enqueue_processes_with_one_key_exactly_one_is_accepted(
         "other failures: {other:?}"
     );
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Reload {}
+impl Task for Reload {
+    const NAME: &'static str = "reload";
+}
+
+/// Names in the test's vhost of `kind` (`queues`, `exchanges`) that belong to namespace `t`.
+fn namespace_objects(broker: &TestBroker, kind: &str) -> Vec<String> {
+    let path = format!("{kind}/{}", warren::ops::management::enc(&broker.vhost));
+    let listed = broker.mgmt.get(&path).unwrap();
+    (listed.as_array().unwrap().iter())
+        .filter_map(|o| o["name"].as_str())
+        .filter(|name| name.starts_with("t."))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_delete_takes_unique_keys_and_refuses_while_a_broadcast_worker_runs() {
+    let broker = TestBroker::new();
+    let toml = format!("{TOPOLOGY}[tasks.reload]\nbroadcast = true\n");
+    let (settings, _conn, ch) = broker.applied(&toml).await;
+    let producer = Producer::new(&settings).unwrap();
+    producer
+        .enqueue_with(&Report { fail: false }, key("k-del"))
+        .await
+        .unwrap();
+    producer.close().await;
+    assert_eq!(broker.count(&ch, "t.report.unique.k-del").await, 1);
+    let worker = Worker::new(&settings).handle(|_: Reload, _: TaskContext| async { Ok(()) });
+    let (token, handle) = spawn(worker);
+    let own = crate::support::eventually(Duration::from_secs(20), "the worker's own queue", || {
+        namespace_objects(&broker, "queues")
+            .into_iter()
+            .find(|q| q.starts_with("t.reload@"))
+    })
+    .await;
+    let file = TempFile::with(&toml);
+    let env = [("WARREN_TOPOLOGY", file.as_str())];
+    // A running broadcast worker keeps the namespace, like a busy work queue.
+    let refused = broker.cli_with(&["topology", "delete", "--if-empty"], &env, None);
+    let said = crate::support::stdout(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{said}{}", stderr(&refused));
+    assert!(said.contains(&format!("kept queue        {own}")), "{said}");
+    assert!(said.contains("kept queue        t.report "), "{said}");
+    assert!(
+        !said.contains("t.report.unique.k-del"),
+        "the key of a task still waiting stays: {said}"
+    );
+    assert_eq!(broker.count(&ch, "t.report.unique.k-del").await, 1);
+    stop(token, handle).await;
+    let deleted = broker.cli_with(&["topology", "delete", "--yes"], &env, None);
+    let said = crate::support::stdout(&deleted);
+    assert!(deleted.status.success(), "{said}{}", stderr(&deleted));
+    assert!(
+        said.contains("deleted queue     t.report.unique.k-del  (1 messages)"),
+        "{said}"
+    );
+    assert_eq!(namespace_objects(&broker, "queues"), Vec::<String>::new());
+    assert_eq!(
+        namespace_objects(&broker, "exchanges"),
+        Vec::<String>::new()
+    );
+    // Applied again, the namespace takes the same key at once.
+    let applied = broker.cli_with(&["topology", "apply"], &env, None);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let producer = Producer::new(&settings).unwrap();
+    producer
+        .enqueue_with(&Report { fail: false }, key("k-del"))
+        .await
+        .unwrap();
+    producer.close().await;
+    let cleaned = broker.cli_with(&["topology", "delete", "--yes"], &env, None);
+    assert!(cleaned.status.success(), "{}", stderr(&cleaned));
+}

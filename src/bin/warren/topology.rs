@@ -8,9 +8,10 @@ use std::time::Instant;
 use clap::Subcommand;
 use warren::broker::{Session, redact, url_parts};
 use warren::ops::capacity::{self, Verdict};
+use warren::ops::leftovers;
 use warren::ops::management::Management;
 use warren::ops::version::BrokerVersion;
-use warren::topology::{Teardown, teardown};
+use warren::topology::{RuntimeQueues, Teardown, teardown};
 use warren::{Error, Result, Settings};
 
 use crate::write_err;
@@ -72,8 +73,20 @@ pub(crate) async fn run(
 }
 
 async fn delete(settings: &Settings, mode: Teardown, out: &mut dyn Write) -> Result<ExitCode> {
+    // Workers' own queues and unique keys are not in the plan: the management API lists them.
+    // Without it they are left, and the summary says so.
+    let runtime = Management::from_settings(settings)
+        .and_then(|mgmt| leftovers::runtime_queues(settings, &mgmt));
+    let runtime = runtime.unwrap_or_else(|e| {
+        tracing::warn!(
+            "cannot list the namespace's queues through the management API ({e}): workers' \
+             own queues of broadcast types and unique keys, if any, are left; delete them in \
+             the management UI"
+        );
+        RuntimeQueues::default()
+    });
     let session = Session::open(&settings.broker_url(), "cli", settings.connect_timeout).await?;
-    let result = teardown(&settings.plan(), session.connection(), mode).await;
+    let result = teardown(&settings.plan(), &runtime, session.connection(), mode).await;
     session.close("done").await;
     let report = result?;
     for q in &report.deleted_queues {
