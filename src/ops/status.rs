@@ -82,6 +82,13 @@ fn float(v: &Value, path: &[&str]) -> Option<f64> {
         .and_then(Value::as_f64)
 }
 
+/// A queue's rate per second from `message_stats.{details}`. The API's rates are
+/// differences of sampled counters and dip below zero when a queue's counters restart (a
+/// purge, a node restart); no queue moves backwards, so those are 0 (and never `-0.0`).
+fn rate(q: &Value, details: &str) -> Option<f64> {
+    float(q, &["message_stats", details, "rate"]).map(|r| if r > 0.0 { r } else { 0.0 })
+}
+
 /// Rows from the API's queue list (`GET /api/queues/{vhost}` items) for namespace `ns`:
 /// the declared `tasks` plus any work queue found on the broker. A type is a broadcast type
 /// when it is in `broadcast` or workers' own queues of it (`{ns}.{task}@{worker}`) exist.
@@ -133,10 +140,8 @@ pub fn rows(ns: &str, declared: &[String], broadcast: &[String], queues: &[Value
                     consumers: sum(own, |q| uint(q, &["consumers"])),
                     delayed_in_namespace: delayed,
                     dead,
-                    publish_rate: sum(own, |q| {
-                        float(q, &["message_stats", "publish_details", "rate"])
-                    }),
-                    ack_rate: sum(own, |q| float(q, &["message_stats", "ack_details", "rate"])),
+                    publish_rate: sum(own, |q| rate(q, "publish_details")),
+                    ack_rate: sum(own, |q| rate(q, "ack_details")),
                     broadcast_workers: Some(own.len() as u64),
                     task,
                     ..Row::default()
@@ -149,9 +154,8 @@ pub fn rows(ns: &str, declared: &[String], broadcast: &[String], queues: &[Value
                 consumers: work.and_then(|q| uint(q, &["consumers"])),
                 delayed_in_namespace: delayed,
                 dead,
-                publish_rate: work
-                    .and_then(|q| float(q, &["message_stats", "publish_details", "rate"])),
-                ack_rate: work.and_then(|q| float(q, &["message_stats", "ack_details", "rate"])),
+                publish_rate: work.and_then(|q| rate(q, "publish_details")),
+                ack_rate: work.and_then(|q| rate(q, "ack_details")),
                 broadcast_workers: None,
                 task,
                 ..Row::default()
@@ -261,6 +265,18 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_rate_below_zero_reads_as_zero() {
+        let queues = vec![json!({"name": "ns.resize", "messages_ready": 0,
+            "message_stats": {"publish_details": {"rate": -0.04}, "ack_details": {"rate": -3.2}}})];
+        let rows = rows("ns", &["resize".to_string()], &[], &queues);
+        assert_eq!(
+            (rows[0].publish_rate, rows[0].ack_rate),
+            (Some(0.0), Some(0.0))
+        );
+        assert!(!format!("{:.1}", rows[0].ack_rate.unwrap()).starts_with('-'));
+    }
 
     #[test]
     fn rows_join_work_dead_and_ladder_queues_and_keep_unknowns_unknown() {

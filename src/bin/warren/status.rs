@@ -94,6 +94,7 @@ fn cell<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "?".to_string(), |v| v.to_string())
 }
 
+/// A rate per second (never negative: `ops::status` reads them so).
 fn rate(v: Option<f64>) -> String {
     v.map_or_else(|| "?".to_string(), |r| format!("{r:.1}/s"))
 }
@@ -148,6 +149,10 @@ pub(crate) fn table(status: &Status) -> String {
             limit(r),
         ]);
     }
+    let unknown = status.delayed.is_none()
+        || rows[1..]
+            .iter()
+            .any(|r| r.iter().any(|c| c == "?" || c.starts_with("?/")));
     let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
@@ -191,12 +196,11 @@ pub(crate) fn table(status: &Status) -> String {
         "delayed (the namespace's delay ladder): {}\n",
         cell(status.delayed)
     ));
-    if status
-        .tasks
-        .iter()
-        .any(|r| r.ready.is_none() || r.publish_rate.is_none())
-    {
-        out.push_str("? = not reported by the broker yet (statistics arrive every 5 s)\n");
+    if unknown {
+        out.push_str(
+            "? = not collected by the broker yet (a new queue's statistics arrive within 5 s): \
+             retry in 5 s\n",
+        );
     }
     out
 }
@@ -205,6 +209,47 @@ pub(crate) fn table(status: &Status) -> String {
 mod tests {
     use super::*;
     use warren::ops::status::Row;
+
+    fn status_of(tasks: Vec<Row>, delayed: Option<u64>) -> Status {
+        Status {
+            namespace: "ns".into(),
+            vhost: "/".into(),
+            broker: None,
+            queues: 3,
+            delayed,
+            tasks,
+        }
+    }
+
+    #[test]
+    fn every_unknown_figure_is_explained() {
+        let known = Row {
+            task: "mail".into(),
+            ready: Some(0),
+            running: Some(0),
+            consumers: Some(1),
+            publish_rate: Some(0.0),
+            ack_rate: Some(0.0),
+            dead: Some(0),
+            ..Row::default()
+        };
+        let t = table(&status_of(vec![known.clone()], Some(0)));
+        assert_eq!(t.matches("0.0/s").count(), 2, "{t}");
+        assert!(!t.contains('?'), "nothing unknown, no footnote: {t}");
+        // Only DEAD unknown (a dead queue's first statistics not in yet).
+        let dead_unknown = Row {
+            dead: None,
+            ..known.clone()
+        };
+        let t = table(&status_of(vec![dead_unknown], Some(0)));
+        assert!(t.contains("retry in 5 s"), "{t}");
+        // Only the ladder unknown.
+        let t = table(&status_of(vec![known], None));
+        assert!(
+            t.contains("delay ladder): ?\n") && t.contains("retry in 5 s"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn the_table_marks_unknown_figures() {
@@ -225,7 +270,7 @@ mod tests {
         let t = table(&status);
         assert!(t.contains("TASK") && t.contains("mail"), "{t}");
         assert!(t.lines().nth(2).unwrap().contains('?'), "{t}");
-        assert!(t.contains("not reported by the broker yet"));
+        assert!(t.contains("not collected by the broker yet"), "{t}");
         // The namespace-wide ladder figure is shown once, not on every row
         assert_eq!(t.matches('7').count(), 1, "{t}");
         assert!(
