@@ -14,6 +14,19 @@ pub enum WaitFailure {
         /// The wait, as written in durations (`30s`).
         after: String,
     },
+    /// The answer can no longer arrive: the connection it would come back on was lost after
+    /// the task was confirmed (direct reply-to answers only to that connection). The task is
+    /// enqueued and runs anyway; the wait ends at once rather than at its timeout.
+    #[error(
+        "the answer to `{task}` task {id} can no longer arrive: the connection it would come \
+         back on was lost; the task is enqueued and runs anyway"
+    )]
+    AnswerLost {
+        /// Task name.
+        task: String,
+        /// Task id.
+        id: String,
+    },
     /// The task went dead: its reason (`failed`, `permanent`, `expired`, …) and last error.
     #[error("`{task}` task {id} is dead ({reason}): {error}")]
     Dead {

@@ -27,7 +27,8 @@ pub(super) struct Publisher {
     pool: Pool,
     /// The confirm-mode channel in use. Holding the pooled connection object keeps it
     /// checked out while its channel is in use.
-    channel: Mutex<Option<(broker::PooledConnection, Channel)>>,
+    /// With it, the number its answers' consumer has on an answering publisher.
+    channel: Mutex<Option<(broker::PooledConnection, Channel, Option<u64>)>>,
     /// How long a lost connection is retried before the unconfirmed messages fail.
     retry_for: Duration,
     /// Outstanding confirms at most.
@@ -116,7 +117,7 @@ impl Publisher {
     /// Closes the channel and its connection with the handshake; a later publish connects
     /// again.
     pub(super) async fn close(&self) {
-        let Some((conn, ch)) = self.channel.lock().await.take() else {
+        let Some((conn, ch, _)) = self.channel.lock().await.take() else {
             return;
         };
         broker::close_channel(&ch, "producer closed").await;
@@ -124,12 +125,13 @@ impl Publisher {
     }
 
     /// The confirm channel, opening one (and a connection) when there is none or it died.
-    async fn channel(&self, deadline: tokio::time::Instant) -> Result<Channel> {
+    /// On an answering publisher, also the number of the channel's answers' consumer.
+    async fn channel(&self, deadline: tokio::time::Instant) -> Result<(Channel, Option<u64>)> {
         let mut slot = self.channel.lock().await;
-        if let Some((_, ch)) = slot.as_ref()
+        if let Some((_, ch, listening)) = slot.as_ref()
             && ch.status().connected()
         {
-            return Ok(ch.clone());
+            return Ok((ch.clone(), *listening));
         }
         *slot = None;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -144,23 +146,28 @@ impl Publisher {
                 operation: "enabling publisher confirms".into(),
                 source,
             })?;
-        if let Some(answers) = &self.answers {
-            answers
-                .clone()
-                .listen(&ch)
-                .await
-                .map_err(|source| Error::Amqp {
-                    operation: "consuming direct reply-to".into(),
-                    source,
-                })?;
-        }
-        *slot = Some((conn, ch.clone()));
-        Ok(ch)
+        let listening = match &self.answers {
+            Some(answers) => {
+                Some(
+                    answers
+                        .clone()
+                        .listen(&ch)
+                        .await
+                        .map_err(|source| Error::Amqp {
+                            operation: "consuming direct reply-to".into(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        *slot = Some((conn, ch.clone(), listening));
+        Ok((ch, listening))
     }
 
     async fn forget_channel(&self, dead: &Channel) {
         let mut slot = self.channel.lock().await;
-        if slot.as_ref().is_some_and(|(_, ch)| ch.id() == dead.id()) {
+        if slot.as_ref().is_some_and(|(_, ch, _)| ch.id() == dead.id()) {
             *slot = None;
         }
     }
@@ -240,13 +247,13 @@ impl Publisher {
         run: &mut Run<I>,
         deadline: tokio::time::Instant,
     ) -> Result<()> {
-        let ch = self.channel(deadline).await?;
+        let (ch, listening) = self.channel(deadline).await?;
         let mut inflight = FuturesUnordered::new();
         let mut failure: Option<Error> = None;
         loop {
             if inflight.len() >= self.window
                 && let Some((j, outcome)) = inflight.next().await
-                && let Some(e) = self.settle(run, j, outcome)
+                && let Some(e) = self.settle(run, j, outcome, listening)
             {
                 failure = Some(e);
                 break;
@@ -275,7 +282,7 @@ impl Publisher {
             }
         }
         while let Some((j, outcome)) = inflight.next().await {
-            if let Some(e) = self.settle(run, j, outcome) {
+            if let Some(e) = self.settle(run, j, outcome, listening) {
                 // A missing exchange explains the closed-channel errors that follow it.
                 if !matches!(failure, Some(Error::MissingExchange { .. })) {
                     failure = Some(e);
@@ -293,15 +300,23 @@ impl Publisher {
 
     /// Records the definite outcome of message `i`; returns the error instead (and queues
     /// `i` to be published again) when the outcome is unknown or the exchange is missing.
+    /// `listening`: the number of the channel's answers' consumer, told of each confirmed
+    /// task (only there can its answer come).
     fn settle<I>(
         &self,
         run: &mut Run<I>,
         i: usize,
         outcome: lapin::Result<Confirmation>,
+        listening: Option<u64>,
     ) -> Option<Error> {
         let m = run.held.get(&i)?;
         let definite = match outcome {
-            Ok(Confirmation::Ack(None)) => Ok(m.id.clone()),
+            Ok(Confirmation::Ack(None)) => {
+                if let (Some(answers), Some(channel)) = (&self.answers, listening) {
+                    answers.confirmed_on(&m.id, channel);
+                }
+                Ok(m.id.clone())
+            }
             Ok(Confirmation::Ack(Some(_))) if m.if_unroutable == IfUnroutable::Broadcast => {
                 tracing::warn!(task.kind = %m.task, task.id = %m.id,
                     "no worker receives this broadcast type right now; it ran nowhere");

@@ -16,11 +16,12 @@ impl Producer {
     /// Enqueues `task` and waits up to `timeout` for its final outcome: the value its handler
     /// returned, decoded as `R`. Retries in between do not answer; the final outcome does,
     /// once. The answer comes over direct reply-to (no queue per call): at most once, and lost
-    /// if this producer's connection drops meanwhile; the task itself runs at least once
-    /// either way.
+    /// if this producer's connection drops meanwhile, which ends the wait at once with
+    /// [`WaitFailure::AnswerLost`]; the task itself runs at least once either way.
     ///
     /// # Errors
     /// [`Error::Wait`]: [`WaitFailure::TimedOut`] (the task is enqueued and may still run),
+    /// [`WaitFailure::AnswerLost`] (the connection died after the task was enqueued),
     /// [`WaitFailure::Dead`] (its reason and error), [`WaitFailure::UndecodableResult`] (with
     /// the raw answer); [`Error::InvalidInput`] for a broadcast type or options with a
     /// `reply_to`; and the errors of [`Producer::enqueue_raw`].
@@ -136,9 +137,8 @@ impl Producer {
                     Ok(Some(Err(e))) => Err(e),
                     Ok(Some(Ok(_))) => match tokio::time::timeout_at(deadline, &mut rx).await {
                         Ok(Ok(answer)) => Ok((id, answer)),
-                        Ok(Err(_)) => Err(Error::Internal(format!(
-                            "the wait for `{task}` task {id} ended without its answer"
-                        ))),
+                        // The sender goes unsent only when the answer can no longer come.
+                        Ok(Err(_)) => Err(Error::Wait(WaitFailure::AnswerLost { task, id })),
                         Err(_) => {
                             answers.forget(&id);
                             // It may have come between the deadline and the forget.

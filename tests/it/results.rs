@@ -416,8 +416,24 @@ async fn bad_waits_are_usage_errors_and_publish_nothing() {
     assert_eq!(broker.count(&ch, "t.thumb").await, 0, "nothing published");
 }
 
+/// Closes, from the broker's side, the connection whose name starts with `prefix` (listed by
+/// the management API once its statistics arrived); when it was closed.
+async fn close_connection_named(broker: &TestBroker, prefix: &str) -> Instant {
+    let mgmt = broker.mgmt.clone();
+    crate::support::eventually(Duration::from_secs(15), prefix, || {
+        let name = mgmt.connections().ok()?.into_iter().find_map(|c| {
+            let name = c["client_properties"]["connection_name"].as_str()?;
+            (name.starts_with(prefix) && c["vhost"] == broker.vhost.as_str())
+                .then(|| name.to_string())
+        })?;
+        mgmt.close_connections_named(&name).ok().filter(|n| *n > 0)
+    })
+    .await;
+    Instant::now()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wait_whose_connection_is_lost_times_out_and_the_next_call_works() {
+async fn a_wait_whose_connection_is_lost_ends_at_once_and_the_next_call_works() {
     let broker = TestBroker::new();
     let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
     // w = 999 runs until `release` is set: the answer comes after the connection is gone.
@@ -449,28 +465,25 @@ async fn a_wait_whose_connection_is_lost_times_out_and_the_next_call_works() {
         p2.call::<_, u32>(
             &thumb(999),
             EnqueueOptions::default(),
-            Duration::from_secs(20),
+            Duration::from_secs(60),
         )
         .await
     });
-    // Close the waiting connection from the broker's side (listed once its stats arrived).
-    let prefix = "warren waiter-wait ";
-    let mgmt = broker.mgmt.clone();
-    crate::support::eventually(Duration::from_secs(15), "the waiting connection", || {
-        let name = mgmt.connections().ok()?.into_iter().find_map(|c| {
-            let name = c["client_properties"]["connection_name"].as_str()?;
-            name.starts_with(prefix).then(|| name.to_string())
-        })?;
-        mgmt.close_connections_named(&name).ok().filter(|n| *n > 0)
-    })
-    .await;
-    release.store(true, std::sync::atomic::Ordering::SeqCst);
-    // Its answer went to a channel that is gone: the wait ends at its timeout, as documented.
-    let waited = lost.await.unwrap();
+    let closed = close_connection_named(&broker, "warren waiter-wait ").await;
+    // Its answer would go to a channel that is gone: the wait ends now, not in 60 s.
+    let waited = tokio::time::timeout(Duration::from_secs(15), lost)
+        .await
+        .expect("the wait ends within seconds of its connection's loss")
+        .unwrap();
     assert!(
-        matches!(waited, Err(Error::Wait(WaitFailure::TimedOut { .. }))),
+        matches!(waited, Err(Error::Wait(WaitFailure::AnswerLost { ref task, .. })) if task == "thumb"),
         "{waited:?}"
     );
+    eprintln!(
+        "the wait ended {:?} after its connection was closed",
+        closed.elapsed()
+    );
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
     // The producer opens a new waiting channel for the next call.
     let next: u32 = producer
         .call(
@@ -481,5 +494,41 @@ async fn a_wait_whose_connection_is_lost_times_out_and_the_next_call_works() {
         .await
         .unwrap();
     assert_eq!(next, 2);
+
+    // The same for `warren enqueue --wait`: exit 1 within seconds, saying what happened.
+    release.store(false, std::sync::atomic::Ordering::SeqCst);
+    let topology = TempFile::with(TOPOLOGY);
+    let (vhost_url, file) = (broker.amqp_url(), topology.as_str().to_string());
+    let cli = tokio::task::spawn_blocking(move || {
+        let mut cmd = crate::support::warren_bin();
+        cmd.env("WARREN_AMQP_URL", vhost_url)
+            .env("WARREN_NAMESPACE", "t")
+            .env("WARREN_TOPOLOGY", file)
+            .args([
+                "enqueue",
+                "thumb",
+                "--payload",
+                "{\"w\":999}",
+                "--wait",
+                "60s",
+            ]);
+        crate::support::run(cmd, None)
+    });
+    let closed = close_connection_named(&broker, "warren cli-wait ").await;
+    let out = tokio::time::timeout(Duration::from_secs(15), cli)
+        .await
+        .expect("enqueue --wait ends within seconds of its connection's loss")
+        .unwrap();
+    eprintln!(
+        "enqueue --wait ended {:?} after its connection was closed",
+        closed.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("can no longer arrive") && stderr(&out).contains("runs anyway"),
+        "{}",
+        stderr(&out)
+    );
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
     stop(worker.0, worker.1).await;
 }

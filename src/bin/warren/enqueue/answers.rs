@@ -37,15 +37,17 @@ pub(super) fn check_waitable(settings: &Settings, args: &EnqueueArgs) -> Result<
 }
 
 /// Prints what `--wait` learnt. One task: the result alone on stdout (exit 0), or why it
-/// is dead on stderr (exit 1), or that no answer came in time (exit 124). With --count, one
-/// line per task on stdout, `ID<TAB>RESULT`, `ID<TAB>dead (REASON): ERROR` or
-/// `ID<TAB>no answer`; exit 1 when any is dead, else 124 when any timed out.
+/// is dead or that its answer was lost on stderr (exit 1), or that no answer came in time
+/// (exit 124). With --count, one
+/// line per task on stdout, `ID<TAB>RESULT`, `ID<TAB>dead (REASON): ERROR`,
+/// `ID<TAB>answer lost` or `ID<TAB>no answer`; exit 1 when any is dead or its answer was lost
+/// (the connection it would come on died), else 124 when any timed out.
 pub(super) fn print_answers(
     results: Vec<Result<(String, Answer)>>,
     many: bool,
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
-    let (mut dead, mut late) = (false, false);
+    let (mut dead, mut late, mut lost) = (false, false, false);
     for result in results {
         let line = match result {
             Ok((id, Answer::Succeeded(value))) => {
@@ -88,6 +90,18 @@ pub(super) fn print_answers(
                 }
                 format!("{id}\tno answer")
             }
+            Err(Error::Wait(WaitFailure::AnswerLost { task, id })) => {
+                lost = true;
+                if !many {
+                    eprintln!(
+                        "error: the answer to `{task}` task {id} can no longer arrive: the \
+                         connection it would come back on was lost. The task is enqueued and \
+                         runs anyway; `warren dlq list {task}` shows it if it goes dead"
+                    );
+                    continue;
+                }
+                format!("{id}\tanswer lost")
+            }
             Err(e) if many => {
                 dead = true;
                 eprintln!("error: {}", hints::explained(&e));
@@ -97,7 +111,7 @@ pub(super) fn print_answers(
         };
         writeln!(out, "{line}").map_err(write_err)?;
     }
-    Ok(match (dead, late) {
+    Ok(match (dead || lost, late) {
         (true, _) => ExitCode::from(1),
         (false, true) => ExitCode::from(EXIT_TIMED_OUT),
         (false, false) => ExitCode::SUCCESS,
