@@ -110,7 +110,7 @@ impl Tokens {
             source,
         };
         let mut wait = Duration::from_millis(50);
-        while !crate::broker::lease::try_take(session.connection(), lock).await? {
+        while !crate::broker::lease::try_take(session.connection(), lock, None).await? {
             tokio::select! {
                 _ = stop.cancelled() => return Err(Error::Internal("stopping".into())),
                 _ = tokio::time::sleep(wait) => {}

@@ -130,9 +130,14 @@ impl Scheduler {
         plan.queues.extend(records.queues);
         plan.bindings.extend(records.bindings);
         session.apply(&plan).await?;
-        let lease_name = self.settings.layout().names.scheduler_lease();
+        let names = self.settings.layout().names;
+        let (lease_name, control) = (names.scheduler_lease(), names.control_exchange());
+        let conn = session.connection();
         let mut said = false;
-        while !lease::try_take(session.connection(), &lease_name).await? {
+        // A probe first: declaring a held lease costs a broker error line each time.
+        while lease::held_elsewhere(conn, &control, &lease_name).await?
+            || !lease::try_take(conn, &lease_name, Some(&control)).await?
+        {
             if !said {
                 tracing::info!(lease = %lease_name, "another scheduler leads; standing by");
                 said = true;
