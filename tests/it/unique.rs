@@ -363,17 +363,20 @@ fn namespace_objects(broker: &TestBroker, kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// Enqueues a `report` under unique key `k` with a producer of its own, closed after.
+async fn enqueue_keyed(settings: &warren::Settings, k: &str) {
+    let producer = Producer::new(settings).unwrap();
+    let enqueued = producer.enqueue_with(&Report { fail: false }, key(k)).await;
+    producer.close().await;
+    enqueued.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_delete_takes_unique_keys_and_refuses_while_a_broadcast_worker_runs() {
     let broker = TestBroker::new();
     let toml = format!("{TOPOLOGY}[tasks.reload]\nbroadcast = true\n");
     let (settings, _conn, ch) = broker.applied(&toml).await;
-    let producer = Producer::new(&settings).unwrap();
-    producer
-        .enqueue_with(&Report { fail: false }, key("k-del"))
-        .await
-        .unwrap();
-    producer.close().await;
+    enqueue_keyed(&settings, "k-del").await;
     assert_eq!(broker.count(&ch, "t.report.unique.k-del").await, 1);
     let worker = Worker::new(&settings).handle(|_: Reload, _: TaskContext| async { Ok(()) });
     let (token, handle) = spawn(worker);
@@ -412,12 +415,7 @@ async fn topology_delete_takes_unique_keys_and_refuses_while_a_broadcast_worker_
     // Applied again, the namespace takes the same key at once.
     let applied = broker.cli_with(&["topology", "apply"], &env, None);
     assert!(applied.status.success(), "{}", stderr(&applied));
-    let producer = Producer::new(&settings).unwrap();
-    producer
-        .enqueue_with(&Report { fail: false }, key("k-del"))
-        .await
-        .unwrap();
-    producer.close().await;
+    enqueue_keyed(&settings, "k-del").await;
     let cleaned = broker.cli_with(&["topology", "delete", "--yes"], &env, None);
     assert!(cleaned.status.success(), "{}", stderr(&cleaned));
 }
