@@ -94,7 +94,9 @@ pub(crate) async fn still_held(conn: &lapin::Connection, queue: &str) -> bool {
 /// True when lock `queue`, announced on `exchange` (see [`try_take`]), is held: a probe
 /// published there under the lock's name, mandatory, reaches it; one the broker returns
 /// finds no lock (or one taken without announcing: [`try_take`] then learns the truth, with
-/// one refusal). The probe expires at once in the lock queue, which no one consumes.
+/// one refusal). The probe expires at once in the lock queue, which no one consumes. An
+/// alternate exchange set on `exchange` by a policy would take every probe, and the lock
+/// would always look held: Warren's control exchange must have none.
 ///
 /// # Errors
 /// [`Error::Amqp`] for a lost connection or a refused publish (no write permission on
@@ -133,7 +135,7 @@ pub(crate) async fn held_elsewhere(
     close_channel(&ch, "lock probed").await;
     Ok(match confirm {
         Confirmation::Ack(returned) => returned.is_none(),
-        // The broker could not take the probe: ask again later, as if held.
-        Confirmation::Nack(_) | Confirmation::NotRequested => true,
+        // The broker could not take the probe: let the declare tell.
+        Confirmation::Nack(_) | Confirmation::NotRequested => false,
     })
 }

@@ -14,12 +14,13 @@ pub enum WaitFailure {
         /// The wait, as written in durations (`30s`).
         after: String,
     },
-    /// The answer can no longer arrive: the connection it would come back on was lost after
-    /// the task was confirmed (direct reply-to answers only to that connection). The task is
-    /// enqueued and runs anyway; the wait ends at once rather than at its timeout.
+    /// The answer can no longer arrive: the channel it would come back on closed after the
+    /// task was confirmed (a lost connection, a channel error, the producer closed; direct
+    /// reply-to answers only to that channel). The task is enqueued and runs anyway; the wait
+    /// ends at once rather than at its timeout.
     #[error(
-        "the answer to `{task}` task {id} can no longer arrive: the connection it would come \
-         back on was lost; the task is enqueued and runs anyway"
+        "the answer to `{task}` task {id} can no longer arrive: the channel it would come back \
+         on closed (a lost connection); the task is enqueued and runs anyway"
     )]
     AnswerLost {
         /// Task name.

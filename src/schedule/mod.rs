@@ -56,6 +56,9 @@ use leader::{Term, TermEnd};
 /// How often a standby tries to take the lease.
 pub const STANDBY_POLL: Duration = Duration::from_secs(1);
 
+/// Longest a standby waits for the broker's answer to a lease probe before declaring.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Runs the schedules of a topology when it leads, stands by otherwise.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -134,10 +137,21 @@ impl Scheduler {
         let (lease_name, control) = (names.scheduler_lease(), names.control_exchange());
         let conn = session.connection();
         let mut said = false;
-        // A probe first: declaring a held lease costs a broker error line each time.
-        while lease::held_elsewhere(conn, &control, &lease_name).await?
-            || !lease::try_take(conn, &lease_name, Some(&control)).await?
-        {
+        // A probe first: declaring a held lease costs a broker error line each time. A probe
+        // is a publish, which a broker in a memory or disk alarm holds back: one that takes
+        // too long lets the declare decide, and shutdown is heard meanwhile.
+        loop {
+            let probe = tokio::time::timeout(
+                PROBE_TIMEOUT,
+                lease::held_elsewhere(conn, &control, &lease_name),
+            );
+            let held = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(TermEnd::Shutdown),
+                probed = probe => probed.unwrap_or(Ok(false))?,
+            };
+            if !held && lease::try_take(conn, &lease_name, Some(&control)).await? {
+                break;
+            }
             if !said {
                 tracing::info!(lease = %lease_name, "another scheduler leads; standing by");
                 said = true;

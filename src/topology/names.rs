@@ -169,9 +169,12 @@ impl Names {
 
     /// What the queue `name`, made at run time rather than by the plan, is to task type
     /// `task` of this namespace, if anything: a worker's own queue of a broadcast type, or a
-    /// unique key's lock or window. A name alone can mislead only across namespaces (`shop`'s
-    /// type `test` and `shop.test`'s type `unique` would share `shop.test.unique.*`), so
-    /// callers also check the queue's arguments.
+    /// unique key's lock or window. A name alone can mislead across namespaces: `shop.test`'s
+    /// work and state queues of a type `unique` (`shop.test.unique.dead`) look like keys of
+    /// `shop`'s type `test`, so callers also check the lock's arguments; and a key of
+    /// `shop.test`'s type `unique` has those arguments too, so a key that itself starts with
+    /// `unique.` or `unique-for.` is not counted (left behind rather than taken from another
+    /// namespace).
     pub fn runtime_queue(&self, task: &str, name: &str) -> Option<RuntimeQueue> {
         let rest = name.strip_prefix(&self.ns)?.strip_prefix('.')?;
         let rest = rest.strip_prefix(task)?;
@@ -181,7 +184,13 @@ impl Names {
         let key = rest
             .strip_prefix(".unique.")
             .or_else(|| rest.strip_prefix(".unique-for."))?;
-        (!key.is_empty()).then_some(RuntimeQueue::UniqueKey)
+        // `{ns}.{task}.unique.unique.K` is also namespace `{ns}.{task}`'s type `unique` with
+        // key `K`, and the lock's arguments are the same: such a name is nobody's for sure,
+        // so it is left alone.
+        let ambiguous = ["unique.", "unique-for."]
+            .iter()
+            .any(|p| key.starts_with(p));
+        (!key.is_empty() && !ambiguous).then_some(RuntimeQueue::UniqueKey)
     }
 }
 
@@ -264,6 +273,10 @@ mod tests {
             "shopx.mail@host:12",
             "shop.test.mail@host:12",
             "other.mail.unique.k1",
+            // Namespace `shop.mail`'s type `unique`, key `k1`, as much as `shop`'s.
+            "shop.mail.unique.unique.k1",
+            "shop.mail.unique.unique-for.k1",
+            "shop.mail.unique-for.unique.k1",
         ] {
             assert_eq!(kind(other), None, "{other}");
         }

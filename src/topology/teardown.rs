@@ -10,9 +10,10 @@
 //!
 //! Queues made at run time are not in the plan: workers' own queues of broadcast types and
 //! unique keys. AMQP cannot list queues, so the caller finds them (`ops::leftovers`, through
-//! the management API) and passes them in [`RuntimeQueues`]: an own queue with its consumer
-//! is a running worker, which keeps the namespace like a busy work queue does; unique keys go
-//! with the namespace, unless some of its queues are kept (their tasks still hold them).
+//! the management API) and passes them in [`RuntimeQueues`]: an own queue is a running
+//! worker, which keeps the namespace like a busy work queue does, in every mode (no other
+//! connection can delete it); unique keys go with the namespace, unless some of its queues
+//! are kept (their tasks still hold them).
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::protocol::AMQPSoftError;
@@ -114,10 +115,18 @@ pub async fn teardown(
         .filter(|q| holds_tasks(q) || q.consumers > 0)
         .cloned()
         .collect();
-    if mode == Teardown::RefuseUnlessEmpty && !busy.is_empty() {
+    // A running broadcast worker's queue cannot be deleted from here (it is exclusive to the
+    // worker's connection): even `Everything` refuses up front rather than delete the rest
+    // and leave the exchanges it needs half gone.
+    let refused = match mode {
+        Teardown::RefuseUnlessEmpty => busy,
+        Teardown::Everything => own.clone(),
+        Teardown::OnlyEmpty => Vec::new(),
+    };
+    if !refused.is_empty() {
         close_channel(&run.channel, "nothing deleted").await;
         return Err(Error::NotEmpty {
-            queues: busy
+            queues: refused
                 .into_iter()
                 .map(|q| (q.name, q.messages, q.consumers))
                 .collect(),

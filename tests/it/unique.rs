@@ -399,6 +399,18 @@ async fn topology_delete_takes_unique_keys_and_refuses_while_a_broadcast_worker_
         "the key of a task still waiting stays: {said}"
     );
     assert_eq!(broker.count(&ch, "t.report.unique.k-del").await, 1);
+    // Nor does --yes: the worker's queue is its connection's alone, and deleting the rest
+    // would leave a half namespace. Nothing is deleted.
+    let refused = broker.cli_with(&["topology", "delete", "--yes"], &env, None);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains(&own), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("nothing deleted"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(broker.count(&ch, "t.report.unique.k-del").await, 1);
+    assert_eq!(broker.count(&ch, "t.report").await, 1);
     stop(token, handle).await;
     let deleted = broker.cli_with(&["topology", "delete", "--yes"], &env, None);
     let said = crate::support::stdout(&deleted);

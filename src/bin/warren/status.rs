@@ -198,8 +198,8 @@ pub(crate) fn table(status: &Status) -> String {
     ));
     if unknown {
         out.push_str(
-            "? = not collected by the broker yet (a new queue's statistics arrive within 5 s): \
-             retry in 5 s\n",
+            "? = not reported by the broker: a new queue's figures arrive within 5 s; a rate \
+             stays ? until the queue sees traffic of that kind\n",
         );
     }
     out
@@ -242,11 +242,11 @@ mod tests {
             ..known.clone()
         };
         let t = table(&status_of(vec![dead_unknown], Some(0)));
-        assert!(t.contains("retry in 5 s"), "{t}");
+        assert!(t.contains("arrive within 5 s"), "{t}");
         // Only the ladder unknown.
         let t = table(&status_of(vec![known], None));
         assert!(
-            t.contains("delay ladder): ?\n") && t.contains("retry in 5 s"),
+            t.contains("delay ladder): ?\n") && t.contains("arrive within 5 s"),
             "{t}"
         );
     }
@@ -270,7 +270,7 @@ mod tests {
         let t = table(&status);
         assert!(t.contains("TASK") && t.contains("mail"), "{t}");
         assert!(t.lines().nth(2).unwrap().contains('?'), "{t}");
-        assert!(t.contains("not collected by the broker yet"), "{t}");
+        assert!(t.contains("not reported by the broker"), "{t}");
         // The namespace-wide ladder figure is shown once, not on every row
         assert_eq!(t.matches('7').count(), 1, "{t}");
         assert!(

@@ -95,8 +95,9 @@ pub(super) fn print_answers(
                 if !many {
                     eprintln!(
                         "error: the answer to `{task}` task {id} can no longer arrive: the \
-                         connection it would come back on was lost. The task is enqueued and \
-                         runs anyway; `warren dlq list {task}` shows it if it goes dead"
+                         channel it would come back on closed (a lost connection). The task is \
+                         enqueued and runs anyway; `warren dlq list {task}` shows it if it \
+                         goes dead"
                     );
                     continue;
                 }
