@@ -637,3 +637,69 @@ async fn topology_delete_removes_the_control_stream_pause_records_and_limit_toke
     .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `t.job`'s deliveries so far (`message_stats.deliver_get`), once the management API's
+/// figures show `ready` tasks in the queue (they arrive together, every 5 s).
+async fn deliveries_once_ready_is(broker: &TestBroker, ready: u64) -> u64 {
+    eventually(Duration::from_secs(20), "the queue's statistics", || {
+        let q = broker.mgmt.queue(&broker.vhost, "t.job").ok()??;
+        (q["messages_ready"].as_u64() == Some(ready) && q["messages_unacknowledged"] == 0)
+            .then(|| q["message_stats"]["deliver_get"].as_u64().unwrap_or(0))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_backlog_and_a_backlog_at_its_limit_are_not_spun_through_the_broker() {
+    let broker = TestBroker::new();
+    let toml = format!("{TOPOLOGY}concurrency_limit = 1\n");
+    let (settings, _conn, _ch) = broker.applied(&toml).await;
+    let producer = Producer::new(&settings).unwrap();
+    producer.pause("job").await.unwrap();
+    for r in producer.enqueue_many((0..60).map(|n| Job { n })).await {
+        r.unwrap();
+    }
+    // Paused, three workers, 6 s: the broker delivers nothing (a requeue loop would
+    // deliver thousands).
+    let ledger = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let run_for = Duration::from_millis(200);
+    let workers: Vec<_> = (0..3)
+        .map(|_| spawn(ledger_worker(&settings, ledger.clone(), t0, run_for, 4)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for (token, handle) in workers {
+        stop(token, handle).await;
+    }
+    let paused = deliveries_once_ready_is(&broker, 60).await;
+    assert!(
+        ledger.lock().unwrap().is_empty(),
+        "nothing ran while paused"
+    );
+    assert_eq!(paused, 0, "deliveries of a paused backlog");
+    // At a concurrency limit of 1 for 6 s: about one run per 200 ms, and the deliveries
+    // follow the runs (each worker's prefetch at most on top, given back at its stop).
+    producer.resume("job").await.unwrap();
+    let workers: Vec<_> = (0..3)
+        .map(|_| spawn(ledger_worker(&settings, ledger.clone(), t0, run_for, 4)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for (token, handle) in workers {
+        stop(token, handle).await;
+    }
+    let runs = ledger.lock().unwrap().len() as u64;
+    let limited = deliveries_once_ready_is(&broker, 60 - runs).await;
+    producer.close().await;
+    eprintln!(
+        "paused: {paused} deliveries in 6 s; at the limit: {runs} runs, {limited} deliveries"
+    );
+    assert!(
+        (10..=31).contains(&runs),
+        "{runs} runs of 200 ms one at a time in 6 s"
+    );
+    assert!(
+        // Prefetch: 16 at most per worker (the default; 2 × concurrency otherwise).
+        limited <= runs + 3 * 16,
+        "{limited} deliveries for {runs} runs"
+    );
+}
