@@ -446,7 +446,7 @@ fn a_node_list_with_a_dead_node_still_enqueues_through_the_live_one() {
 }
 
 #[test]
-fn apply_without_a_management_api_skips_its_checks_with_a_warning() {
+fn apply_and_delete_without_a_management_api_warn_and_go_on() {
     let broker = TestBroker::new();
     let topology = TempFile::with("max_delay = \"1h\"\n[tasks.job]\n");
     let out = warren_bin()
@@ -467,4 +467,25 @@ fn apply_without_a_management_api_skips_its_checks_with_a_warning() {
         "{err}"
     );
     assert!(broker.queue_info("t.job")["name"] == "t.job");
+    // Delete without the API: the planned queues go; the run-time ones (unique keys,
+    // broadcast workers' queues) cannot be listed, and the warning says so.
+    let out = warren_bin()
+        .args([
+            "--topology",
+            topology.as_str(),
+            "--amqp-url",
+            &broker.amqp_url(),
+        ])
+        .args(["--namespace", "t", "--management-url", "http://127.0.0.1:1"])
+        .args(["topology", "delete"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot list the namespace's queues through the management API")
+            && err.contains("unique keys, if any, are left"),
+        "{err}"
+    );
+    assert!(broker.mgmt.queue(&broker.vhost, "t.job").unwrap().is_none());
 }

@@ -664,13 +664,17 @@ async fn a_paused_backlog_and_a_backlog_at_its_limit_are_not_spun_through_the_br
     let ledger = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
     let run_for = Duration::from_millis(200);
-    let workers: Vec<_> = (0..3)
-        .map(|_| spawn(ledger_worker(&settings, ledger.clone(), t0, run_for, 4)))
-        .collect();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    for (token, handle) in workers {
-        stop(token, handle).await;
-    }
+    // Three workers for 6 s, then stopped.
+    let three_for_six_seconds = || async {
+        let workers: Vec<_> = (0..3)
+            .map(|_| spawn(ledger_worker(&settings, ledger.clone(), t0, run_for, 4)))
+            .collect();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        for (token, handle) in workers {
+            stop(token, handle).await;
+        }
+    };
+    three_for_six_seconds().await;
     let paused = deliveries_once_ready_is(&broker, 60).await;
     assert!(
         ledger.lock().unwrap().is_empty(),
@@ -680,13 +684,7 @@ async fn a_paused_backlog_and_a_backlog_at_its_limit_are_not_spun_through_the_br
     // At a concurrency limit of 1 for 6 s: about one run per 200 ms, and the deliveries
     // follow the runs (each worker's prefetch at most on top, given back at its stop).
     producer.resume("job").await.unwrap();
-    let workers: Vec<_> = (0..3)
-        .map(|_| spawn(ledger_worker(&settings, ledger.clone(), t0, run_for, 4)))
-        .collect();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    for (token, handle) in workers {
-        stop(token, handle).await;
-    }
+    three_for_six_seconds().await;
     let runs = ledger.lock().unwrap().len() as u64;
     let limited = deliveries_once_ready_is(&broker, 60 - runs).await;
     producer.close().await;

@@ -436,6 +436,36 @@ fn cluster_settings_in(topology: &str, url: &str) -> Settings {
     s
 }
 
+/// Takes every firing of schedule `beat` from `t.tick` through `url`: its slots, sorted.
+pub(crate) async fn fired_slots(url: &str) -> Vec<chrono::DateTime<chrono::FixedOffset>> {
+    let conn = warren::broker::connect(url, "fault test", Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut slots = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            "t.tick".into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        let id = m
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .to_string();
+        let at = id.strip_prefix("beat@").expect("a firing's id").to_string();
+        slots.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
+    }
+    let _ = conn.close(200, "".into()).await;
+    slots.sort();
+    slots
+}
+
 /// Runs a producer (through `producer_url`) and two workers (through `worker_url`) while
 /// `fault` runs; returns what the ledger and the producer saw.
 async fn under_fault(
@@ -1116,31 +1146,7 @@ async fn faults_losing_the_node_of_the_scheduler_lease_moves_leadership_and_ever
         .find(|(i, _)| *i as u32 + 1 != index)
         .map(|(_, u)| v.url(u))
         .unwrap();
-    let conn = warren::broker::connect(&live, "fault test", Some(Duration::from_secs(30)))
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut slots = Vec::new();
-    while let Some(m) = ch
-        .basic_get(
-            "t.tick".into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-    {
-        let id = m
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .unwrap()
-            .to_string();
-        let at = id.strip_prefix("beat@").expect("a firing's id").to_string();
-        slots.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
-    }
-    let _ = conn.close(200, "".into()).await;
-    slots.sort();
+    let slots = fired_slots(&live).await;
     eprintln!(
         "LEDGER scheduler lease node loss: {} slots, leader {leader_node} -> {new_node}, takeover {takeover:?}",
         slots.len()

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    ClusterVhost, Run, TOPOLOGY, UNDER_FAULT_SENT, assert_bounded, cluster, ledger, rabbitmqctl,
-    under_fault, under_fault_in,
+    ClusterVhost, Run, TOPOLOGY, UNDER_FAULT_SENT, assert_bounded, cluster, fired_slots, ledger,
+    rabbitmqctl, under_fault, under_fault_in,
 };
 
 /// Runs `scripts/cluster.sh ARGS` (bounded: 3 minutes) and returns its stdout.
@@ -483,31 +483,7 @@ async fn faults_a_partition_cutting_off_the_scheduler_leader_fires_each_slot_onc
     // Then every slot fired exactly once, on whichever side: the minority cannot get a
     // quorum queue's confirm, and the record the new leader catches up from is replicated.
     let live = v.url(&urls[if index == 1 { 1 } else { 0 }]);
-    let conn = warren::broker::connect(&live, "fault test", Some(Duration::from_secs(30)))
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut slots = Vec::new();
-    while let Some(m) = ch
-        .basic_get(
-            "t.tick".into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-    {
-        let id = m
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .unwrap()
-            .to_string();
-        let at = id.strip_prefix("beat@").expect("a firing's id").to_string();
-        slots.push(chrono::DateTime::parse_from_rfc3339(&at).unwrap());
-    }
-    let _ = conn.close(200, "".into()).await;
-    slots.sort();
+    let slots = fired_slots(&live).await;
     let distinct: std::collections::BTreeSet<_> = slots.iter().collect();
     eprintln!(
         "LEDGER scheduler partition: {} firings, {} distinct slots, leader {leader_node} -> {new_node}, takeover {takeover:?}",
