@@ -650,3 +650,268 @@ async fn faults_a_pause_holds_across_a_kill_of_the_node_of_its_record() {
         "a paused type ran after its record's node came back"
     );
 }
+
+/// The first step of the chains in
+/// [`faults_chains_and_cancels_hold_across_a_kill_of_the_leaders_node`]: answers its number.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct First {
+    n: u32,
+}
+impl warren::Task for First {
+    const NAME: &'static str = "first";
+}
+
+/// The second step: its payload is the first step's result.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Second(u32);
+impl warren::Task for Second {
+    const NAME: &'static str = "second";
+}
+
+/// What the workers of the chain and cancel scenario saw.
+#[derive(Default)]
+struct Seen {
+    /// The number of every run of the chains' second step.
+    seconds: Vec<u32>,
+    /// When each second step finished.
+    times: Vec<Instant>,
+    /// The id of every run of `job`.
+    jobs: Vec<String>,
+}
+
+fn seen_worker(
+    settings: &warren::Settings,
+    role: &str,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+) -> warren::Worker {
+    let (for_second, for_job) = (seen.clone(), seen);
+    warren::Worker::new(settings)
+        .role(role)
+        .concurrency(8)
+        .prefetch(20)
+        .handle(|f: First, _ctx: warren::TaskContext| async move { Ok(f.n) })
+        .handle(move |s: Second, _ctx: warren::TaskContext| {
+            let seen = for_second.clone();
+            async move {
+                let mut seen = seen.lock().unwrap();
+                seen.seconds.push(s.0);
+                seen.times.push(Instant::now());
+                Ok(())
+            }
+        })
+        .handle(move |_job: super::Job, ctx: warren::TaskContext| {
+            let seen = for_job.clone();
+            async move {
+                seen.lock().unwrap().jobs.push(ctx.id);
+                Ok(())
+            }
+        })
+}
+
+/// How many chains [`faults_chains_and_cancels_hold_across_a_kill_of_the_leaders_node`] sends.
+const CHAINS_SENT: usize = 400;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh up 3: run by scripts/test.sh"]
+async fn faults_chains_and_cancels_hold_across_a_kill_of_the_leaders_node() {
+    // Given two-step chains flowing through two workers, and 40 delayed tasks of which 20 are
+    // cancelled, with every queue leader, the control stream's leader and every client on
+    // node 1
+    let _restore = Restore;
+    let v = ClusterVhost::new(15682);
+    let list = every_node(&v);
+    let topology = format!("{TOPOLOGY}[tasks.first]\n[tasks.second]\n");
+    let settings = super::cluster_settings_in(&topology, &list);
+    cluster_sh(&["only", "1"]);
+    let session =
+        warren::broker::Session::connect(&list, "fault test", Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    session.apply(&settings.plan()).await.unwrap();
+    session.close("declared").await;
+    let seen: std::sync::Arc<std::sync::Mutex<Seen>> = Default::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers: Vec<_> = ["chain-w1", "chain-w2"]
+        .into_iter()
+        .map(|role| tokio::spawn(seen_worker(&settings, role, seen.clone()).run(stop.clone())))
+        .collect();
+    let producer =
+        std::sync::Arc::new(warren::Producer::with_role(&settings, "chain-producer").unwrap());
+    let due = Instant::now() + Duration::from_secs(25);
+    let jobs: Vec<String> = producer
+        .enqueue_many_raw((0..40u32).map(|n| {
+            (
+                "job".to_string(),
+                Ok(serde_json::to_vec(&super::Job { n }).unwrap()),
+                warren::EnqueueOptions::default().delay(Duration::from_secs(25)),
+            )
+        }))
+        .await
+        .into_iter()
+        .map(|r| r.expect("a delayed job confirmed"))
+        .collect();
+    let (before, during, kept) = (&jobs[..20], &jobs[20..30], &jobs[30..]);
+    producer.cancel("job", before).await.unwrap();
+    cluster_sh(&["heal"]);
+    let confirmed: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u32>>> =
+        Default::default();
+    let publishing = {
+        let (producer, confirmed) = (producer.clone(), confirmed.clone());
+        tokio::spawn(async move {
+            let mut errors = 0;
+            for batch in 0..(CHAINS_SENT as u32 / 50) {
+                let ns: Vec<u32> = (batch * 50..batch * 50 + 50).collect();
+                let items: Vec<_> = ns
+                    .iter()
+                    .map(|&n| {
+                        (
+                            "first".to_string(),
+                            Ok(serde_json::to_vec(&First { n }).unwrap()),
+                            warren::EnqueueOptions::default().then("second"),
+                        )
+                    })
+                    .collect();
+                let results = producer.enqueue_many_raw(items).await;
+                for (n, r) in ns.into_iter().zip(results) {
+                    match r {
+                        Ok(_) => {
+                            confirmed.lock().unwrap().insert(n);
+                        }
+                        Err(e) => {
+                            assert!(e.is_transient(), "unclear error: {e}");
+                            errors += 1;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            errors
+        })
+    };
+    // When node 1 is killed with SIGKILL mid-run: many chains are then between a step's
+    // publish of the next one and its ack (workers publish and ack on different channels)
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let fault_at = Instant::now();
+    signal(1, "KILL");
+    // and 10 more delayed tasks are cancelled while it is away (a failed attempt is
+    // transient: the caller tries again), and a third worker starts after the kill
+    let later = tokio::spawn(seen_worker(&settings, "chain-w3", seen.clone()).run(stop.clone()));
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match tokio::time::timeout(Duration::from_secs(10), producer.cancel("job", during)).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => assert!(e.is_transient(), "cancel failed unclearly: {e}"),
+            Err(_) => panic!("a cancel call hung 10 s while node 1 was away"),
+        }
+        assert!(
+            Instant::now() + Duration::from_secs(5) < due,
+            "the second cancel was not accepted before its tasks fell due ({attempts} tries)"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("cancel while node 1 was away: accepted on try {attempts}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster_sh(&["start", "1"]);
+    whole_again(Duration::from_secs(90)).await;
+    let errors = publishing.await.unwrap();
+    // Then every confirmed chain finished (its second step ran), the 10 jobs kept ran, the 30
+    // cancelled ones ran nowhere and are dead
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done = {
+            let seen = seen.lock().unwrap();
+            let confirmed = confirmed.lock().unwrap();
+            let finished: std::collections::HashSet<u32> = seen.seconds.iter().copied().collect();
+            confirmed.iter().all(|n| finished.contains(n))
+                && kept.iter().all(|id| seen.jobs.contains(id))
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let dead = {
+        let conn = warren::broker::connect(&list, "fault test", Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        // A quorum queue's count follows its dead-letterings a moment later: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let dead = loop {
+            let q = ch
+                .queue_declare(
+                    "t.job.dead".into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+            if q.message_count() >= 30 || Instant::now() > deadline {
+                break q.message_count();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let _ = conn.close(200, "".into()).await;
+        dead
+    };
+    stop.cancel();
+    for w in workers.into_iter().chain([later]) {
+        w.await.unwrap().expect("a worker ran to its stop");
+    }
+    producer.close().await;
+    let seen = seen.lock().unwrap();
+    let confirmed = confirmed.lock().unwrap();
+    let finished: std::collections::HashSet<u32> = seen.seconds.iter().copied().collect();
+    let lost = confirmed.iter().filter(|n| !finished.contains(n)).count();
+    let t = super::Tally {
+        confirmed: confirmed.len(),
+        runs: seen.seconds.len(),
+        lost,
+        duplicates: seen.seconds.len() - finished.len(),
+    };
+    let ran_cancelled = seen
+        .jobs
+        .iter()
+        .filter(|id| before.contains(id) || during.contains(id))
+        .count();
+    let mut stall = Duration::ZERO;
+    let mut last = fault_at;
+    let mut times: Vec<Instant> = seen
+        .times
+        .iter()
+        .copied()
+        .filter(|t| *t >= fault_at)
+        .collect();
+    times.sort();
+    for at in times {
+        stall = stall.max(at - last);
+        last = at;
+    }
+    eprintln!(
+        "LEDGER chains: {t:?}, producer errors {errors}, stall {stall:?}; cancelled jobs run \
+         {ran_cancelled}, dead {dead}"
+    );
+    super::ledger::write(
+        "node with the leaders `kill -9` under two-step chains and pending cancels",
+        CHAINS_SENT,
+        &t,
+        Some(stall),
+        &format!(
+            "counts are chains whose second step ran; the 30 cancelled delayed tasks: {ran_cancelled} ran, {dead} dead"
+        ),
+    );
+    t.assert_nothing_lost();
+    assert_eq!(t.confirmed + errors, CHAINS_SENT, "{t:?}, errors {errors}");
+    assert!(t.confirmed >= CHAINS_SENT / 2, "{t:?}");
+    assert!(t.duplicates <= 120, "{t:?}");
+    assert_eq!(ran_cancelled, 0, "a cancelled task ran");
+    assert!(
+        kept.iter().all(|id| seen.jobs.contains(id)),
+        "a delayed task that was not cancelled did not run"
+    );
+    assert_eq!(dead, 30, "every cancelled task is dead as `cancelled`");
+}
