@@ -161,6 +161,7 @@ fn publish_then_ack<'a>(
             let (kind, id) = (answer.task.clone(), answer.id.clone());
             if let Err(err) = shared.producer.publish(answer).await {
                 tracing::error!(task.kind = %kind, task.id = %id, error = %err,
+                    hint = answer_hint(&err),
                     "could not answer the caller waiting for this task; its outcome stands");
             }
         }
@@ -168,6 +169,22 @@ fn publish_then_ack<'a>(
         held.ack();
         true
     })
+}
+
+/// What to do about an answer the broker refused: answers over direct reply-to go through
+/// the default exchange, which a least-privilege namespace user may not write to.
+fn answer_hint(err: &crate::Error) -> &'static str {
+    match err {
+        crate::Error::Amqp { source, .. }
+            if crate::broker::is_soft(source, lapin::protocol::AMQPSoftError::ACCESSREFUSED) =>
+        {
+            "answers to a waiting caller go through the default exchange: grant this user write \
+             on `amq.default` (docs/deploying.md, least privilege), or do not wait"
+        }
+        _ => {
+            "the caller times out; its task's outcome is in the broker (`warren dlq list` if dead)"
+        }
+    }
 }
 
 /// Enqueues a chain's next step (confirmed), then acks; when the broker has no queue for

@@ -189,9 +189,8 @@ fn a_user_limited_to_the_namespace_can_apply_enqueue_and_work() {
         .spawn()
         .map(crate::support::Reaped::new)
         .unwrap();
-    // (Not covered: a caller waiting for the answer. Answers go over direct reply-to, which
-    // RabbitMQ routes through the default exchange: the worker's publish needs write on
-    // `amq.default`, which this user lacks. See docs/deploying.md.)
+    // (A caller waiting for the answer needs more: see
+    // `a_waiting_caller_needs_write_on_amq_default_and_a_worker_refused_it_goes_on`.)
     let deadline = Instant::now() + Duration::from_secs(20);
     while log.lines().len() < 20 {
         assert!(
@@ -348,4 +347,86 @@ fn exec_programs_get_no_broker_credentials_unless_their_type_asks() {
         "{talker}"
     );
     assert!(!talker.contains("WARREN_MANAGEMENT_URL"), "{talker}");
+}
+
+#[test]
+fn a_waiting_caller_needs_write_on_amq_default_and_a_worker_refused_it_goes_on() {
+    // Answers to a waiting caller travel over direct reply-to, which RabbitMQ routes through
+    // the default exchange (docs/deploying.md). Given a namespace user without write on
+    // `amq.default`, a worker, and a caller that waits
+    let broker = TestBroker::new();
+    let user = User::new(&broker, "^t\\.", "^t\\.", "^t\\.");
+    let url = user.url(&broker);
+    let log = TempFile::path("answered");
+    let topo = TempFile::with(&format!(
+        "[tasks.job]\nexec = [\"sh\", \"-c\", \"echo $WARREN_TASK_ID >> {}; echo 42\"]\n",
+        log.as_str()
+    ));
+    let apply = run(&url, topo.as_str(), &["topology", "apply"], "warn");
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    let worker_log = TempFile::path("worker-log");
+    let mut worker = warren_bin()
+        .env("WARREN_AMQP_URL", &url)
+        .env("WARREN_NAMESPACE", "t")
+        .env("WARREN_TOPOLOGY", topo.as_str())
+        .arg("worker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(worker_log.as_str()).unwrap())
+        .spawn()
+        .map(crate::support::Reaped::new)
+        .unwrap();
+    // Then the task runs, the answer cannot be sent, and the caller waits to its timeout
+    let refused = run(
+        &url,
+        topo.as_str(),
+        &["enqueue", "job", "--wait", "4s"],
+        "warn",
+    );
+    assert_eq!(refused.status.code(), Some(124), "{}", stderr(&refused));
+    assert_eq!(log.lines().len(), 1, "the task ran once");
+    // and the worker says why, naming the permission, and goes on working
+    let said = std::fs::read_to_string(worker_log.as_str()).unwrap();
+    assert!(
+        said.contains("could not answer") && said.contains("write on `amq.default`"),
+        "{said}"
+    );
+    let next = run(&url, topo.as_str(), &["enqueue", "job"], "warn");
+    assert!(next.status.success(), "{}", stderr(&next));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log.lines().len() < 2 {
+        assert!(Instant::now() < deadline, "the worker stopped working");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // When the user may write to `amq.default` too (a running worker's channels keep the
+    // rights they opened with: RabbitMQ caches them per channel, so restart it)
+    broker
+        .mgmt
+        .put(
+            &format!("permissions/{}/{}", enc(&broker.vhost), enc(&user.name)),
+            &serde_json::json!({"configure": "^t\\.", "write": "^t\\.|^amq\\.default$", "read": "^t\\."}),
+        )
+        .unwrap();
+    worker.signal("TERM");
+    assert!(worker.wait_within(Duration::from_secs(60)).success());
+    let mut worker = warren_bin()
+        .env("WARREN_AMQP_URL", &url)
+        .env("WARREN_NAMESPACE", "t")
+        .env("WARREN_TOPOLOGY", topo.as_str())
+        .arg("worker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(crate::support::Reaped::new)
+        .unwrap();
+    // Then the caller gets its answer
+    let answered = run(
+        &url,
+        topo.as_str(),
+        &["enqueue", "job", "--wait", "20s"],
+        "warn",
+    );
+    assert!(answered.status.success(), "{}", stderr(&answered));
+    assert_eq!(stdout(&answered), "42\n");
+    worker.signal("TERM");
+    assert!(worker.wait_within(Duration::from_secs(60)).success());
 }
