@@ -20,11 +20,15 @@ pub enum Reason {
     InvalidHeader,
     /// Cancelled (`warren cancel`, `Producer::cancel`): before it started, or while running.
     Cancelled,
+    /// Delivered `delivery_limit` times without an outcome (each run's worker died or lost its
+    /// connection): the worker refuses the next delivery instead of the broker dropping it
+    /// into the dead queue unseen, so the task's key, caller and chain are settled too.
+    DeliveryLimit,
 }
 
 impl Reason {
     /// Every reason, for labels registered up front (metrics).
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Failed,
         Reason::Permanent,
         Reason::Expired,
@@ -32,6 +36,7 @@ impl Reason {
         Reason::UnknownTask,
         Reason::InvalidHeader,
         Reason::Cancelled,
+        Reason::DeliveryLimit,
     ];
 
     /// The value of `warren-reason`.
@@ -44,6 +49,7 @@ impl Reason {
             Reason::UnknownTask => "unknown_task",
             Reason::InvalidHeader => "invalid_header",
             Reason::Cancelled => "cancelled",
+            Reason::DeliveryLimit => "delivery_limit",
         }
     }
 
@@ -58,7 +64,7 @@ impl Reason {
             Reason::Expired | Reason::Undecodable | Reason::UnknownTask | Reason::InvalidHeader => {
                 true
             }
-            Reason::Failed | Reason::Permanent | Reason::Cancelled => false,
+            Reason::Failed | Reason::Permanent | Reason::Cancelled | Reason::DeliveryLimit => false,
         }
     }
 }

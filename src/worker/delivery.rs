@@ -19,11 +19,11 @@ use super::Shared;
 use super::acks::Settler;
 use super::context::TaskContext;
 use super::handler::{HandlerFuture, Registered};
-use super::outcome::{Action, Judge, RunResult};
+use super::outcome::{Action, Judge, RunResult, delivery_limit_reached};
 use super::settle::{Held, settle};
 use crate::task::TaskError;
 use crate::trace::TraceParent;
-use crate::wire::decode::{Rejection, fallback_envelope, read_envelope};
+use crate::wire::decode::{Rejection, fallback_envelope, header_int, read_envelope};
 use crate::wire::{Envelope, Reason, unix_ms};
 
 /// Processes one delivery to its end. Holds `_hold` for its whole life: a concurrency
@@ -64,6 +64,12 @@ pub(super) async fn process<H: Send + 'static>(
             .control
             .is_cancelled(&task.name, &env.id, || env.replayed_at_ms)
             .then(|| Rejection::new(Reason::Cancelled, "cancelled before it started"))
+    });
+    let refused = refused.or_else(|| {
+        delivery_limit_reached(
+            header_int(&held.delivery.properties, "x-delivery-count"),
+            task.policy.delivery_limit,
+        )
     });
     if let Some(why) = refused {
         let action = judge(&shared, &task).refuse(&held.original(&env), why);

@@ -203,6 +203,26 @@ impl Judge<'_> {
     }
 }
 
+/// The refusal of a delivery that the broker has counted `delivered` times before without an
+/// outcome (a quorum queue's `x-delivery-count`: each time its worker died, or its channel or
+/// connection was lost, while it held the task), once that reaches the type's
+/// `delivery_limit`. Refused here rather than run once more: if that run crashed too, the
+/// broker would dead-letter the task by itself, and no worker would free its unique key,
+/// answer its caller or count it.
+pub(crate) fn delivery_limit_reached(delivered: Option<i64>, limit: u32) -> Option<Rejection> {
+    let delivered = delivered?;
+    (delivered >= i64::from(limit)).then(|| {
+        Rejection::new(
+            Reason::DeliveryLimit,
+            format!(
+                "delivered {delivered} times without an outcome (each time its worker died or \
+                 lost its connection while holding it); its delivery_limit is {limit}, so it \
+                 is not run again"
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use lapin::BasicProperties;
@@ -530,5 +550,18 @@ mod tests {
         };
         assert_eq!(why.reason, Reason::Failed);
         assert!(why.error.contains("grace period"), "{}", why.error);
+    }
+
+    #[test]
+    fn a_delivery_counted_up_to_the_limit_is_refused_and_none_before() {
+        assert!(
+            delivery_limit_reached(None, 1).is_none(),
+            "a first delivery"
+        );
+        assert!(delivery_limit_reached(Some(9), 10).is_none());
+        let why = delivery_limit_reached(Some(10), 10).expect("at the limit");
+        assert_eq!(why.reason, Reason::DeliveryLimit);
+        assert!(why.error.contains("delivered 10 times"), "{}", why.error);
+        assert!(delivery_limit_reached(Some(12), 10).is_some());
     }
 }

@@ -431,3 +431,59 @@ async fn topology_delete_takes_unique_keys_and_refuses_while_a_broadcast_worker_
     let cleaned = broker.cli_with(&["topology", "delete", "--yes"], &env, None);
     assert!(cleaned.status.success(), "{}", stderr(&cleaned));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_kills_its_worker_goes_dead_at_its_delivery_limit_and_frees_its_key() {
+    // Given a unique task whose every run kills its worker (`kill -9` of the exec handler's
+    // parent), a delivery limit of 2, and a supervisor that restarts the worker
+    let broker = TestBroker::new();
+    let runs = TempFile::path("crash-runs");
+    let topo = TempFile::with(&format!(
+        "{TOPOLOGY}[tasks.crash]\ndelivery_limit = 2\n\
+         exec = [\"sh\", \"-c\", \"echo run >> {}; kill -9 $PPID; sleep 5\"]\n",
+        runs.as_str()
+    ));
+    let env = [("WARREN_TOPOLOGY", topo.as_str())];
+    let apply = broker.cli_with(&["topology", "apply"], &env, None);
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    let first = broker.cli_with(&["enqueue", "crash", "--unique", "k-1"], &env, None);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut starts = 0;
+    while broker.count(&ch, "t.crash.dead").await == 0 {
+        assert!(starts < 6, "still not dead after {starts} worker starts");
+        let mut worker = worker_process(&broker, &topo, &[]);
+        starts += 1;
+        // It dies by its task, or is stopped once the task is dead.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while worker.try_wait().unwrap().is_none() {
+            if broker.count(&ch, "t.crash.dead").await > 0 {
+                signal(&worker, "-TERM");
+                wait_exit(&mut worker, Duration::from_secs(20)).await;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker neither died nor refused"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Then it ran exactly twice (deliveries 1 and 2), the third delivery went dead as
+    // `delivery_limit` through the worker (not dropped by the broker), and the key is free
+    let again = broker.cli_with(&["enqueue", "crash", "--unique", "k-1"], &env, None);
+    assert!(
+        again.status.success(),
+        "the key was not freed: {}",
+        stderr(&again)
+    );
+    assert_eq!(runs.lines().len(), 2, "runs: {:?}", runs.lines());
+    assert_eq!(starts, 3, "two workers killed, the third refused it");
+    let list = broker.cli_with(&["dlq", "list", "crash"], &env, None);
+    assert!(
+        crate::support::stdout(&list).contains("delivery_limit"),
+        "{}",
+        crate::support::stdout(&list)
+    );
+}
