@@ -84,6 +84,6 @@ mod tests {
         for r in Reason::ALL {
             assert_eq!(Reason::parse(r.as_str()), Some(r));
         }
-        assert_eq!(Reason::parse("delivery_limit"), None);
+        assert_eq!(Reason::parse("maxlen"), None, "a broker's reason");
     }
 }
