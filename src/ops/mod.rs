@@ -8,4 +8,5 @@ pub mod leftovers;
 pub mod management;
 pub mod schedules;
 pub mod status;
+pub mod unique;
 pub mod version;

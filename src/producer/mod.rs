@@ -296,6 +296,33 @@ impl Producer {
         self.inner.publisher.publish_all(prepared).await
     }
 
+    /// Frees unique key `key` of task type `task` whatever holds it: its lock and its
+    /// `unique_for` window are deleted, so the next enqueue with the key is accepted. For an
+    /// operator, when a key outlived its task by a path no worker saw (its work queue purged
+    /// by hand, a task dead-lettered by the broker itself). `key` is the key itself, or a
+    /// hashed one as [`crate::ops::unique::list`] shows it. Returns whether the key was held.
+    ///
+    /// If the holder is still waiting or running, a second task with the key can then be
+    /// accepted while it runs; when the holder ends, it leaves the new holder's key alone.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a task type the topology does not declare (when it
+    /// declares any) or a bad key; broker errors.
+    pub async fn free_unique(&self, task: &str, key: &str) -> Result<bool> {
+        let settings = &self.inner.settings;
+        crate::topology::validate_task_name(task).map_err(Error::InvalidInput)?;
+        if !settings.tasks.is_empty() && !settings.tasks.contains_key(task) {
+            return Err(Error::InvalidInput(format!(
+                "no task `{task}` in the topology: its unique keys cannot be freed"
+            )));
+        }
+        unique::check_key(key)?;
+        let names = crate::topology::Names::new(&settings.namespace);
+        let queues = unique::queues_to_free(&names, task, key);
+        let conn = self.inner.publisher.connection().await?;
+        unique::delete_keys(&conn, &queues).await
+    }
+
     /// Releases the unique key held in `queue` by task `id` (the worker, when the task's
     /// outcome is final).
     pub(crate) async fn release_unique(&self, queue: &str, id: &str) -> Result<()> {

@@ -206,9 +206,12 @@ async fn put_marker(
         crate::topology::declare::declare_bound(ch, q, &binding)
             .await
             .map_err(|e| amqp("declaring the unique key queue", e))?;
+        // The timestamp is what `warren unique list` shows as "held since" (the management
+        // API's `head_message_timestamp`): listing never reads a marker.
         let mut props = lapin::BasicProperties::default()
             .with_delivery_mode(2)
-            .with_message_id(id.into());
+            .with_message_id(id.into())
+            .with_timestamp(crate::wire::unix_ms(std::time::SystemTime::now()) / 1000);
         if let Some(ttl) = ttl {
             props = props.with_expiration(ttl.as_millis().max(1).to_string().as_str().into());
         }
@@ -342,6 +345,55 @@ fn soft_error(e: &lapin::Error, which: lapin::protocol::AMQPSoftError) -> bool {
     crate::broker::is_soft(e, which)
 }
 
+/// The queues an operator's `free` of `key` deletes: the key's lock and window as
+/// [`lock_queues`] names them, and, for a key given as `warren unique list` shows a hashed one
+/// (`h-` and 40 hex digits), the queues of that name as it is.
+pub(crate) fn queues_to_free(names: &Names, task: &str, key: &str) -> Vec<String> {
+    let mut queues: Vec<String> = lock_queues(names, task, key, Some(Duration::ZERO))
+        .into_iter()
+        .map(|q| q.name)
+        .collect();
+    let listed_hash = key.len() == 42
+        && key.starts_with("h-")
+        && key[2..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+    if listed_hash {
+        queues.push(names.unique_lock(task, key));
+        queues.push(names.unique_window(task, key));
+    }
+    queues
+}
+
+/// Deletes each of `queues` (one channel each: a missing queue closes the channel it is asked
+/// on); true when one of them held a marker.
+///
+/// # Errors
+/// Broker errors other than a queue being gone.
+pub(crate) async fn delete_keys(conn: &lapin::Connection, queues: &[String]) -> Result<bool> {
+    use lapin::options::QueueDeleteOptions;
+    let mut held = false;
+    for queue in queues {
+        let amqp = |source| Error::Amqp {
+            operation: format!("freeing the unique key `{queue}`"),
+            source,
+        };
+        let ch = conn.create_channel().await.map_err(amqp)?;
+        match ch
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+        {
+            Ok(markers) => {
+                held |= markers > 0;
+                crate::broker::close_channel(&ch, "unique key freed").await;
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(amqp(e)),
+        }
+    }
+    Ok(held)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,5 +445,22 @@ mod tests {
             "the same for every window"
         );
         assert_eq!(lock_queues(&names, "report", "daily", None).len(), 1);
+    }
+
+    #[test]
+    fn freeing_a_key_takes_its_lock_and_window_and_a_listed_hash_as_it_is() {
+        let names = Names::new("shop");
+        assert_eq!(
+            queues_to_free(&names, "mail", "k-1"),
+            ["shop.mail.unique.k-1", "shop.mail.unique-for.k-1"]
+        );
+        let long = "x".repeat(100);
+        let hashed = key_in_name(&long);
+        let by_key = queues_to_free(&names, "mail", &long);
+        assert_eq!(by_key[0], format!("shop.mail.unique.{hashed}"));
+        // The listed form names the same queues (and, hashed again, two that never exist).
+        let by_listed = queues_to_free(&names, "mail", &hashed);
+        assert!(by_listed.contains(&by_key[0]) && by_listed.contains(&by_key[1]));
+        assert_eq!(by_listed.len(), 4);
     }
 }

@@ -487,3 +487,114 @@ async fn a_task_that_kills_its_worker_goes_dead_at_its_delivery_limit_and_frees_
         crate::support::stdout(&list)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_task_cancelled_before_it_ran_frees_its_key() {
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
+    let producer = Producer::new(&settings).unwrap();
+    let job = Report { fail: false };
+    let id = producer.enqueue_with(&job, key("c-1")).await.unwrap();
+    producer.cancel("report", &[id]).await.unwrap();
+    // Held until a worker meets the cancelled task (it goes dead as `cancelled`)
+    let held = producer.enqueue_with(&job, key("c-1")).await;
+    assert!(matches!(held, Err(Error::Duplicate { .. })), "{held:?}");
+    let ran = Arc::new(AtomicUsize::new(0));
+    let seen = ran.clone();
+    let worker = spawn(
+        Worker::new(&settings).handle(move |_r: Report, _: TaskContext| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        }),
+    );
+    let next = until_ok(Duration::from_secs(10), || {
+        producer.enqueue_with(&job, key("c-1"))
+    })
+    .await;
+    assert!(next.is_ok(), "the cancelled task kept its key: {next:?}");
+    // and the task accepted next runs (the cancelled one never did)
+    wait_count(Duration::from_secs(10), "the next task ran", 1, || {
+        ran.load(Ordering::SeqCst)
+    })
+    .await;
+    stop(worker.0, worker.1).await;
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_whose_tasks_were_purged_are_listed_and_freed_by_the_operator() {
+    // Given unique tasks whose work queue an operator purged by hand (no worker saw them go),
+    // one with a plain key, one with a key long enough to be hashed, one with a window
+    let broker = TestBroker::new();
+    let topo = TempFile::with(&format!("{TOPOLOGY}[tasks.job]\nexec = [\"true\"]\n"));
+    let env = [("WARREN_TOPOLOGY", topo.as_str())];
+    let apply = broker.cli_with(&["topology", "apply"], &env, None);
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    let long = "x".repeat(100);
+    for args in [
+        vec!["--unique", "p-1"],
+        vec!["--unique", long.as_str()],
+        vec!["--unique", "w-1", "--unique-for", "1h"],
+    ] {
+        let mut all = vec!["enqueue", "job"];
+        all.extend(args);
+        let out = broker.cli_with(&all, &env, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_purge("t.job".into(), Default::default())
+        .await
+        .unwrap();
+    let refused = broker.cli_with(&["enqueue", "job", "--unique", "p-1"], &env, None);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    // Then `warren unique list` shows the three keys (the long one hashed, the window too)
+    let list = broker.cli_with(&["unique", "list", "job"], &env, None);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let text = crate::support::stdout(&list);
+    let hashed = warren::producer::unique::key_in_name(&long);
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    for (row, key, by) in [
+        (0, hashed.as_str(), "task"),
+        (1, "p-1", "task"),
+        (2, "w-1", "task, window"),
+    ] {
+        let cols: Vec<&str> = rows[row]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cols[..2], [key, by], "{text}");
+        // the age, or `?` while the management API has not reported the marker yet
+        assert!(cols[2].ends_with("s ago") || cols[2] == "?", "{text}");
+    }
+    // and `warren unique free` frees each, by the key or by its listed hash
+    for k in ["p-1", hashed.as_str(), "w-1"] {
+        let free = broker.cli_with(&["unique", "free", "job", k], &env, None);
+        assert!(free.status.success(), "{}", stderr(&free));
+        assert!(
+            crate::support::stdout(&free).starts_with("freed unique key"),
+            "{}",
+            crate::support::stdout(&free)
+        );
+    }
+    for k in ["p-1", long.as_str(), "w-1"] {
+        let again = broker.cli_with(&["enqueue", "job", "--unique", k], &env, None);
+        assert!(again.status.success(), "{k}: {}", stderr(&again));
+    }
+    // A key nobody holds is said so; a type the topology lacks is a usage error
+    let absent = broker.cli_with(&["unique", "free", "job", "nobody"], &env, None);
+    assert!(
+        crate::support::stdout(&absent).contains("was not held"),
+        "{}",
+        crate::support::stdout(&absent)
+    );
+    let unknown = broker.cli_with(&["unique", "list", "jbo"], &env, None);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("did you mean `job`"),
+        "{}",
+        stderr(&unknown)
+    );
+}

@@ -18,6 +18,7 @@ mod schedules;
 mod stats;
 mod status;
 mod topology;
+mod unique;
 mod worker;
 
 use std::io::{IsTerminal, Write};
@@ -104,6 +105,9 @@ pub enum Command {
     /// Inspect, replay or purge dead tasks.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// List a task type's held unique keys, or free one that outlived its task.
+    #[command(subcommand)]
+    Unique(unique::UniqueCommand),
     /// Run the whole thing once: topology, workers, a planned mix of tasks, a summary.
     Demo(demo::DemoArgs),
     /// Measure Warren against a raw lapin baseline on the same broker, in one run.
@@ -236,6 +240,7 @@ async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Scheduler => schedules::run_scheduler(&settings).await,
         Command::Schedules(args) => schedules::list(&settings, args, out).await,
         Command::Dlq(cmd) => dlq::run(&settings, cmd, out).await,
+        Command::Unique(cmd) => unique::run(&settings, cmd, topology_file.as_deref(), out).await,
         Command::Demo(args) => demo::command(&settings, args, out).await,
         Command::Bench(args) => bench::command(&settings, args, out).await,
         Command::BenchDrain(args) => bench::drain_command(&settings, args, out).await,
