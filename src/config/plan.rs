@@ -48,11 +48,18 @@ impl Settings {
             let Some(task) = self.tasks.get(name) else {
                 continue;
             };
+            let mut tokens = Vec::new();
             if task.concurrency_limit.is_some() {
-                plan.add_tokens(&layout.names, layout.names.limit_running(name));
+                tokens.push(layout.names.limit_running(name));
             }
             if task.rate_limit.is_some() {
-                plan.add_tokens(&layout.names, layout.names.limit_starts(name));
+                tokens.push(layout.names.limit_starts(name));
+            }
+            for queue in &tokens {
+                plan.add_tokens(&layout.names, queue.clone());
+            }
+            if !tokens.is_empty() {
+                plan.add_limit_state(&layout.names, name, &tokens);
             }
             plan.add_pause_record(&layout.names, name);
         }

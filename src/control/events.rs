@@ -54,6 +54,18 @@ pub enum Event {
         /// Task type.
         task: String,
     },
+    /// The limits of this type changed (`warren limit`, `topology apply`): what is in force
+    /// now. The tokens were added or put in debt before it was published.
+    Limit {
+        /// Task type.
+        task: String,
+        /// `concurrency_limit` in force.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        concurrency: Option<u32>,
+        /// `rate_limit` in force, as written (`10/s`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<String>,
+    },
     /// A worker's own mark: once it reads it back, it has read everything before it.
     Marker {
         /// The worker's mark.

@@ -20,5 +20,6 @@
 
 pub mod events;
 pub(crate) mod follow;
+pub mod limits;
 pub(crate) mod state;
 pub(crate) mod tokens;

@@ -3,8 +3,8 @@
 //! delivery, so the common case (nothing cancelled) is one atomic load.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,19 +24,59 @@ pub(crate) struct ControlState {
     serial: AtomicU64,
     /// Pause state of each task type this worker serves.
     paused: BTreeMap<String, watch::Sender<bool>>,
+    /// Live limit state of each task type this worker serves.
+    limits: BTreeMap<String, Arc<LiveLimit>>,
+}
+
+/// A limited type's live limits in one worker ([`super::limits`]): whether a lowered limit
+/// may have left debt to pay, and the start tokens' hold under the rate in force.
+#[derive(Debug, Default)]
+pub(crate) struct LiveLimit {
+    /// The running tokens' debt queue may hold messages: pay before using or giving back.
+    pub(crate) running_owed: Arc<AtomicBool>,
+    /// The same for the start tokens.
+    pub(crate) starts_owed: Arc<AtomicBool>,
+    /// How long a start token is held after a start under the rate in force, ms; 0 before
+    /// any is known.
+    start_hold_ms: AtomicU64,
+}
+
+impl LiveLimit {
+    /// Puts `limits` in force: a rate's hold time, and debt may be owed.
+    pub(crate) fn set(&self, limits: super::limits::Limits) {
+        if let Some(rate) = limits.rate {
+            let ms = u64::try_from(rate.tokens().1.as_millis()).unwrap_or(u64::MAX);
+            self.start_hold_ms.store(ms.max(1), Ordering::Release);
+        }
+        self.running_owed.store(true, Ordering::Release);
+        self.starts_owed.store(true, Ordering::Release);
+    }
+
+    /// The hold of a start token under the rate in force, when one is known.
+    pub(crate) fn start_hold(&self) -> Option<std::time::Duration> {
+        match self.start_hold_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
 }
 
 impl ControlState {
     /// State for a worker serving `tasks`, keeping cancels for `retention_ms`.
     pub(crate) fn new<'a>(tasks: impl IntoIterator<Item = &'a str>, retention_ms: u64) -> Self {
+        let tasks: Vec<&str> = tasks.into_iter().collect();
         ControlState {
+            limits: tasks
+                .iter()
+                .map(|t| (t.to_string(), Arc::default()))
+                .collect(),
             retention_ms,
             any_cancel: AtomicBool::new(false),
             cancelled: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             serial: AtomicU64::new(0),
             paused: tasks
-                .into_iter()
+                .iter()
                 .map(|t| (t.to_string(), watch::channel(false).0))
                 .collect(),
         }
@@ -75,8 +115,22 @@ impl ControlState {
             }
             Event::Pause { task } => self.set_paused(task, true),
             Event::Resume { task } => self.set_paused(task, false),
+            Event::Limit {
+                task,
+                concurrency,
+                rate,
+            } => {
+                if let Some(live) = self.limits.get(task) {
+                    live.set(super::limits::from_parts(*concurrency, rate.as_deref()));
+                }
+            }
             Event::Marker { .. } => {}
         }
+    }
+
+    /// The live limits of `task` (`None` for a type this worker does not serve).
+    pub(crate) fn live_limit(&self, task: &str) -> Option<Arc<LiveLimit>> {
+        self.limits.get(task).cloned()
     }
 
     fn set_paused(&self, task: &str, paused: bool) {

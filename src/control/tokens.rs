@@ -8,21 +8,23 @@
 //! worker counts, tops up and subscribes under the type's lock (the exclusive queue
 //! `{ns}.{task}.limit.lock`), and tops up only when the queue has no consumer, i.e. when no
 //! token is held: then the queue must hold exactly N, and it is purged and refilled to N if
-//! not. A changed limit therefore takes effect when no worker of the type runs (a restart of
-//! all of them). The token queue is classic: quorum queues count every requeue as a delivery
-//! and, from RabbitMQ 4.0, dead-letter a message after 20 of them.
+//! not, to the limits in force ([`super::limits`]: the record a live change writes). A live
+//! change moves the circulation by its difference instead; a lowering leaves debt, which a
+//! worker pays with the next tokens it takes or gives back (each then acked, gone). The
+//! token queue is classic: quorum queues count every requeue as a delivery and, from
+//! RabbitMQ 4.0, dead-letter a message after 20 of them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
-use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Session, close_channel};
 use crate::error::{Error, Result};
@@ -41,11 +43,39 @@ pub(crate) struct Tokens {
 /// those runs end, so the limit holds through a deploy. Never cancelled on its own: a
 /// consumer-less token queue is what makes the next worker count and refill it.
 #[derive(Debug)]
-struct TokenChannel(Channel);
+struct TokenChannel {
+    channel: Channel,
+    /// The token queue's debt queue.
+    debt: String,
+    /// Debt may be owed (set by a `limit` event or a debt found at subscribe; cleared when
+    /// the debt queue is found empty).
+    owed: Arc<AtomicBool>,
+}
+
+impl TokenChannel {
+    /// Pays one token of debt, if any is owed: takes a debt message. True when one was
+    /// taken (the caller then acks its token instead of using or requeueing it).
+    async fn pay(&self) -> bool {
+        if !self.owed.load(Ordering::Acquire) {
+            return false;
+        }
+        match super::limits::take_one(&self.channel, &self.debt).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.owed.store(false, Ordering::Release);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.debt, error = %e, "cannot read the limit's debt");
+                false
+            }
+        }
+    }
+}
 
 impl Drop for TokenChannel {
     fn drop(&mut self) {
-        let ch = self.0.clone();
+        let ch = self.channel.clone();
         if ch.status().connected()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
@@ -77,12 +107,20 @@ impl Drop for Token {
         let (channel, tag) = (self.channel.clone(), self.tag);
         // A closed channel has given it back already. The reject holds the channel until it
         // is sent, so the channel's own close comes after it.
-        if channel.0.status().connected()
+        if channel.channel.status().connected()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
+                if channel.pay().await {
+                    let _ = channel
+                        .channel
+                        .basic_ack(tag, BasicAckOptions::default())
+                        .await;
+                    tracing::info!(queue = %channel.debt, "a lowered limit took back a token");
+                    return;
+                }
                 let _ = channel
-                    .0
+                    .channel
                     .basic_reject(tag, BasicRejectOptions { requeue: true })
                     .await;
             });
@@ -91,8 +129,9 @@ impl Drop for Token {
 }
 
 impl Tokens {
-    /// Counts `queue`'s tokens (refilling it to `count` when nobody holds one) and subscribes
-    /// to it with `prefetch`, under `lock`.
+    /// Counts `queue`'s tokens (refilling it to `count` when nobody holds one, its debt
+    /// then forgotten) and subscribes to it with `prefetch`. The caller holds the type's lock.
+    /// `owed` is the worker's flag for this queue's debt, set here when debt is waiting.
     ///
     /// # Errors
     /// Broker errors; the caller's session reconnects.
@@ -100,23 +139,14 @@ impl Tokens {
         session: &Session,
         names: &crate::topology::Names,
         queue: &str,
-        lock: &str,
         count: u32,
         prefetch: u16,
-        stop: &CancellationToken,
+        owed: Arc<AtomicBool>,
     ) -> Result<Tokens> {
         let amqp = |what: &str, source| Error::Amqp {
             operation: format!("{what} `{queue}`"),
             source,
         };
-        let mut wait = Duration::from_millis(50);
-        while !crate::broker::lease::try_take(session.connection(), lock, None).await? {
-            tokio::select! {
-                _ = stop.cancelled() => return Err(Error::Internal("stopping".into())),
-                _ = tokio::time::sleep(wait) => {}
-            }
-            wait = (wait * 2).min(Duration::from_secs(2));
-        }
         let channel = session.channel().await?;
         let decl = QueueDecl {
             name: queue.to_string(),
@@ -128,10 +158,36 @@ impl Tokens {
         let state = crate::topology::declare::declare_queue(&channel, &decl)
             .await
             .map_err(|e| amqp("declaring the limit tokens", e))?;
+        let debt = names.limit_debt(queue);
+        let debt_decl = QueueDecl {
+            name: debt.clone(),
+            args: decl.args.clone(),
+        };
+        crate::topology::declare::declare_bound(
+            &channel,
+            &debt_decl,
+            &crate::topology::Plan::state_binding(names, &debt),
+        )
+        .await
+        .map_err(|e| amqp("declaring the debt of", e))?;
+        let debt_state = crate::topology::declare::declare_queue(&channel, &debt_decl)
+            .await
+            .map_err(|e| amqp("counting the debt of", e))?;
         let binding = crate::topology::Plan::state_binding(names, queue);
-        if state.consumer_count() == 0 && state.message_count() != count {
-            refill(session, &channel, &binding, count).await?;
-            tracing::info!(queue, tokens = count, "limit tokens counted and refilled");
+        if state.consumer_count() == 0 {
+            // Nobody holds a token: the count is exact, and debt owed by nobody is moot.
+            if debt_state.message_count() > 0 {
+                channel
+                    .queue_purge(debt.as_str().into(), QueuePurgeOptions::default())
+                    .await
+                    .map_err(|e| amqp("forgetting the debt of", e))?;
+            }
+            if state.message_count() != count {
+                refill(session, &channel, &binding, count).await?;
+                tracing::info!(queue, tokens = count, "limit tokens counted and refilled");
+            }
+        } else if debt_state.message_count() > 0 {
+            owed.store(true, Ordering::Release);
         }
         channel
             .basic_qos(prefetch.max(1), BasicQosOptions { global: false })
@@ -146,24 +202,37 @@ impl Tokens {
             )
             .await
             .map_err(|e| amqp("subscribing to", e))?;
-        // The lock goes with this connection too; deleting it lets the next worker in now.
-        let _ = channel
-            .queue_delete(lock.into(), QueueDeleteOptions::default())
-            .await;
         Ok(Tokens {
-            channel: Arc::new(TokenChannel(channel)),
+            channel: Arc::new(TokenChannel {
+                channel,
+                debt,
+                owed,
+            }),
             consumer,
         })
     }
 
-    /// The next token; `None` when the channel failed (the caller reconnects).
+    /// The next token; `None` when the channel failed (the caller reconnects). While debt is
+    /// owed, each token that comes pays one instead (acked, gone).
     pub(crate) async fn take(&mut self) -> Option<Token> {
-        match self.consumer.next().await {
-            Some(Ok(d)) => Some(Token {
+        loop {
+            let tag = match self.consumer.next().await {
+                Some(Ok(d)) => d.delivery_tag,
+                _ => return None,
+            };
+            if self.channel.pay().await {
+                let _ = self
+                    .channel
+                    .channel
+                    .basic_ack(tag, BasicAckOptions::default())
+                    .await;
+                tracing::info!(queue = %self.channel.debt, "a lowered limit took back a token");
+                continue;
+            }
+            return Some(Token {
                 channel: self.channel.clone(),
-                tag: d.delivery_tag,
-            }),
-            _ => None,
+                tag,
+            });
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use super::Producer;
 use crate::control::events::{self, Event};
+use crate::control::limits::{self, Change, Limits};
 use crate::error::{Error, Result};
 use crate::topology::validate_task_name;
 
@@ -62,6 +63,50 @@ impl Producer {
             task: task.to_string(),
         };
         self.control(event).await
+    }
+
+    /// The limits declared for `task` in this producer's topology.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a type the topology does not declare.
+    pub fn declared_limits(&self, task: &str) -> Result<Limits> {
+        let t = self
+            .inner
+            .settings
+            .tasks
+            .get(task)
+            .ok_or_else(|| Error::InvalidInput(format!("no task `{task}` in the topology")))?;
+        Ok(Limits {
+            concurrency: t.concurrency_limit,
+            rate: t.rate_limit,
+        })
+    }
+
+    /// The limits in force for `task` across its workers: the last [`Producer::set_limits`]
+    /// or `topology apply`, else the topology's.
+    ///
+    /// # Errors
+    /// As [`Producer::declared_limits`]; broker errors.
+    pub async fn limits(&self, task: &str) -> Result<Limits> {
+        let declared = self.declared_limits(task)?;
+        let conn = self.inner.publisher.connection().await?;
+        let recorded = limits::read_record(&conn, self.inner.routes.names(), task).await?;
+        Ok(recorded.map_or(declared, |r| r.within(declared)))
+    }
+
+    /// Puts `to` in force for `task`'s running workers, within a second or so: a raise adds
+    /// tokens at once; a lowering lets the runs in progress finish, starting no new one above
+    /// the new limit ([`crate::control::limits`]). Holds until the next change or
+    /// `topology apply` (which puts the topology file's limits back), across restarts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a type the topology does not declare, or one whose kinds of
+    /// limit `to` changes (adding or removing a limit needs the topology and a restart);
+    /// broker errors.
+    pub async fn set_limits(&self, task: &str, to: Limits) -> Result<Change> {
+        let declared = self.declared_limits(task)?;
+        let conn = self.inner.publisher.connection().await?;
+        limits::set(&conn, self.inner.routes.names(), task, declared, to).await
     }
 
     async fn control(&self, event: Event) -> Result<()> {

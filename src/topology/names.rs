@@ -137,6 +137,18 @@ impl Names {
         format!("{}.{task}.limit.starts", self.ns)
     }
 
+    /// `{ns}.{task}.limit.record`: the limits of `task` in force (the last `warren limit` or
+    /// `topology apply`), one message.
+    pub fn limit_record(&self, task: &str) -> String {
+        format!("{}.{task}.limit.record", self.ns)
+    }
+
+    /// `{tokens}.debt`: the tokens of the token queue `tokens` still to be taken out of
+    /// circulation after a lowered limit, one message each.
+    pub fn limit_debt(&self, tokens: &str) -> String {
+        format!("{tokens}.debt")
+    }
+
     /// `{ns}.{task}.limit.lock`: the exclusive queue held while a worker counts `task`'s
     /// tokens and subscribes to them.
     pub fn limit_lock(&self, task: &str) -> String {

@@ -60,6 +60,26 @@ impl Plan {
         });
     }
 
+    /// Adds a limited type's record of the limits in force (one message, the newest; classic,
+    /// read by `basic.get` and given back), made on first use with its first message so that
+    /// "no queue" means "never written", and the debt queue of each of its token queues.
+    pub fn add_limit_state(&mut self, names: &Names, task: &str, tokens: &[String]) {
+        let record = names.limit_record(task);
+        let mut args = queue_type_args(QueueType::Classic);
+        args.push(("x-max-length", ArgValue::Int(1)));
+        self.state.push(record.clone());
+        self.lazy.push(QueueDecl { name: record, args });
+        for queue in tokens {
+            let debt = names.limit_debt(queue);
+            self.state.push(debt.clone());
+            self.bindings.push(Plan::state_binding(names, &debt));
+            self.queues.push(QueueDecl {
+                name: debt,
+                args: queue_type_args(QueueType::Classic),
+            });
+        }
+    }
+
     /// The binding through which Warren writes a state queue of its own (limit tokens, a
     /// unique key's marker): from the control exchange, under the queue's own name. Not the
     /// default exchange: publishing there needs write permission on `amq.default`, which

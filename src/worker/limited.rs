@@ -19,6 +19,7 @@ use super::consume::{permit, until_resumed};
 use super::handler::Registered;
 use super::{Shared, acks, delivery};
 use crate::broker::{Session, close_channel};
+use crate::control::limits::Limits;
 use crate::control::tokens::{Token, Tokens};
 
 /// Longest idle wait between two gets of an empty work queue.
@@ -96,37 +97,75 @@ impl LimitedConsumer {
         let get = self.session.channel().await?;
         let (settler, acking) = acks::Settler::start(get.clone(), self.shared.prefetch);
         self.shared.tracker.spawn(acking);
-        let local = u16::try_from(self.shared.concurrency).unwrap_or(u16::MAX);
         let lock = names.limit_lock(name);
-        let running = match self.task.limit.running {
-            Some(n) => {
-                let prefetch = local.min(u16::try_from(n).unwrap_or(u16::MAX));
-                let q = names.limit_running(name);
-                Some(
-                    Tokens::subscribe(&self.session, names, &q, &lock, n, prefetch, &self.stop)
-                        .await?,
-                )
+        let mut wait = Duration::from_millis(50);
+        while !crate::broker::lease::try_take(self.session.connection(), &lock, None).await? {
+            tokio::select! {
+                _ = self.stop.cancelled() => {
+                    return Err(crate::error::Error::Internal("stopping".into()));
+                }
+                _ = tokio::time::sleep(wait) => {}
             }
-            None => None,
-        };
-        let starts = match self.task.limit.rate {
-            Some(rate) => {
-                let (k, hold) = rate.tokens();
-                let prefetch = local.min(u16::try_from(k).unwrap_or(u16::MAX));
-                let q = names.limit_starts(name);
-                let tokens =
-                    Tokens::subscribe(&self.session, names, &q, &lock, k, prefetch, &self.stop)
-                        .await?;
-                Some((tokens, hold))
-            }
-            None => None,
-        };
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+        let subscribed = self.subscribe().await;
+        // The lock goes with this connection too; deleting it lets the next worker in now.
+        if let Ok(ch) = self.session.channel().await {
+            let _ = ch
+                .queue_delete(lock.as_str().into(), Default::default())
+                .await;
+            close_channel(&ch, "limit lock released").await;
+        }
+        let (running, starts) = subscribed?;
         Ok(Open {
             get,
             settler,
             running,
             starts,
         })
+    }
+
+    /// Under the type's lock: the limits in force (the record, else the topology's), and
+    /// each limit's tokens counted and subscribed to. A token consumer's prefetch is this
+    /// worker's concurrency, not the limit: a limit raised while it runs needs no new
+    /// consumer.
+    async fn subscribe(
+        &self,
+    ) -> crate::error::Result<(Option<Tokens>, Option<(Tokens, Duration)>)> {
+        let names = self.shared.routes.names();
+        let name = &self.task.name;
+        let declared = Limits {
+            concurrency: self.task.limit.running,
+            rate: self.task.limit.rate,
+        };
+        let limits =
+            crate::control::limits::in_force(self.session.connection(), names, name, declared)
+                .await?;
+        let live = self.shared.control.live_limit(name).unwrap_or_default();
+        let prefetch = u16::try_from(self.shared.concurrency).unwrap_or(u16::MAX);
+        let running = match limits.concurrency {
+            Some(n) => {
+                let q = names.limit_running(name);
+                let owed = live.running_owed.clone();
+                Some(Tokens::subscribe(&self.session, names, &q, n, prefetch, owed).await?)
+            }
+            None => None,
+        };
+        let starts = match limits.rate {
+            Some(rate) => {
+                let (k, hold) = rate.tokens();
+                let q = names.limit_starts(name);
+                let owed = live.starts_owed.clone();
+                let tokens = Tokens::subscribe(&self.session, names, &q, k, prefetch, owed).await?;
+                Some((tokens, hold))
+            }
+            None => None,
+        };
+        if limits != declared {
+            tracing::info!(task = %name, in_force = %limits.text(), declared = %declared.text(),
+                "the limits in force differ from the topology's (`warren limit`)");
+        }
+        Ok((running, starts))
     }
 
     /// Starts tasks, each under a permit and its tokens, until stopped, paused or a channel
@@ -165,13 +204,22 @@ impl LimitedConsumer {
                 Fetched::ChannelLost => return Served::ChannelLost,
             };
             if let Some((token, hold)) = start_token {
-                token.give_back_after(hold);
+                // A rate changed live holds its tokens for its own time.
+                token.give_back_after(self.live_hold().unwrap_or(hold));
             }
             let (shared, task) = (self.shared.clone(), self.task.clone());
             let hold: (tokio::sync::OwnedSemaphorePermit, Option<Token>) = (permit, run_token);
             let run = delivery::process(shared, task, *delivery, hold, open.settler.clone());
             self.shared.tracker.spawn(run);
         }
+    }
+
+    /// The start tokens' hold under a rate changed live, if one was.
+    fn live_hold(&self) -> Option<Duration> {
+        self.shared
+            .control
+            .live_limit(&self.task.name)
+            .and_then(|l| l.start_hold())
     }
 
     /// `what`, unless the session stops or the type is paused first (`None`).

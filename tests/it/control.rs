@@ -701,3 +701,136 @@ async fn a_paused_backlog_and_a_backlog_at_its_limit_are_not_spun_through_the_br
         "{limited} deliveries for {runs} runs"
     );
 }
+
+/// The most runs of `runs` in progress at any moment inside `[from, to]`.
+fn max_overlap_within(runs: &[(Duration, Duration)], from: Duration, to: Duration) -> usize {
+    let clipped: Vec<(Duration, Duration)> = runs
+        .iter()
+        .filter(|(s, e)| *e > from && *s < to)
+        .map(|(s, e)| ((*s).max(from), (*e).min(to)))
+        .collect();
+    max_overlap(&clipped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_changed_live_holds_for_running_workers_and_apply_puts_the_file_back() {
+    // Given two running workers of a type limited to 1 at once (300 ms runs, a long backlog)
+    let broker = TestBroker::new();
+    let toml = format!("{TOPOLOGY}concurrency_limit = 1\n");
+    let (settings, conn, ch) = broker.applied(&toml).await;
+    let file = TempFile::with(&toml);
+    let env = [("WARREN_TOPOLOGY", file.as_str())];
+    let producer = Producer::new(&settings).unwrap();
+    for r in producer.enqueue_many((0..200).map(|n| Job { n })).await {
+        r.unwrap();
+    }
+    let ledger = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let run = Duration::from_millis(300);
+    let workers: Vec<_> = (0..2)
+        .map(|_| spawn(ledger_worker(&settings, ledger.clone(), t0, run, 4)))
+        .collect();
+    let runs = |ledger: &Mutex<Vec<(u32, Duration, Duration)>>| -> Vec<(Duration, Duration)> {
+        ledger.lock().unwrap().iter().map(|r| (r.1, r.2)).collect()
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // When the limit is raised to 3 from the command line
+    let raised_at = t0.elapsed();
+    let raise = broker.cli_with(&["limit", "job", "--concurrency", "3"], &env, None);
+    assert!(raise.status.success(), "{}", stderr(&raise));
+    assert!(
+        stdout(&raise).contains("concurrency 1 → concurrency 3"),
+        "{}",
+        stdout(&raise)
+    );
+    // Then three run at once within seconds, never more
+    let reached = eventually(Duration::from_secs(10), "3 runs at once", || {
+        let r = runs(&ledger);
+        let now = t0.elapsed();
+        (max_overlap_within(&r, raised_at, now) >= 3).then_some(now - raised_at)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // When it is lowered to 1 through the library while three run
+    let lowered_at = t0.elapsed();
+    let change = producer
+        .set_limits(
+            "job",
+            warren::control::limits::Limits {
+                concurrency: Some(1),
+                rate: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(change.from.concurrency, Some(3));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let done_at = t0.elapsed();
+    let all = runs(&ledger);
+    let before = max_overlap_within(&all, Duration::ZERO, raised_at);
+    let while_raised = max_overlap_within(&all, raised_at, lowered_at);
+    // the runs in progress at the lowering finish (300 ms); after them, one at a time
+    let settled = lowered_at + run + Duration::from_millis(200);
+    let after = max_overlap_within(&all, settled, done_at);
+    let ran_after = all.iter().filter(|(s, _)| *s > settled).count();
+    eprintln!(
+        "live limit: 1 before ({before}), 3 reached {reached:?} after `warren limit` ({while_raised} \
+         at most), {after} at most after lowering to 1 ({ran_after} runs then)"
+    );
+    assert_eq!(before, 1, "{all:?}");
+    assert_eq!(while_raised, 3, "{all:?}");
+    assert!(reached < Duration::from_secs(5), "{reached:?}");
+    assert_eq!(after, 1, "{all:?}");
+    assert!(
+        ran_after >= 4,
+        "work went on after the lowering: {ran_after}"
+    );
+    // And `warren limit` shows what is in force; `topology apply` puts the file's 1 back
+    let raise = broker.cli_with(&["limit", "job", "--concurrency", "2"], &env, None);
+    assert!(raise.status.success(), "{}", stderr(&raise));
+    let shown = broker.cli_with(&["limit", "job"], &env, None);
+    assert!(
+        stdout(&shown)
+            .contains("limits of `job`: concurrency 2 (the topology declares concurrency 1)"),
+        "{}",
+        stdout(&shown)
+    );
+    let apply = broker.cli_with(&["topology", "apply"], &env, None);
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    assert!(
+        stdout(&apply).contains("limits    job: concurrency 2 → concurrency 1"),
+        "{}",
+        stdout(&apply)
+    );
+    // and once the workers stop, the tokens at rest less the debt still owed (a lowering
+    // while every token was held, paid as tokens come back) are exactly the limit in force:
+    // none leaked or lost through three changes
+    for (token, handle) in workers {
+        stop(token, handle).await;
+    }
+    producer.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tokens = broker.count(&ch, "t.job.limit.running").await;
+    let debt = broker.count(&ch, "t.job.limit.running.debt").await;
+    eprintln!("at rest: {tokens} tokens, {debt} owed");
+    assert_eq!(tokens - debt, 1, "{tokens} tokens, {debt} owed");
+    // and the next worker to start, finding no token held, counts exactly 1 and no debt
+    let again = spawn(ledger_worker(&settings, ledger.clone(), t0, run, 4));
+    let ran = ledger.lock().unwrap().len();
+    eventually(Duration::from_secs(10), "a run", || {
+        (ledger.lock().unwrap().len() > ran).then_some(())
+    })
+    .await;
+    stop(again.0, again.1).await;
+    broker.count_settles(&ch, "t.job.limit.running", 1).await;
+    assert_eq!(broker.count(&ch, "t.job.limit.running.debt").await, 0);
+    // A limit the type does not declare cannot be added live
+    let rate = broker.cli_with(&["limit", "job", "--rate", "5/s"], &env, None);
+    assert_eq!(rate.status.code(), Some(2), "{}", stderr(&rate));
+    assert!(
+        stderr(&rate).contains("`job` declares no `rate_limit` in the topology"),
+        "{}",
+        stderr(&rate)
+    );
+    drop(conn);
+}

@@ -98,6 +98,8 @@ pub enum Command {
     Pause(control::TypeArgs),
     /// Resume a paused task type.
     Resume(control::TypeArgs),
+    /// Change a type's concurrency or rate limit for its running workers, or show it.
+    Limit(control::LimitArgs),
     /// Fire the topology's schedules: exactly one scheduler leads, the others stand by.
     Scheduler,
     /// List the schedules with their next and last firing and the leading scheduler.
@@ -228,6 +230,9 @@ async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         }
         Command::Worker(args) => worker::run(&settings, args, &workdir).await,
         Command::Status(args) => status::run(&settings, args, out).await,
+        Command::Limit(args) => {
+            control::limit(&settings, args, topology_file.as_deref(), out).await
+        }
         Command::Cancel(args) => {
             control::cancel(&settings, args, topology_file.as_deref(), out).await
         }

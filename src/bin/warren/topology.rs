@@ -177,11 +177,16 @@ async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
     let started = Instant::now();
     let session = Session::open(&settings.broker_url(), "cli", settings.connect_timeout).await?;
     let result = session.apply(&settings.plan()).await;
-    if result.is_ok() {
-        warn_of_old_work_queues(settings, &session).await;
-    }
+    let limits = match result {
+        Ok(_) => {
+            warn_of_old_work_queues(settings, &session).await;
+            put_file_limits(settings, &session).await
+        }
+        Err(_) => Ok(Vec::new()),
+    };
     session.close("done").await;
     let report = result?;
+    let limits = limits?;
     let vhost = session.vhost();
     for e in &report.exchanges {
         writeln!(out, "exchange  {e}").map_err(write_err)?;
@@ -203,6 +208,15 @@ async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
         started.elapsed().as_millis()
     )
     .map_err(write_err)?;
+    for (task, change) in limits {
+        writeln!(
+            out,
+            "limits    {task}: {} → {}, from the topology file; in force for running workers now",
+            change.from.text(),
+            change.to.text()
+        )
+        .map_err(write_err)?;
+    }
     if settings.tasks.is_empty() {
         writeln!(
             out,
@@ -211,6 +225,32 @@ async fn apply(settings: &Settings, out: &mut dyn Write) -> Result<ExitCode> {
         .map_err(write_err)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Puts each limited type's limits from the topology file in force for its running workers
+/// (a `warren limit` since is undone); returns the types whose limits changed.
+async fn put_file_limits(
+    settings: &Settings,
+    session: &Session,
+) -> Result<Vec<(String, warren::control::limits::Change)>> {
+    let names = warren::topology::Names::new(&settings.namespace);
+    let mut changed = Vec::new();
+    for (task, t) in &settings.tasks {
+        let declared = warren::control::limits::Limits {
+            concurrency: t.concurrency_limit,
+            rate: t.rate_limit,
+        };
+        if declared == warren::control::limits::Limits::default() {
+            continue;
+        }
+        let change =
+            warren::control::limits::set(session.connection(), &names, task, declared, declared)
+                .await?;
+        if change.from != change.to {
+            changed.push((task.clone(), change));
+        }
+    }
+    Ok(changed)
 }
 
 /// A type that became a broadcast type keeps its old work queue, still bound under the task
