@@ -49,6 +49,24 @@ pub struct Row {
     /// `rate_limit`, as written (`10/s`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+    /// The topology file's limits, when the limits in force above differ (changed live by
+    /// `warren limit`, until the next `topology apply`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared_limits: Option<String>,
+    /// Who holds the type's limit tokens now (concurrency tokens, else start tokens): each
+    /// worker connection and how many it holds. The counts are the broker's samples of each
+    /// channel (every 5 s), so while tokens move they need not add up to `limit_in_use`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limit_holders: Vec<Holder>,
+}
+
+/// A worker connection holding limit tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    /// The connection's name as the management UI shows it (`warren worker host:pid …`).
+    pub connection: String,
+    /// Tokens it holds (running, or taken for its next start).
+    pub tokens: u64,
 }
 
 /// The whole status: rows and where they came from.
@@ -187,6 +205,96 @@ fn add_limits(row: &mut Row, ns: &str, settings: &Settings, by_name: &BTreeMap<&
     }
 }
 
+/// Puts the limits in force (the limit record, read without consuming it) and the token
+/// holders into a limited type's row.
+fn add_live_limits(
+    row: &mut Row,
+    mgmt: &Management,
+    vhost: &str,
+    names: &Names,
+    by_name: &BTreeMap<&str, &Value>,
+) -> Result<()> {
+    if row.concurrency_limit.is_none() && row.rate_limit.is_none() {
+        return Ok(());
+    }
+    let declared = crate::control::limits::Limits {
+        concurrency: row.concurrency_limit,
+        rate: row
+            .rate_limit
+            .as_deref()
+            .and_then(|r| crate::limits::RateLimit::parse(r).ok()),
+    };
+    let record = names.limit_record(&row.task);
+    if by_name.contains_key(record.as_str()) {
+        let got = mgmt.post_json(
+            &format!("queues/{}/{}/get", enc(vhost), enc(&record)),
+            &serde_json::json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+        )?;
+        let payload = got[0]["payload"].as_str().unwrap_or_default();
+        if let Some(recorded) = crate::control::limits::decode(payload.as_bytes()) {
+            let in_force = recorded.within(declared);
+            if in_force != declared {
+                row.concurrency_limit = in_force.concurrency;
+                row.rate_limit = in_force.rate.map(|r| r.text());
+                row.declared_limits = Some(declared.text());
+            }
+        }
+    }
+    let tokens = match row.concurrency_limit {
+        Some(_) => names.limit_running(&row.task),
+        None => names.limit_starts(&row.task),
+    };
+    // Asked also while the queue's figures are not reported yet (a new queue).
+    if by_name
+        .get(tokens.as_str())
+        .is_some_and(|q| uint(q, &["consumers"]) != Some(0))
+    {
+        row.limit_holders = holders(mgmt, vhost, &tokens)?;
+    }
+    Ok(())
+}
+
+/// The connections whose channels consume token queue `queue`, with the tokens each holds
+/// (its channel's unacked deliveries), most first.
+fn holders(mgmt: &Management, vhost: &str, queue: &str) -> Result<Vec<Holder>> {
+    let Some(q) = mgmt.get_opt(&format!("queues/{}/{}", enc(vhost), enc(queue)))? else {
+        return Ok(Vec::new());
+    };
+    let mut found: Vec<Holder> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for c in q["consumer_details"].as_array().into_iter().flatten() {
+        let channel = c["channel_details"]["name"].as_str().unwrap_or_default();
+        if channel.is_empty() || !seen.insert(channel.to_string()) {
+            continue;
+        }
+        // A channel closed meanwhile holds nothing.
+        let Some(ch) = mgmt.get_opt(&format!("channels/{}", enc(channel)))? else {
+            continue;
+        };
+        let tokens = uint(&ch, &["messages_unacknowledged"]).unwrap_or(0);
+        // The broker names a connection by its addresses; the name the worker gave it
+        // (`warren worker host:pid …`) is its `user_provided_name`.
+        let by_addresses = c["channel_details"]["connection_name"]
+            .as_str()
+            .unwrap_or(channel)
+            .to_string();
+        let connection = mgmt
+            .get_opt(&format!("connections/{}", enc(&by_addresses)))?
+            .and_then(|c| c["user_provided_name"].as_str().map(str::to_string))
+            .unwrap_or(by_addresses);
+        match found.iter_mut().find(|h| h.connection == connection) {
+            Some(h) => h.tokens += tokens,
+            None => found.push(Holder { connection, tokens }),
+        }
+    }
+    found.sort_by(|a, b| {
+        b.tokens
+            .cmp(&a.tokens)
+            .then(a.connection.cmp(&b.connection))
+    });
+    Ok(found)
+}
+
 /// True when `task`'s pause record says paused (read without consuming it).
 fn read_paused(mgmt: &Management, vhost: &str, queue: &str) -> Result<bool> {
     let got = mgmt.post_json(
@@ -246,6 +354,7 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
     let names = Names::new(ns);
     for row in &mut tasks {
         add_limits(row, ns, settings, &by_name);
+        add_live_limits(row, mgmt, &vhost, &names, &by_name)?;
         let record = names.pause_record(&row.task);
         if by_name.contains_key(record.as_str()) {
             row.paused = read_paused(mgmt, &vhost, &record)?;

@@ -750,7 +750,35 @@ async fn a_concurrency_limit_changed_live_holds_for_running_workers_and_apply_pu
         (max_overlap_within(&r, raised_at, now) >= 3).then_some(now - raised_at)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // and `warren status` shows the limit in force, that it was changed live, and who holds
+    // its tokens
+    // (the management API reports a new channel's figures within 5 s)
+    let (text, held) = eventually(Duration::from_secs(15), "status with holders", || {
+        let text = stdout(&broker.cli_with(&["status"], &env, None));
+        let held = text
+            .lines()
+            .find_map(|l| l.strip_prefix("`job` limit tokens held by: "))
+            .map(str::to_string)?;
+        Some((text, held))
+    })
+    .await;
+    eprintln!("{text}");
+    assert!(text.contains("/3 at once"), "{text}");
+    assert!(
+        text.contains(
+            "`job`: limits changed live (`warren limit`); the topology file says concurrency 1"
+        ),
+        "{text}"
+    );
+    // (per holder as the broker sampled each channel: the two workers' connections)
+    let holders: Vec<&str> = held.split(", ").collect();
+    assert!(
+        !holders.is_empty()
+            && holders.len() <= 2
+            && holders.iter().all(|h| h.starts_with("warren worker ")),
+        "{held}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // When it is lowered to 1 through the library while three run
     let lowered_at = t0.elapsed();
     let change = producer

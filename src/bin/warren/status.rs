@@ -191,6 +191,25 @@ pub(crate) fn table(status: &Status) -> String {
              add up all of them\n",
         );
     }
+    for r in &status.tasks {
+        if let Some(declared) = &r.declared_limits {
+            out.push_str(&format!(
+                "`{}`: limits changed live (`warren limit`); the topology file says {declared} \
+                 (`warren topology apply` puts it back)\n",
+                r.task
+            ));
+        }
+        if !r.limit_holders.is_empty() {
+            let held: Vec<String> = (r.limit_holders.iter())
+                .map(|h| format!("{} ×{}", h.connection, h.tokens))
+                .collect();
+            out.push_str(&format!(
+                "`{}` limit tokens held by: {}\n",
+                r.task,
+                held.join(", ")
+            ));
+        }
+    }
     // The ladder is shared by every task type of the namespace: one figure, not one per row.
     out.push_str(&format!(
         "delayed (the namespace's delay ladder): {}\n",
