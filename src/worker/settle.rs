@@ -173,9 +173,9 @@ fn publish_then_ack<'a>(
 
 /// What to do about an answer the broker refused: answers over direct reply-to go through
 /// the default exchange, which a least-privilege namespace user may not write to.
-fn answer_hint(err: &crate::Error) -> &'static str {
+fn answer_hint(err: &crate::error::Error) -> &'static str {
     match err {
-        crate::Error::Amqp { source, .. }
+        crate::error::Error::Amqp { source, .. }
             if crate::broker::is_soft(source, lapin::protocol::AMQPSoftError::ACCESSREFUSED) =>
         {
             "answers to a waiting caller go through the default exchange: grant this user write \
