@@ -1,6 +1,6 @@
 //! Live limits: changing a type's `concurrency_limit` or `rate_limit` while its workers run.
 //!
-//! A limit is a number of tokens in circulation ([`super::tokens`]), most of them held by
+//! A limit is a number of tokens in circulation (the `tokens` module), most of them held by
 //! workers at any moment, so nobody can count them. A change therefore never counts: it
 //! moves the circulation by the difference, under the type's lock (the one a worker counts
 //! and refills under), and records the new number.
