@@ -53,15 +53,33 @@ struct TokenChannel {
 }
 
 impl TokenChannel {
-    /// Pays one token of debt, if any is owed: takes a debt message. True when one was
-    /// taken (the caller then acks its token instead of using or requeueing it).
-    async fn pay(&self) -> bool {
+    /// Pays one token of debt with token `tag`, if any is owed: takes a debt message, acks
+    /// the token (gone), then acks the debt message. True when it paid (the caller then
+    /// neither uses nor requeues the token). The token is acked first: a worker that dies
+    /// between the two acks leaves the debt message to be paid again, one token fewer than
+    /// the limit until the next count (never one more).
+    async fn pay(&self, tag: u64) -> bool {
         if !self.owed.load(Ordering::Acquire) {
             return false;
         }
-        match super::limits::take_one(&self.channel, &self.debt).await {
-            Ok(true) => true,
-            Ok(false) => {
+        let got = self
+            .channel
+            .basic_get(
+                self.debt.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await;
+        match got {
+            Ok(Some(debt)) => {
+                let _ = self
+                    .channel
+                    .basic_ack(tag, BasicAckOptions::default())
+                    .await;
+                let _ = debt.delivery.ack(BasicAckOptions::default()).await;
+                tracing::info!(queue = %self.debt, "a lowered limit took back a token");
+                true
+            }
+            Ok(None) => {
                 self.owed.store(false, Ordering::Release);
                 false
             }
@@ -111,12 +129,7 @@ impl Drop for Token {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
-                if channel.pay().await {
-                    let _ = channel
-                        .channel
-                        .basic_ack(tag, BasicAckOptions::default())
-                        .await;
-                    tracing::info!(queue = %channel.debt, "a lowered limit took back a token");
+                if channel.pay(tag).await {
                     return;
                 }
                 let _ = channel
@@ -220,13 +233,7 @@ impl Tokens {
                 Some(Ok(d)) => d.delivery_tag,
                 _ => return None,
             };
-            if self.channel.pay().await {
-                let _ = self
-                    .channel
-                    .channel
-                    .basic_ack(tag, BasicAckOptions::default())
-                    .await;
-                tracing::info!(queue = %self.channel.debt, "a lowered limit took back a token");
+            if self.channel.pay(tag).await {
                 continue;
             }
             return Some(Token {

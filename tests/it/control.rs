@@ -830,9 +830,12 @@ async fn a_concurrency_limit_changed_live_holds_for_running_workers_and_apply_pu
         "{}",
         stdout(&apply)
     );
-    // and once the workers stop, the tokens at rest less the debt still owed (a lowering
-    // while every token was held, paid as tokens come back) are exactly the limit in force:
-    // none leaked or lost through three changes
+    // and once the debt of that lowering is paid (by the tokens the running workers give
+    // back) and the workers stop, exactly the limit in force is at rest: no token leaked or
+    // lost through three changes
+    broker
+        .count_settles(&ch, "t.job.limit.running.debt", 0)
+        .await;
     for (token, handle) in workers {
         stop(token, handle).await;
     }
