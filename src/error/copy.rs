@@ -43,6 +43,10 @@ impl Clone for Error {
                 source: source.clone(),
             },
             Error::TopologyConflict(c) => Error::TopologyConflict(c.clone()),
+            Error::NoListeners { task, id } => Error::NoListeners {
+                task: task.clone(),
+                id: id.clone(),
+            },
             Error::Unroutable { task, namespace } => Error::Unroutable {
                 task: task.clone(),
                 namespace: namespace.clone(),

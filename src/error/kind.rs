@@ -19,6 +19,7 @@ impl Error {
             | Error::Refused { .. }
             | Error::TopologyConflict(_)
             | Error::Unroutable { .. }
+            | Error::NoListeners { .. }
             | Error::MissingExchange { .. }
             | Error::ManagementUnreachable { .. }
             | Error::ManagementRefused { .. }
@@ -46,6 +47,7 @@ impl Error {
             | Error::Declare { .. }
             | Error::TopologyConflict(_)
             | Error::Unroutable { .. }
+            | Error::NoListeners { .. }
             | Error::MissingExchange { .. }
             | Error::Refusal { .. }
             | Error::Amqp { .. }

@@ -102,6 +102,19 @@ pub enum Error {
         namespace: String,
     },
 
+    /// A broadcast that no worker receives right now: the broker took it and delivered it to
+    /// nobody (no worker of its type is connected). Nothing of it is kept.
+    #[error(
+        "no worker receives `{task}` broadcasts right now: broadcast {id} ran nowhere and is \
+         not kept; start a worker of the type (`warren worker`), then enqueue it again"
+    )]
+    NoListeners {
+        /// Task name.
+        task: String,
+        /// The broadcast's id.
+        id: String,
+    },
+
     /// The broker does not know the exchange we publish to.
     #[error("exchange `{exchange}` does not exist")]
     MissingExchange {

@@ -318,8 +318,14 @@ impl Publisher {
                 Ok(m.id.clone())
             }
             Ok(Confirmation::Ack(Some(_))) if m.if_unroutable == IfUnroutable::Broadcast => {
+                Err(Error::NoListeners {
+                    task: m.task.clone(),
+                    id: m.id.clone(),
+                })
+            }
+            Ok(Confirmation::Ack(Some(_))) if m.if_unroutable == IfUnroutable::BroadcastFiring => {
                 tracing::warn!(task.kind = %m.task, task.id = %m.id,
-                    "no worker receives this broadcast type right now; it ran nowhere");
+                    "no worker receives this broadcast type right now; the firing ran nowhere");
                 Ok(m.id.clone())
             }
             Ok(Confirmation::Ack(Some(_))) if m.if_unroutable == IfUnroutable::QueueAnswer => {

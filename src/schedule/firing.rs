@@ -63,7 +63,7 @@ pub(crate) fn message(
         body,
         properties: env.properties_with(headers, None),
         if_unroutable: if settings.is_broadcast(task) {
-            IfUnroutable::Broadcast
+            IfUnroutable::BroadcastFiring
         } else {
             IfUnroutable::Error
         },

@@ -32,9 +32,12 @@ pub(crate) struct Outgoing {
 pub(crate) enum IfUnroutable {
     /// An error: a task must reach a queue (new tasks of ordinary types, and every copy).
     Error,
-    /// A new broadcast with no worker receiving its type right now: delivered to nobody,
-    /// confirmed, with a warning.
+    /// A new broadcast: returned means no worker receives its type right now, delivered to
+    /// nobody: [`crate::Error::NoListeners`], an outcome of its own.
     Broadcast,
+    /// A schedule's firing of a broadcast type: it also reaches its record by `BCC`, so it is
+    /// returned only when the record is missing too; logged, the firing stands.
+    BroadcastFiring,
     /// An answer over direct reply-to, published without `mandatory`: the broker counts a
     /// reply to `amq.rabbitmq.reply-to.*` as unrouted and would return every one. A caller
     /// that has gone loses it; the task's outcome stands.

@@ -152,6 +152,8 @@ fn main() -> ExitCode {
             // A duplicate unique task is an answer, not a failure: its own code, for scripts.
             ExitCode::from(match e {
                 Error::Duplicate { .. } => 3,
+                // Nobody listened: an outcome a script tells apart from a failure.
+                Error::NoListeners { .. } => 4,
                 _ if e.is_usage() => 2,
                 _ => 1,
             })

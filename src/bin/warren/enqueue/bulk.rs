@@ -27,6 +27,7 @@ pub(super) async fn enqueue_in_chunks(
     let started = Instant::now();
     let progress = Progress::new(total);
     let (mut ok, mut failed, mut n) = (0u64, 0u64, 0u64);
+    let mut unheard = 0u64;
     let mut items = items.peekable();
     while items.peek().is_some() {
         let chunk: Vec<_> = items.by_ref().take(CHUNK).collect();
@@ -45,6 +46,7 @@ pub(super) async fn enqueue_in_chunks(
                         hints::explained(&e)
                     ));
                     failed += 1;
+                    unheard += u64::from(matches!(e, warren::Error::NoListeners { .. }));
                 }
             }
         }
@@ -61,10 +63,11 @@ pub(super) async fn enqueue_in_chunks(
             String::new()
         }
     );
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    // Broadcasts nobody heard, and nothing else failed: their own code, as for one.
+    Ok(match failed {
+        0 => ExitCode::SUCCESS,
+        _ if failed == unheard => ExitCode::from(4),
+        _ => ExitCode::from(1),
     })
 }
 
