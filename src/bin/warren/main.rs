@@ -2,7 +2,8 @@
 //!
 //! One module per subcommand group; each uses only the library's public API. Exit codes: 0
 //! success; 1 a runtime failure (broker unreachable, a task not confirmed); 2 a usage error
-//! (bad flag, bad topology file, bad input). The library's errors state facts; the hints that
+//! (bad flag, bad topology file, bad input); 3 a duplicate unique task; 4 a broadcast no
+//! worker received; 124 no answer within `--wait`. The library's errors state facts; the hints that
 //! name this command's flags and subcommands are added here ([`hints`]).
 
 mod bench;
