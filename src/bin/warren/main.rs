@@ -136,7 +136,7 @@ fn main() -> ExitCode {
         _ => "warn,lapin=off,warren=info",
     };
     let drop_task_lines = matches!(cli.command, Command::Bench(_));
-    let log_guard = init_tracing(cli.log_format, default_filter, drop_task_lines);
+    init_tracing(cli.log_format, default_filter, drop_task_lines);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -145,13 +145,7 @@ fn main() -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout().lock();
-    let outcome = runtime.block_on(run(cli, &mut stdout));
-    // The log lines before the outcome come before it on stderr: the runtime's tasks end
-    // first (bounded: a blocking read of stdin would hold a plain drop), then the log
-    // thread writes what it holds.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    drop(log_guard);
-    match outcome {
+    match runtime.block_on(run(cli, &mut stdout)) {
         Ok(code) => code,
         Err(e) => {
             let _ = stdout.flush();
@@ -168,39 +162,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logging to stderr, through a non-blocking writer: the calling thread formats a line and
-/// hands it to a thread of its own, which writes what has piled up in one go (a `BufWriter`
-/// flushed whenever the queue runs dry). A worker's per-task `finished` line then costs a
-/// channel send instead of a `write(2)` on the run's path, and a slow reader of stderr (a
-/// pipe, a journal under load) slows no run. It is not lossy: a full queue (8192 lines)
-/// makes the caller wait rather than drop lines. The guard flushes what is left when it is
-/// dropped, at the end of `main`; a second Ctrl-C (`exit(130)`) may lose the last lines.
-///
-/// `warren bench` formats the per-task lines of its in-process workers (a cost a worker
-/// pays) but writes them nowhere: 20 000 tasks a phase would bury its report. Its drains run
-/// in child processes that write them into a pipe, as a worker would.
-fn init_tracing(
-    format: LogFormat,
-    default_filter: &str,
-    drop_task_lines: bool,
-) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logging to stderr. `warren bench` formats the per-task lines of its in-process workers (a
+/// cost a worker pays) but writes them nowhere: 20 000 tasks a phase would bury its report.
+/// Its drains run in child processes that write them into a pipe, as a worker would.
+fn init_tracing(format: LogFormat, default_filter: &str, drop_task_lines: bool) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(8192)
-        .thread_name("warren-log")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let writer = if drop_task_lines {
         BoxMakeWriter::new(
-            stderr
+            std::io::stderr
                 .with_filter(|m| m.target() != "warren::task")
                 .or_else(std::io::sink),
         )
     } else {
-        BoxMakeWriter::new(stderr)
+        BoxMakeWriter::new(std::io::stderr)
     };
     // Colours only on a terminal: escape codes in a log file or journal are noise, and
     // writing them is a measurable part of a worker's per-task span cost.
@@ -212,7 +189,6 @@ fn init_tracing(
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-    guard
 }
 
 impl Cli {
