@@ -388,6 +388,96 @@ async fn a_broadcast_nobody_receives_goes_nowhere_and_a_replay_needs_a_worker_an
     );
 }
 
+/// The own queues of `task` in the test's vhost, with or without a consumer (a paused
+/// worker keeps its queue and cancels its consumer), once `want` exist.
+async fn own_queues_held(broker: &TestBroker, task: &str, want: usize) {
+    let path = format!("queues/{}?columns=name", enc(&broker.vhost));
+    let prefix = format!("t.{task}@");
+    eventually(
+        Duration::from_secs(20),
+        &format!("{want} own queue(s) of `{task}`"),
+        || {
+            let list = broker.mgmt.get(&path).ok()?;
+            let n = list
+                .as_array()?
+                .iter()
+                .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+                .count();
+            (n == want).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_holds_every_listener_and_a_cancel_reaches_every_listener_that_has_not_run_it() {
+    // Given a paused broadcast type and three workers serving it (each keeps its own queue
+    // while paused, so broadcasts are received and held, not lost)
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    let producer = Producer::new(&settings).unwrap();
+    producer.pause("reload").await.unwrap();
+    let runs: Runs = Arc::default();
+    let workers: Vec<_> = (0..3)
+        .map(|i| spawn(recording_worker(&settings, i, &runs, never)))
+        .collect();
+    own_queues_held(&broker, "reload", 3).await;
+    // When two broadcasts are enqueued while paused
+    let held = producer.enqueue(&Reload { n: 1 }).await.unwrap();
+    producer.enqueue(&Reload { n: 2 }).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Then no listener runs either
+    assert_eq!(
+        runs_of(&runs),
+        vec![],
+        "nothing runs on any listener while paused"
+    );
+    // When the first is cancelled and the type resumed
+    producer
+        .cancel("reload", std::slice::from_ref(&held))
+        .await
+        .unwrap();
+    producer.resume("reload").await.unwrap();
+    // Then every listener runs the second once, and none runs the cancelled one: each
+    // listener's copy goes dead as `cancelled`, unrun
+    wait_count(Duration::from_secs(20), "3 runs", 3, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    broker.count_settles(&ch, "t.reload.dead", 3).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = runs_of(&runs);
+    let workers_ran: HashSet<usize> = seen.iter().map(|(w, _, _)| *w).collect();
+    assert!(
+        seen.len() == 3 && seen.iter().all(|(_, n, _)| *n == 2) && workers_ran.len() == 3,
+        "each listener ran the second broadcast once and the cancelled one never: {seen:?}"
+    );
+    let dead = take(
+        &ch,
+        "t.reload.dead",
+        3,
+        Instant::now(),
+        Duration::from_secs(10),
+    )
+    .await;
+    for (_, d) in &dead {
+        assert_eq!(
+            d.properties.message_id().as_ref().map(|m| m.as_str()),
+            Some(held.as_str())
+        );
+        assert_eq!(crate::worker::header_str(d, "warren-reason"), "cancelled");
+    }
+    let by: HashSet<String> = dead
+        .iter()
+        .map(|(_, d)| crate::worker::header_str(d, "warren-worker"))
+        .collect();
+    assert_eq!(by.len(), 3, "one dead copy per listener: {by:?}");
+    producer.close().await;
+    for (token, handle) in workers {
+        stop(token, handle).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_worker_mid_run_leaves_the_others_running_and_takes_its_queue_away() {
     let broker = TestBroker::new();
