@@ -158,8 +158,8 @@ pub fn rows(ns: &str, declared: &[String], broadcast: &[String], queues: &[Value
                     consumers: sum(own, |q| uint(q, &["consumers"])),
                     delayed_in_namespace: delayed,
                     dead,
-                    publish_rate: sum(own, |q| rate(q, "publish_details")),
-                    ack_rate: sum(own, |q| rate(q, "ack_details")),
+                    publish_rate: rate_sum(own, "publish_details"),
+                    ack_rate: rate_sum(own, "ack_details"),
                     broadcast_workers: Some(own.len() as u64),
                     task,
                     ..Row::default()
@@ -308,6 +308,12 @@ fn read_paused(mgmt: &Management, vhost: &str, queue: &str) -> Result<bool> {
 
 /// The sum of a figure over several queues: unknown when any of them has not reported it;
 /// 0 over no queue (no worker receives the type: nothing waits anywhere).
+/// The sum of a rate over `queues`: 0.0 for none (a float sum of nothing is -0.0, which
+/// would print as `-0.0/s`).
+fn rate_sum(queues: &[&Value], details: &str) -> Option<f64> {
+    sum(queues, |q| rate(q, details)).map(|r| if r > 0.0 { r } else { 0.0 })
+}
+
 fn sum<T: std::iter::Sum<T>>(queues: &[&Value], figure: impl Fn(&Value) -> Option<T>) -> Option<T> {
     queues.iter().map(|q| figure(q)).sum()
 }
@@ -385,6 +391,23 @@ mod tests {
             (Some(0.0), Some(0.0))
         );
         assert!(!format!("{:.1}", rows[0].ack_rate.unwrap()).starts_with('-'));
+    }
+
+    #[test]
+    fn a_broadcast_type_with_no_worker_has_rates_of_plain_zero() {
+        let queues = vec![json!({"name": "ns.reload.dead", "messages": 0})];
+        let rows = rows(
+            "ns",
+            &["reload".to_string()],
+            &["reload".to_string()],
+            &queues,
+        );
+        let (publish, ack) = (rows[0].publish_rate.unwrap(), rows[0].ack_rate.unwrap());
+        assert_eq!((publish, ack), (0.0, 0.0));
+        assert!(
+            publish.is_sign_positive() && ack.is_sign_positive(),
+            "not -0.0: {publish:?} {ack:?}"
+        );
     }
 
     #[test]
