@@ -1124,7 +1124,7 @@ async fn a_rolling_restart_of_three_exec_workers_costs_no_attempt_and_loses_noth
     // Each run logs its attempt: a run cut short, or a task prefetched but not started when
     // its worker stopped, must come back as attempt 1 again.
     let script = format!(
-        "echo $WARREN_TASK_ID $WARREN_ATTEMPT >> {}; sleep 2; echo $WARREN_TASK_ID >> {}",
+        "echo $WARREN_TASK_ID $WARREN_ATTEMPT $PPID $(date +%s%3N) >> {}; sleep 2; echo $WARREN_TASK_ID >> {}",
         started.as_str(),
         done.as_str()
     );
@@ -1145,17 +1145,33 @@ async fn a_rolling_restart_of_three_exec_workers_costs_no_attempt_and_loses_noth
         .map(|r| r.unwrap())
         .collect();
     let mut logs = String::new();
+    // Restarts that caught their worker early in a run (1.5 s or more of its 2 s left, three
+    // times the grace period): each of those must cut the run short.
+    let mut caught_mid_run = 0;
     for (i, worker) in workers.iter_mut().enumerate() {
-        // Let every worker be mid-run (each run takes 2 s), then replace worker i.
-        let before = started.lines().len();
-        wait_count(
-            Duration::from_secs(20),
-            "runs under way",
-            before + 1,
-            || started.lines().len(),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Replace worker i as soon as it has just started a run (its handler's parent is the
+        // worker: `$PPID`), or after 10 s if it has nothing left to start.
+        let pid = worker.0.id().to_string();
+        let looking = Instant::now();
+        let fresh = loop {
+            let finished: HashSet<String> = done.lines().into_iter().collect();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let just_started = started.lines().iter().any(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                f.len() == 4
+                    && f[2] == pid
+                    && !finished.contains(f[0])
+                    && f[3].parse::<i64>().is_ok_and(|at| now_ms - at <= 500)
+            });
+            if just_started || looking.elapsed() > Duration::from_secs(10) {
+                break just_started;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        caught_mid_run += usize::from(fresh);
         signal(worker, "-TERM");
         let status = wait_exit(worker, Duration::from_secs(15)).await;
         assert!(status.success(), "worker {i}: {status:?}");
@@ -1174,7 +1190,7 @@ async fn a_rolling_restart_of_three_exec_workers_costs_no_attempt_and_loses_noth
     assert_eq!(completed, ids, "every task ran to completion");
     let attempts: Vec<String> = started.lines();
     assert!(
-        attempts.iter().all(|l| l.ends_with(" 1")),
+        attempts.iter().all(|l| l.split(' ').nth(1) == Some("1")),
         "every run was attempt 1: {attempts:?}"
     );
     assert!(
@@ -1185,12 +1201,17 @@ async fn a_rolling_restart_of_three_exec_workers_costs_no_attempt_and_loses_noth
     let interrupted = logs.matches("back to its queue, same attempt").count();
     let handed_back = logs.matches("prefetched tasks back to their queue").count();
     assert!(
-        interrupted >= 2,
-        "the restarts cut runs short ({interrupted} seen): {logs}"
+        caught_mid_run >= 1,
+        "no restart caught its worker in a run: the test proved nothing"
+    );
+    assert!(
+        interrupted >= caught_mid_run,
+        "each restart that caught a run cut it short ({caught_mid_run} caught, \
+         {interrupted} interrupted): {logs}"
     );
     eprintln!(
-        "rolling restart: 9 tasks, {} runs started, {interrupted} interrupted, {handed_back} \
-         workers handed back prefetched tasks, 0 dead",
+        "rolling restart: 9 tasks, {} runs started, {caught_mid_run} restarts mid-run, \
+         {interrupted} interrupted, {handed_back} workers handed back prefetched tasks, 0 dead",
         started.lines().len()
     );
     let _ = std::fs::remove_dir_all(&dir.0);
