@@ -31,6 +31,8 @@ pub enum ExchangeKind {
     Direct,
     /// Pattern match on dot-separated words.
     Topic,
+    /// Every bound queue or exchange, whatever the key.
+    Fanout,
 }
 
 impl ExchangeKind {
@@ -39,6 +41,7 @@ impl ExchangeKind {
         match self {
             ExchangeKind::Direct => "direct",
             ExchangeKind::Topic => "topic",
+            ExchangeKind::Fanout => "fanout",
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct ExchangeDecl {
     pub name: String,
     /// Exchange type.
     pub kind: ExchangeKind,
+    /// Arguments in a stable order (`alternate-exchange`); empty for most.
+    pub args: Vec<(&'static str, ArgValue)>,
 }
 
 /// One queue to declare (always durable).

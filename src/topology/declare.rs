@@ -30,7 +30,7 @@ pub struct ApplyReport {
     pub bindings: Vec<String>,
 }
 
-/// Field table of a queue's arguments: integers as 64-bit integers, strings as long strings.
+/// Field table of a queue's or an exchange's arguments: integers as 64-bit integers, strings as long strings.
 pub fn field_table(args: &[(&'static str, ArgValue)]) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in args {
@@ -98,6 +98,7 @@ impl Declaring<'_> {
         let kind = match ex.kind {
             ExchangeKind::Direct => lapin::ExchangeKind::Direct,
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
         };
         let opts = ExchangeDeclareOptions {
             durable: true,
@@ -105,7 +106,7 @@ impl Declaring<'_> {
         };
         let declared = self
             .channel
-            .exchange_declare(ex.name.as_str().into(), kind, opts, FieldTable::default())
+            .exchange_declare(ex.name.as_str().into(), kind, opts, field_table(&ex.args))
             .await;
         match declared {
             Ok(()) => {

@@ -15,25 +15,15 @@ impl Plan {
             .iter()
             .map(|e| {
                 json!({"name": e.name, "type": e.kind.as_str(), "durable": true,
-                       "auto_delete": false, "internal": false, "arguments": {}})
+                       "auto_delete": false, "internal": false, "arguments": arguments(&e.args)})
             })
             .collect();
         let queues: Vec<Value> = self
             .queues
             .iter()
             .map(|q| {
-                let args: Map<String, Value> = q
-                    .args
-                    .iter()
-                    .map(|(k, v)| {
-                        let v = match v {
-                            ArgValue::Int(i) => json!(i),
-                            ArgValue::Str(s) => json!(s),
-                        };
-                        (k.to_string(), v)
-                    })
-                    .collect();
-                json!({"name": q.name, "durable": true, "auto_delete": false, "arguments": args})
+                json!({"name": q.name, "durable": true, "auto_delete": false,
+                       "arguments": arguments(&q.args)})
             })
             .collect();
         let bindings: Vec<Value> = self
@@ -51,6 +41,19 @@ impl Plan {
         json!({"exchanges": exchanges, "queues": queues, "bindings": bindings,
                "policies": [], "parameters": []})
     }
+}
+
+/// Arguments as a definitions JSON object.
+fn arguments(args: &[(&'static str, ArgValue)]) -> Map<String, Value> {
+    args.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                ArgValue::Int(i) => json!(i),
+                ArgValue::Str(s) => json!(s),
+            };
+            (k.to_string(), v)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -98,6 +98,18 @@ impl Names {
         format!("{}.delay.{level}", self.ns)
     }
 
+    /// `{ns}.{task}.listeners`: fanout exchange between the ladder's foot and a broadcast
+    /// type's workers' own queues; its alternate exchange is [`Names::unheard_exchange`].
+    pub fn listeners_exchange(&self, task: &str) -> String {
+        format!("{}.{task}.listeners", self.ns)
+    }
+
+    /// `{ns}.{task}.unheard`: fanout exchange into a broadcast type's dead queue, for the
+    /// delayed copies no worker listened to.
+    pub fn unheard_exchange(&self, task: &str) -> String {
+        format!("{}.{task}.unheard", self.ns)
+    }
+
     /// `{ns}.delay.deliver`: topic exchange at the ladder's foot, routes `#.{task}` to work.
     pub fn deliver_exchange(&self) -> String {
         format!("{}.delay.deliver", self.ns)

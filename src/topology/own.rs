@@ -12,9 +12,10 @@ use super::plan::{Layout, Plan, TaskQueues, queue_type_args};
 /// queue can be neither exclusive nor transient), and the broker deletes it the moment the
 /// worker's connection goes, kill -9 included, so nothing piles up for a worker that is gone
 /// (RabbitMQ 4.3 refuses transient queues that are not exclusive; exclusive ones are fine).
-/// Its bindings: `{ns}.tasks` with the task name and `{ns}.delay.deliver` with `#.{task}`
-/// (every enqueue and every delayed one fans out to every worker's queue, as a direct or topic
-/// exchange delivers to all matching queues), and `{ns}.delay.deliver` with
+/// Its bindings: `{ns}.tasks` with the task name (every enqueue fans out to every worker's
+/// queue, as a direct exchange delivers to all matching queues), `{ns}.{task}.listeners`
+/// (every delayed one: the fanout exchange at the ladder's foot whose alternate exchange
+/// keeps what no worker hears as dead), and `{ns}.delay.deliver` with
 /// `#.{task}@{worker}`, the key this worker's retries travel the ladder under, so a retry
 /// returns to this worker only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +54,7 @@ impl Plan {
         };
         let bindings = vec![
             binding(names.tasks_exchange(), task.name.to_string()),
-            binding(names.deliver_exchange(), format!("#.{}", task.name)),
+            binding(names.listeners_exchange(task.name), String::new()),
             binding(names.deliver_exchange(), format!("#.{retry_key}")),
         ];
         OwnQueue {
@@ -67,6 +68,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::decl::ExchangeKind;
     use crate::topology::{Ladder, Names};
     use std::time::Duration;
 
@@ -92,6 +94,28 @@ mod tests {
             plan.bindings.iter().all(|b| b.destination != "ns.reload"),
             "nothing routes to a shared queue"
         );
+        // Delayed copies leave the ladder through a fanout exchange whose alternate exchange
+        // keeps what no worker hears in the dead queue.
+        let listeners = plan
+            .exchanges
+            .iter()
+            .find(|e| e.name == "ns.reload.listeners")
+            .expect("a listeners exchange");
+        assert_eq!(listeners.kind, ExchangeKind::Fanout);
+        assert_eq!(
+            listeners.args,
+            [(
+                "alternate-exchange",
+                ArgValue::Str("ns.reload.unheard".into())
+            )]
+        );
+        assert!(
+            plan.bindings.iter().any(|b| b.source == "ns.reload.unheard"
+                && b.destination == "ns.reload.dead"
+                && b.kind == Destination::Queue),
+            "{:?}",
+            plan.bindings
+        );
         let own = Plan::own_queue(&layout, reload, "web-1.example.com:42");
         assert_eq!(own.queue.name, "ns.reload@web-1.example.com:42");
         // Classic in a quorum namespace (exclusive queues cannot be quorum), dead-lettering
@@ -116,7 +140,7 @@ mod tests {
             bound,
             [
                 ("ns.tasks", "reload"),
-                ("ns.delay.deliver", "#.reload"),
+                ("ns.reload.listeners", ""),
                 ("ns.delay.deliver", "#.reload@web-1.example.com:42"),
             ]
         );
@@ -176,8 +200,25 @@ mod tests {
             !reaches(&c, &retry_a),
             "a type named like a word of the host"
         );
-        // A delayed broadcast reaches every worker of its type.
+        // A delayed broadcast reaches every worker of its type, through the type's listeners
+        // exchange (a fanout the plan binds from the ladder's foot), and a retry no
+        // listeners exchange: it goes to its own worker only.
+        let plan = Plan::build(&layout, [task("reload"), task("com")]);
+        let listens = |own: &OwnQueue, key: &str| {
+            let key: Vec<&str> = key.split('.').collect();
+            plan.bindings.iter().any(|pb| {
+                pb.source == deliver
+                    && pb.kind == Destination::Exchange
+                    && topic_matches(&pb.routing_key.split('.').collect::<Vec<_>>(), &key)
+                    && own.bindings.iter().any(|ob| ob.source == pb.destination)
+            })
+        };
         let fan_out = routes.delayed("reload", 3).routing_key;
-        assert!(reaches(&a, &fan_out) && reaches(&b, &fan_out) && !reaches(&c, &fan_out));
+        assert!(listens(&a, &fan_out) && listens(&b, &fan_out) && !listens(&c, &fan_out));
+        assert!(
+            !reaches(&a, &fan_out),
+            "not straight from the ladder's foot"
+        );
+        assert!(!listens(&a, &retry_a) && !listens(&c, &retry_a));
     }
 }

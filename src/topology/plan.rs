@@ -70,7 +70,11 @@ impl Plan {
 
     fn add_exchanges(&mut self, layout: &Layout) {
         let names = &layout.names;
-        let exchange = |name: String, kind: ExchangeKind| ExchangeDecl { name, kind };
+        let exchange = |name: String, kind: ExchangeKind| ExchangeDecl {
+            name,
+            kind,
+            args: Vec::new(),
+        };
         self.exchanges
             .push(exchange(names.tasks_exchange(), ExchangeKind::Direct));
         self.exchanges
@@ -119,6 +123,35 @@ impl Plan {
         );
     }
 
+    /// A broadcast type's delayed copies leave the ladder through `{ns}.{task}.listeners`, a
+    /// fanout exchange that every worker's own queue binds to. When no worker listens the
+    /// exchange routes nowhere and its alternate exchange, `{ns}.{task}.unheard`, puts the
+    /// task in the type's dead queue (`dlq list` reads it as `no_listeners`), where the
+    /// ladder's foot alone would drop it unseen: dead-lettering has no `mandatory`. A new
+    /// exchange of its own, because an existing one's arguments cannot change: every
+    /// namespace gets it by `topology apply`, none needs a migration.
+    fn add_listeners(&mut self, layout: &Layout, task: &str, dead: &str) {
+        let names = &layout.names;
+        let (listeners, unheard) = (names.listeners_exchange(task), names.unheard_exchange(task));
+        self.exchanges.push(ExchangeDecl {
+            name: listeners.clone(),
+            kind: ExchangeKind::Fanout,
+            args: vec![("alternate-exchange", ArgValue::Str(unheard.clone()))],
+        });
+        self.exchanges.push(ExchangeDecl {
+            name: unheard.clone(),
+            kind: ExchangeKind::Fanout,
+            args: Vec::new(),
+        });
+        self.bind(
+            &names.deliver_exchange(),
+            &listeners,
+            Destination::Exchange,
+            format!("#.{task}"),
+        );
+        self.bind(&unheard, dead, Destination::Queue, String::new());
+    }
+
     fn add_task(&mut self, layout: &Layout, task: TaskQueues<'_>) {
         let (names, name) = (&layout.names, task.name);
         let qt = task.queue_type.unwrap_or(layout.queue_type);
@@ -137,6 +170,7 @@ impl Plan {
                 Destination::Queue,
                 name.to_string(),
             );
+            self.add_listeners(layout, name, &dead);
             return;
         }
         let mut args = queue_type_args(qt);

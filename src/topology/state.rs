@@ -145,6 +145,7 @@ impl Plan {
         self.exchanges.push(ExchangeDecl {
             name: exchange.clone(),
             kind: ExchangeKind::Direct,
+            args: Vec::new(),
         });
         self.bind(
             &exchange,

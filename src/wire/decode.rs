@@ -238,11 +238,40 @@ pub struct Death {
     pub worker: Option<String>,
 }
 
+/// The reason [`Death::read`] gives a delayed broadcast that fell due while no worker of its
+/// type listened: the type's `{ns}.{task}.listeners` exchange routed it nowhere and its
+/// alternate exchange put it in the dead queue. No worker wrote it; the broker cannot add a
+/// header on that route.
+pub const NO_LISTENERS: &str = "no_listeners";
+
+/// True when the last queue the message died in (`x-death`, newest first) is a delay level
+/// (`{ns}.delay.{n}`) and no worker marked it: it went from the ladder's foot straight into a
+/// dead queue, which only a broadcast type's `unheard` exchange does. Every other way into a
+/// dead queue is a worker's copy (with `warren-reason`) or the broker dead-lettering from a
+/// work queue (a newer `x-death` entry naming that queue).
+fn left_the_ladder_unheard(props: &BasicProperties) -> bool {
+    let Some(AMQPValue::FieldArray(deaths)) = header(props, "x-death") else {
+        return false;
+    };
+    let Some(AMQPValue::FieldTable(last)) = deaths.as_slice().first() else {
+        return false;
+    };
+    match last.inner().get("queue") {
+        Some(AMQPValue::LongString(q)) => String::from_utf8_lossy(q.as_bytes())
+            .rsplit_once(".delay.")
+            .is_some_and(|(_, level)| {
+                !level.is_empty() && level.bytes().all(|b| b.is_ascii_digit())
+            }),
+        _ => false,
+    }
+}
+
 impl Death {
     /// Reads the death headers of a message from a dead queue.
     pub fn read(props: &BasicProperties) -> Death {
         Death {
             reason: header_str(props, header::REASON)
+                .or_else(|| left_the_ladder_unheard(props).then(|| NO_LISTENERS.to_string()))
                 .or_else(|| header_str(props, "x-first-death-reason")),
             error: header_str(props, header::ERROR),
             attempts: header_int(props, header::ATTEMPT),
@@ -348,6 +377,45 @@ mod tests {
         let p =
             BasicProperties::default().with_content_type("application/json; charset=utf-8".into());
         assert!(read_envelope("job", &p, false).is_ok());
+    }
+
+    fn x_death(queues: &[&str]) -> (&'static str, AMQPValue) {
+        let deaths: Vec<AMQPValue> = queues
+            .iter()
+            .map(|q| {
+                let mut t = FieldTable::default();
+                t.insert("queue".into(), AMQPValue::LongString((*q).into()));
+                t.insert("reason".into(), AMQPValue::LongString("expired".into()));
+                AMQPValue::FieldTable(t)
+            })
+            .collect();
+        ("x-death", AMQPValue::FieldArray(deaths.into()))
+    }
+
+    #[test]
+    fn a_delayed_copy_dead_straight_off_the_ladder_had_no_listeners() {
+        let expired = (
+            "x-first-death-reason",
+            AMQPValue::LongString("expired".into()),
+        );
+        // Newest first: died in delay.0 last, then nothing but the unheard exchange
+        let p = props(vec![
+            x_death(&["ns.delay.0", "ns.delay.2"]),
+            expired.clone(),
+        ]);
+        assert_eq!(Death::read(&p).reason.as_deref(), Some(NO_LISTENERS));
+        // Dead-lettered by the broker from a work queue after the ladder: its own reason
+        let p = props(vec![x_death(&["ns.job", "ns.delay.0"]), expired.clone()]);
+        assert_eq!(Death::read(&p).reason.as_deref(), Some("expired"));
+        // A worker's copy says why itself
+        let p = props(vec![
+            x_death(&["ns.delay.0"]),
+            (header::REASON, AMQPValue::LongString("failed".into())),
+        ]);
+        assert_eq!(Death::read(&p).reason.as_deref(), Some("failed"));
+        // Not a level: `delay.deliver` is the ladder's exchange, never a queue
+        let p = props(vec![x_death(&["ns.delay.deliver"]), expired]);
+        assert_eq!(Death::read(&p).reason.as_deref(), Some("expired"));
     }
 
     #[test]

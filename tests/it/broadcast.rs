@@ -388,6 +388,81 @@ async fn a_broadcast_nobody_receives_goes_nowhere_and_a_replay_needs_a_worker_an
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_broadcast_due_while_no_worker_listens_is_dead_as_no_listeners_and_replays() {
+    // Given no worker of the broadcast type
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    let producer = Producer::new(&settings).unwrap();
+    // When a delayed broadcast falls due (the ladder took it: the enqueue succeeds)
+    let id = producer
+        .enqueue_with(
+            &Reload { n: 7 },
+            EnqueueOptions::default().delay(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    // Then it is dead, not gone: `dlq list` names it with the reason, `status` counts it
+    broker.count_settles(&ch, "t.reload.dead", 1).await;
+    let topology = TempFile::with(TOPOLOGY);
+    let env = [("WARREN_TOPOLOGY", topology.as_str())];
+    let list = broker.cli_with(&["dlq", "list", "reload"], &env, None);
+    let listed = crate::support::stdout(&list);
+    assert!(
+        list.status.success() && listed.contains(&id) && listed.contains("no_listeners"),
+        "{listed}{}",
+        crate::support::stderr(&list)
+    );
+    eventually(
+        Duration::from_secs(15),
+        "status counts the dead copy",
+        || {
+            let status = broker.cli_with(&["status", "--json"], &env, None);
+            let json: serde_json::Value = serde_json::from_slice(&status.stdout).ok()?;
+            let dead = json["tasks"]
+                .as_array()?
+                .iter()
+                .find(|r| r["task"] == "reload")?["dead"]
+                .as_u64()?;
+            (dead == 1).then_some(())
+        },
+    )
+    .await;
+    // And once a worker listens, a replay runs it there, once
+    let runs: Runs = Arc::default();
+    let worker = spawn(recording_worker(&settings, 0, &runs, never));
+    own_queues(&broker, "reload", 1).await;
+    let replay = broker.cli_with(&["dlq", "replay", "reload", "--all"], &env, None);
+    assert!(
+        replay.status.success(),
+        "{}{}",
+        crate::support::stdout(&replay),
+        crate::support::stderr(&replay)
+    );
+    wait_count(Duration::from_secs(10), "the replay ran", 1, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    broker.count_settles(&ch, "t.reload.dead", 0).await;
+    // And a delayed broadcast due while a worker listens reaches it and nothing goes dead
+    producer
+        .enqueue_with(
+            &Reload { n: 8 },
+            EnqueueOptions::default().delay(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    wait_count(Duration::from_secs(15), "the delayed one ran", 2, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(runs_of(&runs), [(0, 7, 1), (0, 8, 1)]);
+    assert_eq!(broker.count(&ch, "t.reload.dead").await, 0);
+    producer.close().await;
+    stop(worker.0, worker.1).await;
+}
+
 /// The own queues of `task` in the test's vhost, with or without a consumer (a paused
 /// worker keeps its queue and cancels its consumer), once `want` exist.
 async fn own_queues_held(broker: &TestBroker, task: &str, want: usize) {
