@@ -376,6 +376,88 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
     })
 }
 
+/// Puts current counts into `status` from passive declares over AMQP, which answer at once
+/// and exactly: a work queue's ready count and consumers, a dead queue's count, the delay
+/// ladder's total. The management API samples them every 5 s, so it has none for a queue
+/// declared a moment ago, and for one deleted and declared again under the same name it can
+/// show the old queue's last sample. How many are running (delivered, not acked) and the rates
+/// have no AMQP answer and stay the API's. Of a broadcast type only the dead queue is asked:
+/// its workers' own queues are exclusive to each worker's connection. A queue that cannot be
+/// asked (it does not exist) keeps the API's figure.
+pub async fn count_over_amqp(status: &mut Status, settings: &Settings, conn: &lapin::Connection) {
+    let names = Names::new(&status.namespace);
+    let mut counts = Counts {
+        conn,
+        channel: None,
+    };
+    for row in &mut status.tasks {
+        if row.broadcast_workers.is_none() {
+            let limited = settings.tasks.get(&row.task).and_then(|t| {
+                match (t.concurrency_limit, t.rate_limit) {
+                    (Some(_), _) => Some(names.limit_running(&row.task)),
+                    (None, Some(_)) => Some(names.limit_starts(&row.task)),
+                    (None, None) => None,
+                }
+            });
+            if let Some((ready, consumers)) = counts.of(&names.work_queue(&row.task)).await {
+                row.ready = Some(ready);
+                // A limited type's workers consume its tokens, not its work queue.
+                if limited.is_none() {
+                    row.consumers = Some(consumers);
+                }
+            }
+            if let Some(tokens) = limited
+                && let Some((_, consumers)) = counts.of(&tokens).await
+            {
+                row.consumers = Some(consumers);
+            }
+        }
+        if let Some((dead, _)) = counts.of(&names.dead_queue(&row.task)).await {
+            row.dead = Some(dead);
+        }
+    }
+    // The levels on the broker, 0 up to the first missing one: the namespace may have been
+    // applied with another `max_delay` than the file at hand says (or with no file at all).
+    let mut total = None;
+    for level in 0..64 {
+        match counts.of(&names.delay_level(level)).await {
+            Some((n, _)) => total = Some(total.unwrap_or(0) + n),
+            None => break,
+        }
+    }
+    if total.is_some() {
+        status.delayed = total;
+        for row in &mut status.tasks {
+            row.delayed_in_namespace = total;
+        }
+    }
+    if let Some(ch) = counts.channel {
+        crate::broker::close_channel(&ch, "status counted").await;
+    }
+}
+
+/// Passive declares on one channel, reopened after a refusal (a missing queue closes it).
+struct Counts<'a> {
+    conn: &'a lapin::Connection,
+    channel: Option<lapin::Channel>,
+}
+
+impl Counts<'_> {
+    /// `(messages ready, consumers)` of `queue`; `None` when it cannot be asked.
+    async fn of(&mut self, queue: &str) -> Option<(u64, u64)> {
+        if self
+            .channel
+            .as_ref()
+            .is_none_or(|c| !c.status().connected())
+        {
+            self.channel = self.conn.create_channel().await.ok();
+        }
+        let ch = self.channel.as_ref()?;
+        let q = crate::broker::inspect(ch, queue).await.ok()?;
+        Some((u64::from(q.message_count()), u64::from(q.consumer_count())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,57 @@ fn lines(o: &std::process::Output) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_ready_dead_and_delayed_at_once_over_amqp() {
+    // Given queues declared a moment ago (the management API samples every 5 s: it has no
+    // figures for them yet) holding 2 ready `job` tasks, 1 dead and 1 delayed
+    let broker = TestBroker::new();
+    let (settings, _conn, ch) = applied(&broker).await;
+    let producer = Producer::new(&settings).unwrap();
+    for n in 0..2 {
+        producer.enqueue(&Job { n }).await.unwrap();
+    }
+    put_dead(&ch, "job", "d1", 1).await;
+    producer
+        .enqueue_with(
+            &Job { n: 9 },
+            warren::EnqueueOptions::default().delay(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    // When `warren status --json` runs once, at once
+    let out = broker.cli_with(
+        &["status", "--json"],
+        &[("WARREN_TOPOLOGY", "/dev/null")],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("--json parses");
+    // Then the counts are there and current, not unknown
+    let row = |task: &str| {
+        status["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["task"] == task)
+            .cloned()
+            .unwrap()
+    };
+    let (job, other) = (row("job"), row("other"));
+    assert_eq!(
+        (
+            &job["ready"],
+            &job["dead"],
+            &job["consumers"],
+            &status["delayed"]
+        ),
+        (&2.into(), &1.into(), &0.into(), &1.into()),
+        "{status}"
+    );
+    assert_eq!((&other["ready"], &other["dead"]), (&0.into(), &0.into()));
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_rows_match_the_queues_once_the_stats_settle() {
     // Given 3 ready `job` tasks, 2 dead ones, and 1 delayed
     let broker = TestBroker::new();

@@ -37,6 +37,9 @@ fn parse_watch(text: &str) -> std::result::Result<Duration, String> {
     Ok(every)
 }
 
+/// How long `status` waits for an AMQP connection to count queues.
+const AMQP_WAIT: Duration = Duration::from_secs(3);
+
 /// `warren status ...`
 pub(crate) async fn run(
     settings: &Settings,
@@ -52,12 +55,32 @@ pub(crate) async fn run(
         .ok()
         .flatten()
         .map(|v| v.to_string());
+    // Ready, consumers, dead and delayed are counted over AMQP, which answers at once (the
+    // management API samples every 5 s, and can show a re-created queue's old figures).
+    // Connected once; a broker that does not answer over AMQP in 3 s leaves the API's figures.
+    let mut amqp: Option<Option<lapin::Connection>> = None;
     loop {
         let (s, m) = (settings.clone(), mgmt.clone());
         let mut status = tokio::task::spawn_blocking(move || warren::ops::status::fetch(&s, &m))
             .await
             .map_err(|e| Error::Management(format!("status query failed: {e}")))??;
         status.broker = broker.clone();
+        if status.queues > 0 {
+            let conn = match &amqp {
+                Some(conn) => conn.as_ref(),
+                None => {
+                    let url = settings.broker_url();
+                    let name = "warren status";
+                    let opened = warren::broker::connect(&url, name, Some(AMQP_WAIT))
+                        .await
+                        .ok();
+                    amqp.insert(opened).as_ref()
+                }
+            };
+            if let Some(conn) = conn {
+                warren::ops::status::count_over_amqp(&mut status, settings, conn).await;
+            }
+        }
         if status.queues == 0 && !args.json {
             let missing = format!(
                 "namespace `{}` has no queues in vhost `{}`: apply its topology with `warren \
@@ -84,7 +107,12 @@ pub(crate) async fn run(
         write!(out, "{text}").map_err(write_err)?;
         out.flush().map_err(write_err)?;
         match args.watch {
-            None => return Ok(ExitCode::SUCCESS),
+            None => {
+                if let Some(Some(conn)) = &amqp {
+                    warren::broker::close_connection(conn, "status shown").await;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             Some(every) => tokio::time::sleep(every).await,
         }
     }
