@@ -86,6 +86,10 @@ pub struct Status {
     pub delayed: Option<u64>,
     /// One row per task type (declared in the topology file or found on the broker).
     pub tasks: Vec<Row>,
+    /// The topology's schedules, their next and last firing and the leading scheduler, as
+    /// `warren schedules` shows them; `None` when the topology declares none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<super::schedules::Schedules>,
 }
 
 fn uint(v: &Value, path: &[&str]) -> Option<u64> {
@@ -373,6 +377,10 @@ pub fn fetch(settings: &Settings, mgmt: &Management) -> Result<Status> {
         queues: queues.len(),
         delayed: delayed_total(ns, &queues),
         tasks,
+        schedules: match settings.schedules.is_empty() {
+            true => None,
+            false => Some(super::schedules::fetch(settings, mgmt, chrono::Utc::now())?),
+        },
     })
 }
 

@@ -219,6 +219,25 @@ pub(crate) fn table(status: &Status) -> String {
              add up all of them\n",
         );
     }
+    if let Some(s) = &status.schedules {
+        match &s.leader {
+            Some(leader) => out.push_str(&format!("schedules, led by {leader}:\n")),
+            None => out.push_str(
+                "schedules: NO SCHEDULER LEADS, nothing fires (run `warren scheduler` or \
+                 `warren worker --scheduler`):\n",
+            ),
+        }
+        for r in &s.schedules {
+            out.push_str(&format!(
+                "  {} -> {}, {}; next {}, last {}\n",
+                r.name,
+                r.task,
+                r.cadence,
+                r.next.as_deref().unwrap_or("-"),
+                r.last.as_deref().unwrap_or("never")
+            ));
+        }
+    }
     for r in &status.tasks {
         if let Some(declared) = &r.declared_limits {
             out.push_str(&format!(
@@ -265,6 +284,7 @@ mod tests {
             queues: 3,
             delayed,
             tasks,
+            schedules: None,
         }
     }
 
@@ -299,6 +319,39 @@ mod tests {
     }
 
     #[test]
+    fn schedules_show_their_leader_or_say_loudly_that_none_leads() {
+        let row = warren::ops::schedules::ScheduleRow {
+            name: "beat".into(),
+            task: "job".into(),
+            cadence: "every 1m".into(),
+            catch_up: "latest".into(),
+            next: Some("2026-12-04T03:00:00Z".into()),
+            last: None,
+            last_id: None,
+        };
+        let mut status = status_of(Vec::new(), Some(0));
+        status.schedules = Some(warren::ops::schedules::Schedules {
+            leader: None,
+            schedules: vec![row.clone()],
+        });
+        let t = table(&status);
+        assert!(t.contains("NO SCHEDULER LEADS"), "{t}");
+        assert!(
+            t.contains("beat -> job, every 1m; next 2026-12-04T03:00:00Z, last never"),
+            "{t}"
+        );
+        status.schedules = Some(warren::ops::schedules::Schedules {
+            leader: Some("warren scheduler vm:42".into()),
+            schedules: vec![row],
+        });
+        let t = table(&status);
+        assert!(
+            t.contains("schedules, led by warren scheduler vm:42:"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn the_table_marks_unknown_figures() {
         let row = |task: &str| Row {
             task: task.into(),
@@ -313,6 +366,7 @@ mod tests {
             queues: 30,
             delayed: Some(7),
             tasks: vec![row("mail"), row("resize")],
+            schedules: None,
         };
         let t = table(&status);
         assert!(t.contains("TASK") && t.contains("mail"), "{t}");
