@@ -21,6 +21,7 @@
 //! side's start-up (a worker connects and declares its topology) is counted as per-task cost.
 
 mod child;
+mod idle;
 mod raw;
 mod repetition;
 mod report;

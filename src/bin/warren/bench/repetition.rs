@@ -1,4 +1,5 @@
-//! One run's phases: enqueue and drain, end to end, and paced, each side in turn.
+//! One run's phases: enqueue and drain, end to end, paced, round trips, and an idle consumer
+//! with its start-up, each side in turn.
 
 use lapin::options::QueuePurgeOptions;
 use lapin::{Channel, Connection};
@@ -66,7 +67,10 @@ impl Bench<'_> {
         self.paced(f).await?;
         // Request and response: enqueue and wait, against a raw RPC loop.
         step("round trips");
-        self.round_trips(f).await
+        self.round_trips(f).await?;
+        // One task at a time to an idle consumer, and a consumer's start to its first task.
+        step("idle and start-up");
+        self.idle_and_start_up(f).await
     }
 
     async fn purge(&self, queue: &str) -> Result<()> {

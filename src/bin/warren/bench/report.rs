@@ -94,6 +94,21 @@ pub(super) const RATIOS: &[(&str, &str, &str)] = &[
         "warren.rpc_100",
         "raw.rpc_100",
     ),
+    (
+        "idle enqueue-to-start p50: warren / raw",
+        "warren.idle_p50_ms",
+        "raw.idle_p50_ms",
+    ),
+    (
+        "idle enqueue-to-start p99: warren / raw",
+        "warren.idle_p99_ms",
+        "raw.idle_p99_ms",
+    ),
+    (
+        "start-up to the first task: warren worker / raw consumer",
+        "warren.startup_ms",
+        "raw.startup_ms",
+    ),
 ];
 
 /// Median, minimum and maximum of `v`; `None` when it is empty.
