@@ -104,6 +104,13 @@ impl Names {
         format!("{}.{task}.listeners", self.ns)
     }
 
+    /// `{ns}.{task}.retries`: topic exchange between the ladder's foot and a broadcast type's
+    /// workers' own queues, for each worker's own retries (`#.{retry_key}`); its alternate
+    /// exchange is [`Names::unheard_exchange`].
+    pub fn retries_exchange(&self, task: &str) -> String {
+        format!("{}.{task}.retries", self.ns)
+    }
+
     /// `{ns}.{task}.unheard`: fanout exchange into a broadcast type's dead queue, for the
     /// delayed copies no worker listened to.
     pub fn unheard_exchange(&self, task: &str) -> String {
@@ -228,12 +235,18 @@ pub enum RuntimeQueue {
     UniqueKey,
 }
 
-/// `{task}@{worker}`: the routing key (after the ladder's bits) that reaches one worker's own
-/// queue of broadcast type `task` only: its retries travel the ladder under it. The worker id
-/// ends in `:{pid}`, so the key's last word is never a task name and `#.{task}` (the
-/// fan-out binding of every worker) does not match it.
+/// `{task}@{worker}`: one worker's own queue of broadcast type `task`, after the namespace.
 pub fn own_key(task: &str, worker: &str) -> String {
     format!("{task}@{worker}")
+}
+
+/// `{task}@.{worker}`: the routing key (after the ladder's bits) that reaches one worker's
+/// own queue of broadcast type `task` only: its retries travel the ladder under it. The word
+/// `{task}@` is never a task name (no `@` in one), so the type's retries exchange takes every
+/// retry of the type by `#.{task}@.#` and nothing else; the worker id ends in `:{pid}`, so the
+/// key's last word is never a task name and `#.{task}` (the fan-out binding) does not match.
+pub fn retry_key(task: &str, worker: &str) -> String {
+    format!("{task}@.{worker}")
 }
 
 /// The routing key under which the control exchange reaches the control stream.

@@ -15,9 +15,9 @@ use super::plan::{Layout, Plan, TaskQueues, queue_type_args};
 /// Its bindings: `{ns}.tasks` with the task name (every enqueue fans out to every worker's
 /// queue, as a direct exchange delivers to all matching queues), `{ns}.{task}.listeners`
 /// (every delayed one: the fanout exchange at the ladder's foot whose alternate exchange
-/// keeps what no worker hears as dead), and `{ns}.delay.deliver` with
-/// `#.{task}@{worker}`, the key this worker's retries travel the ladder under, so a retry
-/// returns to this worker only.
+/// keeps what no worker hears as dead), and `{ns}.{task}.retries` with `#.{task}@.{worker}`,
+/// the key this worker's retries travel the ladder under, so a retry returns to this worker
+/// only (or, with the worker gone, goes dead through the same alternate exchange).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnQueue {
     /// The queue (declared exclusive and non-durable, not durable like the plan's).
@@ -33,7 +33,7 @@ impl Plan {
     pub fn own_queue(layout: &Layout, task: TaskQueues<'_>, worker: &str) -> OwnQueue {
         let names = &layout.names;
         let name = names.own_queue(task.name, worker);
-        let retry_key = super::names::own_key(task.name, worker);
+        let retry_key = super::names::retry_key(task.name, worker);
         let mut args = queue_type_args(QueueType::Classic);
         args.push((
             "x-dead-letter-exchange",
@@ -55,7 +55,7 @@ impl Plan {
         let bindings = vec![
             binding(names.tasks_exchange(), task.name.to_string()),
             binding(names.listeners_exchange(task.name), String::new()),
-            binding(names.deliver_exchange(), format!("#.{retry_key}")),
+            binding(names.retries_exchange(task.name), format!("#.{retry_key}")),
         ];
         OwnQueue {
             queue: QueueDecl { name, args },
@@ -141,10 +141,10 @@ mod tests {
             [
                 ("ns.tasks", "reload"),
                 ("ns.reload.listeners", ""),
-                ("ns.delay.deliver", "#.reload@web-1.example.com:42"),
+                ("ns.reload.retries", "#.reload@.web-1.example.com:42"),
             ]
         );
-        assert_eq!(own.retry_key, "reload@web-1.example.com:42");
+        assert_eq!(own.retry_key, "reload@.web-1.example.com:42");
     }
 
     /// Topic matching as RabbitMQ does it: `*` one word, `#` zero or more.
@@ -183,13 +183,39 @@ mod tests {
         let c = Plan::own_queue(&layout, task("com"), "x:1");
         let routes = super::super::Routes::new(layout.names.clone(), layout.ladder);
         let deliver = layout.names.deliver_exchange();
+        let plan = Plan::build(&layout, [task("reload"), task("com")]);
+        let words = |k: &str| k.split('.').map(str::to_string).collect::<Vec<_>>();
+        // Whether a message leaving the ladder under `key` reaches `own`: through one of the
+        // plan's exchanges bound from the ladder's foot (fanout: any key; topic: by pattern),
+        // then one of the own queue's bindings on that exchange.
         let reaches = |own: &OwnQueue, key: &str| {
-            let key: Vec<&str> = key.split('.').collect();
-            own.bindings.iter().any(|bd| {
-                bd.source == deliver
-                    && topic_matches(&bd.routing_key.split('.').collect::<Vec<_>>(), &key)
+            let key = words(key);
+            let key: Vec<&str> = key.iter().map(String::as_str).collect();
+            let matches = |pattern: &str| {
+                let p = words(pattern);
+                topic_matches(&p.iter().map(String::as_str).collect::<Vec<_>>(), &key)
+            };
+            plan.bindings.iter().any(|pb| {
+                pb.source == deliver
+                    && pb.kind == Destination::Exchange
+                    && matches(&pb.routing_key)
+                    && own.bindings.iter().any(|ob| {
+                        let fanout = plan
+                            .exchanges
+                            .iter()
+                            .any(|e| e.name == pb.destination && e.kind == ExchangeKind::Fanout);
+                        ob.source == pb.destination && (fanout || matches(&ob.routing_key))
+                    })
             })
         };
+        // Nothing reaches an own queue straight from the ladder's foot.
+        assert!(
+            [&a, &b, &c]
+                .iter()
+                .all(|o| o.bindings.iter().all(|b| b.source != deliver)),
+            "{:?}",
+            a.bindings
+        );
         let retry_a = routes.delayed(&a.retry_key, 3).routing_key;
         assert!(reaches(&a, &retry_a));
         assert!(
@@ -201,24 +227,20 @@ mod tests {
             "a type named like a word of the host"
         );
         // A delayed broadcast reaches every worker of its type, through the type's listeners
-        // exchange (a fanout the plan binds from the ladder's foot), and a retry no
-        // listeners exchange: it goes to its own worker only.
-        let plan = Plan::build(&layout, [task("reload"), task("com")]);
-        let listens = |own: &OwnQueue, key: &str| {
-            let key: Vec<&str> = key.split('.').collect();
-            plan.bindings.iter().any(|pb| {
-                pb.source == deliver
-                    && pb.kind == Destination::Exchange
-                    && topic_matches(&pb.routing_key.split('.').collect::<Vec<_>>(), &key)
-                    && own.bindings.iter().any(|ob| ob.source == pb.destination)
-            })
-        };
+        // exchange, and a retry goes to its own worker only (the retries exchange).
         let fan_out = routes.delayed("reload", 3).routing_key;
-        assert!(listens(&a, &fan_out) && listens(&b, &fan_out) && !listens(&c, &fan_out));
-        assert!(
-            !reaches(&a, &fan_out),
-            "not straight from the ladder's foot"
-        );
-        assert!(!listens(&a, &retry_a) && !listens(&c, &retry_a));
+        assert!(reaches(&a, &fan_out) && reaches(&b, &fan_out) && !reaches(&c, &fan_out));
+        // Each of the two exchanges keeps what reaches no worker (alternate exchange).
+        for name in ["ns.reload.listeners", "ns.reload.retries"] {
+            let ex = plan.exchanges.iter().find(|e| e.name == name).unwrap();
+            assert_eq!(
+                ex.args,
+                [(
+                    "alternate-exchange",
+                    ArgValue::Str("ns.reload.unheard".into())
+                )],
+                "{name}"
+            );
+        }
     }
 }

@@ -127,7 +127,10 @@ impl Plan {
     /// fanout exchange that every worker's own queue binds to. When no worker listens the
     /// exchange routes nowhere and its alternate exchange, `{ns}.{task}.unheard`, puts the
     /// task in the type's dead queue (`dlq list` reads it as `no_listeners`), where the
-    /// ladder's foot alone would drop it unseen: dead-lettering has no `mandatory`. A new
+    /// ladder's foot alone would drop it unseen: dead-lettering has no `mandatory`. Each
+    /// worker's own retries go the same way through `{ns}.{task}.retries`, so a retry whose
+    /// worker is gone (restarted, or between a lost connection and its new one) is dead
+    /// too, not dropped. New
     /// exchange of its own, because an existing one's arguments cannot change: every
     /// namespace gets it by `topology apply`, none needs a migration.
     fn add_listeners(&mut self, layout: &Layout, task: &str, dead: &str) {
@@ -143,11 +146,24 @@ impl Plan {
             kind: ExchangeKind::Fanout,
             args: Vec::new(),
         });
+        let retries = names.retries_exchange(task);
+        self.exchanges.push(ExchangeDecl {
+            name: retries.clone(),
+            kind: ExchangeKind::Topic,
+            args: vec![("alternate-exchange", ArgValue::Str(unheard.clone()))],
+        });
         self.bind(
             &names.deliver_exchange(),
             &listeners,
             Destination::Exchange,
             format!("#.{task}"),
+        );
+        // Every worker's own retries of the type: `{task}@` is no task's name.
+        self.bind(
+            &names.deliver_exchange(),
+            &retries,
+            Destination::Exchange,
+            format!("#.{task}@.#"),
         );
         self.bind(&unheard, dead, Destination::Queue, String::new());
     }

@@ -463,6 +463,47 @@ async fn a_delayed_broadcast_due_while_no_worker_listens_is_dead_as_no_listeners
     stop(worker.0, worker.1).await;
 }
 
+fn first_attempt_fails(_: usize, _: u32, attempt: u32) -> Option<TaskError> {
+    (attempt == 1).then(|| TaskError::retry("fails once"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_retry_due_after_its_worker_left_is_dead_as_no_listeners() {
+    // Given a broadcast whose first run fails on the one worker, with its retry 3 s away
+    let broker = TestBroker::new();
+    let topology = TOPOLOGY.replace("initial = \"1s\"", "initial = \"3s\"");
+    let (settings, _conn, ch) = broker.applied(&topology).await;
+    let runs: Runs = Arc::default();
+    let (token, handle) = spawn(recording_worker(&settings, 0, &runs, first_attempt_fails));
+    own_queues(&broker, "reload", 1).await;
+    let producer = Producer::new(&settings).unwrap();
+    let id = producer.enqueue(&Reload { n: 5 }).await.unwrap();
+    wait_count(Duration::from_secs(10), "the failing run", 1, || {
+        runs.lock().unwrap().len()
+    })
+    .await;
+    // When that worker stops before the retry falls due (its queue goes with it)
+    stop(token, handle).await;
+    own_queues(&broker, "reload", 0).await;
+    // Then the retry, routed to a queue that no longer exists, is dead rather than dropped
+    broker.count_settles(&ch, "t.reload.dead", 1).await;
+    let file = TempFile::with(&topology);
+    let env = [("WARREN_TOPOLOGY", file.as_str())];
+    let list = broker.cli_with(&["dlq", "list", "reload"], &env, None);
+    let listed = crate::support::stdout(&list);
+    assert!(
+        listed.contains(&id) && listed.contains("no_listeners"),
+        "{listed}{}",
+        crate::support::stderr(&list)
+    );
+    assert_eq!(
+        runs_of(&runs),
+        [(0, 5, 1)],
+        "it ran once, on the worker that left"
+    );
+    producer.close().await;
+}
+
 /// The own queues of `task` in the test's vhost, with or without a consumer (a paused
 /// worker keeps its queue and cancels its consumer), once `want` exist.
 async fn own_queues_held(broker: &TestBroker, task: &str, want: usize) {
