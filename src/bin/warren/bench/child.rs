@@ -9,7 +9,7 @@ use warren::{Error, Result, Settings};
 
 use super::BenchOptions;
 use super::raw::{raw_drain, raw_queue};
-use super::side::warren_drain;
+use super::side::{warren_drain, warren_drain_many};
 use crate::failure;
 
 /// Which consumer a `bench-drain` child runs.
@@ -21,6 +21,8 @@ pub enum DrainSide {
     RawMultiple,
     /// A Warren worker with a no-op handler.
     Warren,
+    /// A Warren worker with a no-op handler for each of the many-types phase's types.
+    WarrenManyTypes,
 }
 
 /// What a `bench-drain` child reports.
@@ -70,6 +72,7 @@ pub(super) async fn drain_child(
     let (_, cpu_before) = rusage();
     let drained = match side {
         DrainSide::Warren => warren_drain(settings, n, prefetch, concurrency).await?,
+        DrainSide::WarrenManyTypes => warren_drain_many(settings, n, prefetch, concurrency).await?,
         DrainSide::Raw | DrainSide::RawMultiple => {
             let conn = warren::broker::connect(
                 &settings.broker_url(),
@@ -110,6 +113,7 @@ pub(super) async fn drain_in_child(
         DrainSide::Raw => "raw",
         DrainSide::RawMultiple => "raw-multiple",
         DrainSide::Warren => "warren",
+        DrainSide::WarrenManyTypes => "warren-many-types",
     };
     let out = tokio::process::Command::new(exe)
         .env("WARREN_AMQP_URL", &settings.amqp_url)

@@ -252,14 +252,26 @@ impl Drained {
 
 /// Settings of the benchmark's own namespace.
 pub fn bench_settings(base: &Settings, queue_type: QueueType, namespace: &str) -> Result<Settings> {
-    let mut s =
-        Settings::from_toml("max_delay = \"1h\"\nmax_payload_bytes = 16777216\n[tasks.bench]\n")?;
+    let mut toml =
+        String::from("max_delay = \"1h\"\nmax_payload_bytes = 16777216\n[tasks.bench]\n");
+    for name in many_types() {
+        toml.push_str(&format!("[tasks.{name}]\n"));
+    }
+    let mut s = Settings::from_toml(&toml)?;
     s.amqp_url = base.amqp_url.clone();
     s.connect_timeout = base.connect_timeout;
     s.queue_type = queue_type;
     s.namespace = namespace.to_string();
     s.validate()?;
     Ok(s)
+}
+
+/// Task types of the many-types phase: one worker drains them all.
+pub(super) const MANY_TYPES: usize = 40;
+
+/// The names of the many-types phase's task types (`many00` …).
+pub(super) fn many_types() -> impl Iterator<Item = String> {
+    (0..MANY_TYPES).map(|i| format!("many{i:02}"))
 }
 
 /// One repetition's figures, by name.

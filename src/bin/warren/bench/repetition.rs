@@ -9,7 +9,7 @@ use warren::{Producer, Result, Settings};
 use super::child::{DrainSide, drain_in_child, rusage};
 use super::raw::{RawEndToEnd, Wire, raw_drain, raw_publish};
 use super::report::Figures;
-use super::side::{warren_drain, warren_enqueue};
+use super::side::{warren_drain, warren_enqueue, warren_enqueue_many_types};
 use super::timing::{confirm_channel, paced, settle, with_consumer};
 use super::{BenchOptions, E2E_SIDES, ENQUEUE_SIDES, amqp, record_latency, rotated, tasks};
 
@@ -56,6 +56,18 @@ impl Bench<'_> {
         for key in rotated(&ENQUEUE_SIDES, rep) {
             self.enqueue_and_drain(key, f, step).await?;
         }
+        // The same count spread over many types, drained by one worker.
+        step("warren drain of many types");
+        settle().await;
+        warren_enqueue_many_types(&self.producer, self.opts.count, self.opts.size).await?;
+        settle().await;
+        let d = drain_in_child(self.settings, self.opts, DrainSide::WarrenManyTypes).await?;
+        f.insert("warren.drain_many_types".into(), d.rate);
+        f.insert("warren.drain_many_types_cpu_s".into(), d.cpu_secs);
+        f.insert(
+            "warren.drain_many_types_rss_mib".into(),
+            d.peak_rss_kib as f64 / 1024.0,
+        );
         // End to end, both running in this process, timed from the first publish (the
         // consumer is already up) to the last delivery; latencies at full load.
         for key in rotated(&E2E_SIDES, rep) {

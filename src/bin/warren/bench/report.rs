@@ -95,6 +95,11 @@ pub(super) const RATIOS: &[(&str, &str, &str)] = &[
         "raw.rpc_100",
     ),
     (
+        "drain, 40 types in one worker / 1 type: warren",
+        "warren.drain_many_types",
+        "warren.drain",
+    ),
+    (
         "idle enqueue-to-start p50: warren / raw",
         "warren.idle_p50_ms",
         "raw.idle_p50_ms",

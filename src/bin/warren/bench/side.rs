@@ -60,3 +60,65 @@ pub(super) async fn warren_drain(
         latencies,
     })
 }
+
+/// Runs one Warren worker serving every type of the many-types phase, each with a no-op
+/// handler, until `n` tasks ran across them.
+pub(super) async fn warren_drain_many(
+    settings: &Settings,
+    n: u64,
+    prefetch: u16,
+    concurrency: usize,
+) -> Result<Drained> {
+    let done = Arc::new(AtomicU64::new(0));
+    let all = Arc::new(Notify::new());
+    let first = Arc::new(OnceLock::new());
+    let mut worker = Worker::new(settings)
+        .role("bench-many-worker")
+        .prefetch(prefetch)
+        .concurrency(concurrency);
+    for name in super::many_types() {
+        let (done, all, first) = (done.clone(), all.clone(), first.clone());
+        worker = worker.handle_json(&name, move |_body, _ctx| {
+            first.get_or_init(Instant::now);
+            if done.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                all.notify_one();
+            }
+            Box::pin(async { Ok(None) })
+        })?;
+    }
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    all.notified().await;
+    let last = Instant::now();
+    stop.cancel();
+    running
+        .await
+        .map_err(|e| Error::Internal(format!("the bench worker task failed: {e}")))??;
+    Ok(Drained {
+        first: first.get().copied().unwrap_or(last),
+        last,
+        latencies: Vec::new(),
+    })
+}
+
+/// Enqueues `n` tasks spread evenly over the many-types phase's types.
+pub(super) async fn warren_enqueue_many_types(
+    producer: &Producer,
+    n: u64,
+    size: usize,
+) -> Result<f64> {
+    let names: Vec<String> = super::many_types().collect();
+    let started = Instant::now();
+    let items = tasks(n, size).enumerate().map(|(i, t)| {
+        let body = serde_json::to_vec(&t).map_err(|e| Error::Internal(e.to_string()));
+        (
+            names[i % names.len()].clone(),
+            body,
+            warren::EnqueueOptions::default(),
+        )
+    });
+    for r in producer.enqueue_many_raw(items).await {
+        r?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
