@@ -9,7 +9,7 @@ use warren::{Error, Result, Settings};
 
 use super::BenchOptions;
 use super::raw::{raw_drain, raw_queue};
-use super::side::{warren_drain, warren_drain_many};
+use super::side::{warren_drain, warren_drain_beside_limits, warren_drain_many};
 use crate::failure;
 
 /// Which consumer a `bench-drain` child runs.
@@ -23,6 +23,9 @@ pub enum DrainSide {
     Warren,
     /// A Warren worker with a no-op handler for each of the many-types phase's types.
     WarrenManyTypes,
+    /// A Warren worker with the bench type's no-op handler beside two limited types with a
+    /// backlog (a concurrency limit whose runs take 5 ms, a rate limit).
+    WarrenBesideLimits,
 }
 
 /// What a `bench-drain` child reports.
@@ -73,6 +76,9 @@ pub(super) async fn drain_child(
     let drained = match side {
         DrainSide::Warren => warren_drain(settings, n, prefetch, concurrency).await?,
         DrainSide::WarrenManyTypes => warren_drain_many(settings, n, prefetch, concurrency).await?,
+        DrainSide::WarrenBesideLimits => {
+            warren_drain_beside_limits(settings, n, prefetch, concurrency).await?
+        }
         DrainSide::Raw | DrainSide::RawMultiple => {
             let conn = warren::broker::connect(
                 &settings.broker_url(),
@@ -114,6 +120,7 @@ pub(super) async fn drain_in_child(
         DrainSide::RawMultiple => "raw-multiple",
         DrainSide::Warren => "warren",
         DrainSide::WarrenManyTypes => "warren-many-types",
+        DrainSide::WarrenBesideLimits => "warren-beside-limits",
     };
     let out = tokio::process::Command::new(exe)
         .env("WARREN_AMQP_URL", &settings.amqp_url)

@@ -257,6 +257,9 @@ pub fn bench_settings(base: &Settings, queue_type: QueueType, namespace: &str) -
     for name in many_types() {
         toml.push_str(&format!("[tasks.{name}]\n"));
     }
+    toml.push_str(&format!(
+        "[tasks.{LIMITED_AT_ONCE}]\nconcurrency_limit = 2\n[tasks.{LIMITED_RATE}]\nrate_limit = \"50/s\"\n"
+    ));
     let mut s = Settings::from_toml(&toml)?;
     s.amqp_url = base.amqp_url.clone();
     s.connect_timeout = base.connect_timeout;
@@ -273,6 +276,14 @@ pub(super) const MANY_TYPES: usize = 40;
 pub(super) fn many_types() -> impl Iterator<Item = String> {
     (0..MANY_TYPES).map(|i| format!("many{i:02}"))
 }
+
+/// The limits phase's types: one with `concurrency_limit = 2`, one with `rate_limit = 50/s`,
+/// each with a backlog, in the same worker as the bench type.
+pub(super) const LIMITED_AT_ONCE: &str = "limited_at_once";
+pub(super) const LIMITED_RATE: &str = "limited_rate";
+
+/// The backlog of each limited type in the limits phase.
+pub(super) const LIMITED_BACKLOG: u64 = 1000;
 
 /// One repetition's figures, by name.
 pub type Figures = BTreeMap<String, f64>;

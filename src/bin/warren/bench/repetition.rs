@@ -9,9 +9,12 @@ use warren::{Producer, Result, Settings};
 use super::child::{DrainSide, drain_in_child, rusage};
 use super::raw::{RawEndToEnd, Wire, raw_drain, raw_publish};
 use super::report::Figures;
-use super::side::{warren_drain, warren_enqueue, warren_enqueue_many_types};
+use super::side::{warren_drain, warren_enqueue, warren_enqueue_many_types, warren_enqueue_to};
 use super::timing::{confirm_channel, paced, settle, with_consumer};
-use super::{BenchOptions, E2E_SIDES, ENQUEUE_SIDES, amqp, record_latency, rotated, tasks};
+use super::{
+    BenchOptions, E2E_SIDES, ENQUEUE_SIDES, LIMITED_AT_ONCE, LIMITED_BACKLOG, LIMITED_RATE, amqp,
+    record_latency, rotated, tasks,
+};
 
 /// What every phase of a run uses: the settings and options, the broker objects, the
 /// producer of Warren's side.
@@ -68,6 +71,9 @@ impl Bench<'_> {
             "warren.drain_many_types_rss_mib".into(),
             d.peak_rss_kib as f64 / 1024.0,
         );
+        // The bench type beside two limited types with a backlog, in one worker.
+        step("warren drain beside limited types");
+        self.beside_limits(f).await?;
         // End to end, both running in this process, timed from the first publish (the
         // consumer is already up) to the last delivery; latencies at full load.
         for key in rotated(&E2E_SIDES, rep) {
@@ -83,6 +89,35 @@ impl Bench<'_> {
         // One task at a time to an idle consumer, and a consumer's start to its first task.
         step("idle and start-up");
         self.idle_and_start_up(f).await
+    }
+
+    /// The bench type's drain in a worker that also serves a concurrency-limited and a
+    /// rate-limited type, each with a backlog: `warren.drain_beside_limits`. What the
+    /// limited types leave is purged afterwards.
+    async fn beside_limits(&self, f: &mut Figures) -> Result<()> {
+        let limited = [LIMITED_AT_ONCE, LIMITED_RATE];
+        settle().await;
+        warren_enqueue_to(&self.producer, &limited, LIMITED_BACKLOG, self.opts.size).await?;
+        warren_enqueue(&self.producer, self.opts.count, self.opts.size).await?;
+        settle().await;
+        let d = drain_in_child(self.settings, self.opts, DrainSide::WarrenBesideLimits).await?;
+        f.insert("warren.drain_beside_limits".into(), d.rate);
+        // How many limited tasks ran meanwhile: the backlog less what is left (purged).
+        let names = warren::topology::Names::new(&self.settings.namespace);
+        let mut left = 0;
+        for task in limited {
+            left += self
+                .ch
+                .queue_purge(
+                    names.work_queue(task).as_str().into(),
+                    QueuePurgeOptions::default(),
+                )
+                .await
+                .map_err(amqp("purge"))?;
+        }
+        let ran = (2 * LIMITED_BACKLOG).saturating_sub(u64::from(left));
+        f.insert("warren.beside_limits_limited_ran".into(), ran as f64);
+        Ok(())
     }
 
     async fn purge(&self, queue: &str) -> Result<()> {

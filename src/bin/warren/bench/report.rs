@@ -100,6 +100,11 @@ pub(super) const RATIOS: &[(&str, &str, &str)] = &[
         "warren.drain",
     ),
     (
+        "drain beside a concurrency- and a rate-limited type / alone: warren",
+        "warren.drain_beside_limits",
+        "warren.drain",
+    ),
+    (
         "idle enqueue-to-start p50: warren / raw",
         "warren.idle_p50_ms",
         "raw.idle_p50_ms",
@@ -190,6 +195,8 @@ pub(super) fn report(
             "s"
         } else if k.ends_with("_mib") {
             "MiB"
+        } else if k.ends_with("_ran") {
+            "tasks"
         } else {
             "msg/s"
         };

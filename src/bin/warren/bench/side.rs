@@ -122,3 +122,70 @@ pub(super) async fn warren_enqueue_many_types(
     }
     Ok(started.elapsed().as_secs_f64())
 }
+
+/// Runs a Warren worker with the bench type's no-op handler and the limits phase's two
+/// limited types (runs of 5 ms at a concurrency limit of 2, and a rate limit), until `n`
+/// bench tasks ran: the bench type's drain beside limited ones.
+pub(super) async fn warren_drain_beside_limits(
+    settings: &Settings,
+    n: u64,
+    prefetch: u16,
+    concurrency: usize,
+) -> Result<Drained> {
+    let done = Arc::new(AtomicU64::new(0));
+    let all = Arc::new(Notify::new());
+    let first = Arc::new(OnceLock::new());
+    let (d2, a2, f2) = (done.clone(), all.clone(), first.clone());
+    let worker = Worker::new(settings)
+        .role("bench-limits-worker")
+        .prefetch(prefetch)
+        .concurrency(concurrency)
+        .handle(move |_: BenchTask, _ctx: TaskContext| {
+            f2.get_or_init(Instant::now);
+            if d2.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                a2.notify_one();
+            }
+            async { Ok(()) }
+        })
+        .handle_json(super::LIMITED_AT_ONCE, |_body, _ctx| {
+            Box::pin(async {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                Ok(None)
+            })
+        })?
+        .handle_json(super::LIMITED_RATE, |_body, _ctx| {
+            Box::pin(async { Ok(None) })
+        })?;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    all.notified().await;
+    let last = Instant::now();
+    stop.cancel();
+    running
+        .await
+        .map_err(|e| Error::Internal(format!("the bench worker task failed: {e}")))??;
+    Ok(Drained {
+        first: first.get().copied().unwrap_or(last),
+        last,
+        latencies: Vec::new(),
+    })
+}
+
+/// Enqueues `n` tasks of each named type.
+pub(super) async fn warren_enqueue_to(
+    producer: &Producer,
+    types: &[&str],
+    n: u64,
+    size: usize,
+) -> Result<()> {
+    let items = types.iter().flat_map(|name| {
+        tasks(n, size).map(move |t| {
+            let body = serde_json::to_vec(&t).map_err(|e| Error::Internal(e.to_string()));
+            (name.to_string(), body, warren::EnqueueOptions::default())
+        })
+    });
+    for r in producer.enqueue_many_raw(items).await {
+        r?;
+    }
+    Ok(())
+}
