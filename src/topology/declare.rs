@@ -267,9 +267,11 @@ pub async fn remove(plan: &Plan, conn: &Connection, extra: &[&str]) {
     let Ok(ch) = conn.create_channel().await else {
         return;
     };
+    // Lazy queues too (a limit record, made on first use): they are the plan's as well.
     let queues = plan
         .queues
         .iter()
+        .chain(&plan.lazy)
         .map(|q| q.name.as_str())
         .chain(extra.iter().copied());
     for q in queues {
