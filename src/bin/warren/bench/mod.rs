@@ -21,6 +21,7 @@
 //! side's start-up (a worker connects and declares its topology) is counted as per-task cost.
 
 mod child;
+mod delays;
 mod idle;
 mod raw;
 mod repetition;
@@ -74,6 +75,13 @@ pub struct BenchArgs {
     /// Length of the paced phase.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub paced_for: Duration,
+    /// Delays at scale: this many tasks with delays spread over whole seconds from 0 to
+    /// `--delay-spread`, run once after the repetitions (0: skipped, and the report says so).
+    #[arg(long, default_value_t = 0)]
+    pub delays: u64,
+    /// The longest delay of the delays phase.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub delay_spread: Duration,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -122,9 +130,11 @@ pub(crate) async fn command(
         repetitions: args.repetitions as usize,
         paced_rate: args.rate,
         paced_for: args.paced_for,
+        delays: args.delays,
+        delay_spread: args.delay_spread,
     };
     let terminal = std::io::stderr().is_terminal();
-    let reps = run(settings, &opts, |phase| {
+    let (reps, delays) = run(settings, &opts, |phase| {
         if terminal {
             eprint!("\r\x1b[2K{phase}");
         } else {
@@ -137,10 +147,13 @@ pub(crate) async fn command(
     }
     let (spreads, ratios) = report::summarize(&reps);
     if args.json {
-        let json = serde_json::json!({"options": opts, "figures": spreads, "ratios": ratios, "repetitions": reps});
+        // `delays` is null when the phase was skipped (no `--delays`).
+        let json = serde_json::json!({"options": opts, "figures": spreads, "ratios": ratios,
+                                      "repetitions": reps, "delays": delays});
         writeln!(out, "{json}").map_err(write_err)?;
     } else {
         write!(out, "{}", report::report(&opts, &spreads, &ratios)).map_err(write_err)?;
+        write!(out, "{}", report::delays(delays.as_ref())).map_err(write_err)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -195,6 +208,10 @@ pub struct BenchOptions {
     pub paced_rate: u64,
     /// Length of the paced phase.
     pub paced_for: Duration,
+    /// Tasks of the delays phase (0: skipped).
+    pub delays: u64,
+    /// The longest delay of the delays phase.
+    pub delay_spread: Duration,
 }
 
 /// Microseconds since the unix epoch.
@@ -296,7 +313,7 @@ pub async fn run(
     base: &Settings,
     opts: &BenchOptions,
     mut progress: impl FnMut(&str),
-) -> Result<Vec<Figures>> {
+) -> Result<(Vec<Figures>, Option<delays::DelayFigures>)> {
     let ns = format!("{}.bench-{}", base.namespace, std::process::id());
     let settings = bench_settings(base, opts.queue_type, &ns)?;
     let session = Session::connect(
@@ -322,7 +339,23 @@ pub async fn run(
         work: Names::new(&settings.namespace).work_queue("bench"),
         producer: Producer::with_role(&settings, "bench-producer")?,
     };
-    let result = bench.repetitions(&mut progress).await;
+    let mut result = bench.repetitions(&mut progress).await.map(|r| (r, None));
+    if let Ok((_, delays)) = &mut result
+        && opts.delays > 0
+    {
+        progress(&format!(
+            "delays at scale: {} tasks over 0-{} s",
+            opts.delays,
+            opts.delay_spread.as_secs()
+        ));
+        match bench
+            .delays_at_scale(opts.delays, opts.delay_spread.as_secs())
+            .await
+        {
+            Ok(d) => *delays = Some(d),
+            Err(e) => result = Err(e),
+        }
+    }
     bench.producer.close().await;
     topology::declare::remove(&plan, conn, &[raw.as_str()]).await;
     session.close("bench done").await;
