@@ -674,6 +674,12 @@ fn a_small_bench_run_completes_and_reports_both_sides() {
         "warren.paced_p99_ms",
         "raw.paced_p99_ms",
         "warren.drain_rss_mib",
+        "warren.drain_many_types",
+        "warren.drain_beside_limits",
+        "warren.idle_p50_ms",
+        "raw.idle_p50_ms",
+        "warren.startup_ms",
+        "raw.startup_ms",
     ] {
         assert!(
             report["figures"][key]["median"]
@@ -688,6 +694,8 @@ fn a_small_bench_run_completes_and_reports_both_sides() {
             .as_f64()
             .is_some_and(|r| r > 0.0)
     );
+    // Without `--delays` the delays phase is skipped, and the JSON says so (null).
+    assert!(report["delays"].is_null(), "{}", report["delays"]);
     // The bench removed its namespace.
     let queues = broker
         .mgmt

@@ -18,6 +18,53 @@ pub(super) async fn warren_enqueue(producer: &Producer, n: u64, size: usize) -> 
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Counts a drain's runs toward `n`: when the first ran, and a wake-up when the n-th did.
+/// Cheap to clone into handlers.
+#[derive(Clone)]
+struct Runs {
+    n: u64,
+    done: Arc<AtomicU64>,
+    all: Arc<Notify>,
+    first: Arc<OnceLock<Instant>>,
+}
+
+impl Runs {
+    fn new(n: u64) -> Runs {
+        Runs {
+            n,
+            done: Arc::new(AtomicU64::new(0)),
+            all: Arc::new(Notify::new()),
+            first: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// One more run (called at its start).
+    fn ran(&self) {
+        self.first.get_or_init(Instant::now);
+        if self.done.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
+            self.all.notify_one();
+        }
+    }
+
+    /// Runs `worker` until `n` runs were counted, then stops it; the steady span of the
+    /// drain, from its first run to its n-th (no latencies: the caller adds its own).
+    async fn drain(&self, worker: Worker) -> Result<Drained> {
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(worker.run(stop.clone()));
+        self.all.notified().await;
+        let last = Instant::now();
+        stop.cancel();
+        running
+            .await
+            .map_err(|e| Error::Internal(format!("the bench worker task failed: {e}")))??;
+        Ok(Drained {
+            first: self.first.get().copied().unwrap_or(last),
+            last,
+            latencies: Vec::new(),
+        })
+    }
+}
+
 /// Runs a Warren worker with a no-op handler until `n` tasks ran.
 pub(super) async fn warren_drain(
     settings: &Settings,
@@ -25,40 +72,24 @@ pub(super) async fn warren_drain(
     prefetch: u16,
     concurrency: usize,
 ) -> Result<Drained> {
-    let done = Arc::new(AtomicU64::new(0));
-    let all = Arc::new(Notify::new());
-    let first = Arc::new(OnceLock::new());
+    let runs = Runs::new(n);
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n as usize)));
-    let (d2, a2, f2, l2) = (done.clone(), all.clone(), first.clone(), latencies.clone());
+    let (r2, l2) = (runs.clone(), latencies.clone());
     let worker = Worker::new(settings)
         .role("bench-worker")
         .prefetch(prefetch)
         .concurrency(concurrency)
         .handle(move |t: BenchTask, _ctx: TaskContext| {
-            f2.get_or_init(Instant::now);
+            r2.ran();
             let lat = now_us().saturating_sub(t.t) as f64 / 1000.0;
             if let Ok(mut l) = l2.lock() {
                 l.push(lat);
             }
-            if d2.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                a2.notify_one();
-            }
             async { Ok(()) }
         });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run(stop.clone()));
-    all.notified().await;
-    let last = Instant::now();
-    stop.cancel();
-    running
-        .await
-        .map_err(|e| Error::Internal(format!("the bench worker task failed: {e}")))??;
-    let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    Ok(Drained {
-        first: first.get().copied().unwrap_or(last),
-        last,
-        latencies,
-    })
+    let mut drained = runs.drain(worker).await?;
+    drained.latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(drained)
 }
 
 /// Runs one Warren worker serving every type of the many-types phase, each with a no-op
@@ -69,36 +100,19 @@ pub(super) async fn warren_drain_many(
     prefetch: u16,
     concurrency: usize,
 ) -> Result<Drained> {
-    let done = Arc::new(AtomicU64::new(0));
-    let all = Arc::new(Notify::new());
-    let first = Arc::new(OnceLock::new());
+    let runs = Runs::new(n);
     let mut worker = Worker::new(settings)
         .role("bench-many-worker")
         .prefetch(prefetch)
         .concurrency(concurrency);
     for name in super::many_types() {
-        let (done, all, first) = (done.clone(), all.clone(), first.clone());
+        let runs = runs.clone();
         worker = worker.handle_json(&name, move |_body, _ctx| {
-            first.get_or_init(Instant::now);
-            if done.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                all.notify_one();
-            }
+            runs.ran();
             Box::pin(async { Ok(None) })
         })?;
     }
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run(stop.clone()));
-    all.notified().await;
-    let last = Instant::now();
-    stop.cancel();
-    running
-        .await
-        .map_err(|e| Error::Internal(format!("the bench worker task failed: {e}")))??;
-    Ok(Drained {
-        first: first.get().copied().unwrap_or(last),
-        last,
-        latencies: Vec::new(),
-    })
+    runs.drain(worker).await
 }
 
 /// Enqueues `n` tasks spread evenly over the many-types phase's types.
@@ -132,19 +146,14 @@ pub(super) async fn warren_drain_beside_limits(
     prefetch: u16,
     concurrency: usize,
 ) -> Result<Drained> {
-    let done = Arc::new(AtomicU64::new(0));
-    let all = Arc::new(Notify::new());
-    let first = Arc::new(OnceLock::new());
-    let (d2, a2, f2) = (done.clone(), all.clone(), first.clone());
+    let runs = Runs::new(n);
+    let r2 = runs.clone();
     let worker = Worker::new(settings)
         .role("bench-limits-worker")
         .prefetch(prefetch)
         .concurrency(concurrency)
         .handle(move |_: BenchTask, _ctx: TaskContext| {
-            f2.get_or_init(Instant::now);
-            if d2.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                a2.notify_one();
-            }
+            r2.ran();
             async { Ok(()) }
         })
         .handle_json(super::LIMITED_AT_ONCE, |_body, _ctx| {
@@ -156,19 +165,7 @@ pub(super) async fn warren_drain_beside_limits(
         .handle_json(super::LIMITED_RATE, |_body, _ctx| {
             Box::pin(async { Ok(None) })
         })?;
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run(stop.clone()));
-    all.notified().await;
-    let last = Instant::now();
-    stop.cancel();
-    running
-        .await
-        .map_err(|e| Error::Internal(format!("the bench worker task failed: {e}")))??;
-    Ok(Drained {
-        first: first.get().copied().unwrap_or(last),
-        last,
-        latencies: Vec::new(),
-    })
+    runs.drain(worker).await
 }
 
 /// Enqueues `n` tasks of each named type.
