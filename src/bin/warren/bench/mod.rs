@@ -134,7 +134,7 @@ pub(crate) async fn command(
         delay_spread: args.delay_spread,
     };
     let terminal = std::io::stderr().is_terminal();
-    let (reps, delays) = run(settings, &opts, |phase| {
+    let (reps, delayed) = run(settings, &opts, |phase| {
         if terminal {
             eprint!("\r\x1b[2K{phase}");
         } else {
@@ -149,11 +149,11 @@ pub(crate) async fn command(
     if args.json {
         // `delays` is null when the phase was skipped (no `--delays`).
         let json = serde_json::json!({"options": opts, "figures": spreads, "ratios": ratios,
-                                      "repetitions": reps, "delays": delays});
+                                      "repetitions": reps, "delays": delayed});
         writeln!(out, "{json}").map_err(write_err)?;
     } else {
         write!(out, "{}", report::report(&opts, &spreads, &ratios)).map_err(write_err)?;
-        write!(out, "{}", report::delays(delays.as_ref())).map_err(write_err)?;
+        write!(out, "{}", delays::text(delayed.as_ref())).map_err(write_err)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -215,23 +215,6 @@ pub(super) fn report(
     out
 }
 
-/// The delays phase as text, or the line that says it was skipped.
-pub(super) fn delays(d: Option<&super::delays::DelayFigures>) -> String {
-    let Some(d) = d else {
-        return "\n  delays at scale: skipped (run with --delays 100000 [--delay-spread 60s])\n"
-            .to_string();
-    };
-    let ladder = match (d.ladder_messages, d.ladder_memory_mib) {
-        (Some(m), Some(mib)) => format!("{m} messages, {mib:.1} MiB"),
-        _ => "not reported (no management API)".to_string(),
-    };
-    format!(
-        "\n  delays at scale: {} tasks delayed 0-{} s, {} ran; late behind their due time: p50 \
-         {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms; the ladder 10 s in: {ladder}\n",
-        d.tasks, d.spread_s, d.ran, d.late_p50_ms, d.late_p90_ms, d.late_p99_ms, d.late_max_ms
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
