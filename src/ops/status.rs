@@ -193,19 +193,27 @@ fn add_limits(row: &mut Row, ns: &str, settings: &Settings, by_name: &BTreeMap<&
     let Some(t) = settings.tasks.get(&row.task) else {
         return;
     };
-    let names = Names::new(ns);
     row.concurrency_limit = t.concurrency_limit;
     row.rate_limit = t.rate_limit.map(|r| r.text());
-    let tokens = match (t.concurrency_limit, t.rate_limit) {
-        (Some(_), _) => names.limit_running(&row.task),
-        (None, Some(_)) => names.limit_starts(&row.task),
-        (None, None) => return,
+    let Some(tokens) = token_queue(&Names::new(ns), settings, &row.task) else {
+        return;
     };
     if let Some(q) = by_name.get(tokens.as_str()) {
         row.consumers = uint(q, &["consumers"]);
         if t.concurrency_limit.is_some() {
             row.limit_in_use = uint(q, &["messages_unacknowledged"]);
         }
+    }
+}
+
+/// The token queue a limited type's workers consume instead of its work queue (concurrency
+/// tokens, else start tokens); `None` for a type without limits in the file.
+fn token_queue(names: &Names, settings: &Settings, task: &str) -> Option<String> {
+    let t = settings.tasks.get(task)?;
+    match (t.concurrency_limit, t.rate_limit) {
+        (Some(_), _) => Some(names.limit_running(task)),
+        (None, Some(_)) => Some(names.limit_starts(task)),
+        (None, None) => None,
     }
 }
 
@@ -310,14 +318,14 @@ fn read_paused(mgmt: &Management, vhost: &str, queue: &str) -> Result<bool> {
         .is_some_and(|r| matches!(r.event, crate::control::events::Event::Pause { .. })))
 }
 
-/// The sum of a figure over several queues: unknown when any of them has not reported it;
-/// 0 over no queue (no worker receives the type: nothing waits anywhere).
 /// The sum of a rate over `queues`: 0.0 for none (a float sum of nothing is -0.0, which
 /// would print as `-0.0/s`).
 fn rate_sum(queues: &[&Value], details: &str) -> Option<f64> {
     sum(queues, |q| rate(q, details)).map(|r| if r > 0.0 { r } else { 0.0 })
 }
 
+/// The sum of a figure over several queues: unknown when any of them has not reported it;
+/// 0 over no queue (no worker receives the type: nothing waits anywhere).
 fn sum<T: std::iter::Sum<T>>(queues: &[&Value], figure: impl Fn(&Value) -> Option<T>) -> Option<T> {
     queues.iter().map(|q| figure(q)).sum()
 }
@@ -400,13 +408,7 @@ pub async fn count_over_amqp(status: &mut Status, settings: &Settings, conn: &la
     };
     for row in &mut status.tasks {
         if row.broadcast_workers.is_none() {
-            let limited = settings.tasks.get(&row.task).and_then(|t| {
-                match (t.concurrency_limit, t.rate_limit) {
-                    (Some(_), _) => Some(names.limit_running(&row.task)),
-                    (None, Some(_)) => Some(names.limit_starts(&row.task)),
-                    (None, None) => None,
-                }
-            });
+            let limited = token_queue(&names, settings, &row.task);
             if let Some((ready, consumers)) = counts.of(&names.work_queue(&row.task)).await {
                 row.ready = Some(ready);
                 // A limited type's workers consume its tokens, not its work queue.

@@ -7,6 +7,7 @@
 //! name this command's flags and subcommands are added here ([`hints`]).
 
 mod bench;
+mod consumers;
 mod control;
 mod demo;
 mod dlq;

@@ -65,6 +65,12 @@ pub(crate) async fn run(
             .await
             .map_err(|e| Error::Management(format!("status query failed: {e}")))??;
         status.broker = broker.clone();
+        // Under `--watch`, a connection the broker closed (a restart) is opened again.
+        if let Some(Some(conn)) = &amqp
+            && !conn.status().connected()
+        {
+            amqp = None;
+        }
         if status.queues > 0 {
             let conn = match &amqp {
                 Some(conn) => conn.as_ref(),

@@ -14,26 +14,10 @@ pub(super) async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-/// Waits until `queue` has a consumer: publishing starts only once the consumer is up, so
-/// start-up is measured by neither side.
+/// Waits (up to 30 s) until `queue` has a consumer: publishing starts only once the consumer
+/// is up, so start-up is measured by neither side.
 pub(super) async fn wait_for_consumer(ch: &Channel, queue: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let q = warren::broker::inspect(ch, queue)
-            .await
-            .map_err(amqp("checking the bench queue"))?;
-        if q.consumer_count() > 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(crate::failure(
-                std::io::ErrorKind::TimedOut,
-                format!("waiting for a consumer on {queue}"),
-                "none appeared within 30 s".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    crate::consumers::wait_for_consumers(ch, queue, 1, Duration::from_secs(30)).await
 }
 
 /// Runs `consumer`; once it consumes from `queue`, runs `publish`. Returns what the consumer

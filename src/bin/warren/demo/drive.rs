@@ -21,6 +21,9 @@ use super::{DemoOptions, DemoTask, Kind, Observed, Summary};
 
 type Seen = Arc<Mutex<Observed>>;
 
+/// How long the demo's workers have to start consuming.
+const WORKERS_UP: Duration = Duration::from_secs(30);
+
 fn lock(seen: &Seen) -> std::sync::MutexGuard<'_, Observed> {
     // Every update is one statement: the state stays consistent across a panic elsewhere.
     seen.lock().unwrap_or_else(|p| p.into_inner())
@@ -42,7 +45,12 @@ pub(super) async fn drive(
     let (dead_ch, dead_watch) = watch_dead(session, names, &seen).await?;
     // Enqueue once every worker consumes: the latency below is a task's wait in the queue,
     // not the workers' start-up (which `warren bench` measures on its own).
-    workers_consuming(session, &names.work_queue("demo"), opts.workers.max(1)).await?;
+    let ch = session.channel().await?;
+    let want = opts.workers.max(1) as u32;
+    let up = crate::consumers::wait_for_consumers(&ch, &names.work_queue("demo"), want, WORKERS_UP)
+        .await;
+    close_channel(&ch, "demo workers up").await;
+    up?;
     let started = Instant::now();
     let planned = enqueue_plan(settings, opts).await;
     let enqueue_secs = started.elapsed().as_secs_f64();
@@ -71,34 +79,6 @@ pub(super) async fn drive(
         latency_ms: crate::stats::percentiles(&mut latencies),
         elapsed_s: elapsed,
     })
-}
-
-/// Waits (up to 30 s) until `queue` has `workers` consumers.
-async fn workers_consuming(session: &Session, queue: &str, workers: usize) -> Result<()> {
-    let ch = session.channel().await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let result = loop {
-        match warren::broker::inspect(&ch, queue).await {
-            Ok(q) if q.consumer_count() as usize >= workers => break Ok(()),
-            Ok(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Ok(q) => {
-                break Err(Error::Internal(format!(
-                    "{} of the demo's {workers} workers consume `{queue}` after 30 s",
-                    q.consumer_count()
-                )));
-            }
-            Err(source) => {
-                break Err(Error::Amqp {
-                    operation: format!("checking `{queue}`"),
-                    source,
-                });
-            }
-        }
-    };
-    close_channel(&ch, "demo workers up").await;
-    result
 }
 
 /// An in-process worker that plays each task's planned part and records how it ended.
