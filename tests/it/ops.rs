@@ -9,6 +9,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use warren::{Producer, Settings, Task, TaskContext, Worker};
 
+use warren::ops::management::enc;
+
 use crate::support::{TempFile, TestBroker, stderr, stdout, take, warren_bin};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,6 +122,54 @@ async fn status_counts_ready_dead_and_delayed_at_once_over_amqp() {
     );
     assert_eq!((&other["ready"], &other["dead"]), (&0.into(), &0.into()));
     producer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_amqp_unreachable_shows_the_management_apis_figures() {
+    // Given 2 ready `job` tasks, and an AMQP URL on which nothing listens (the management API
+    // still answers)
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = applied(&broker).await;
+    let producer = Producer::new(&settings).unwrap();
+    for n in 0..2 {
+        producer.enqueue(&Job { n }).await.unwrap();
+    }
+    producer.close().await;
+    let unreachable = format!("amqp://guest:guest@127.0.0.1:1/{}", enc(&broker.vhost));
+    let env = [
+        ("WARREN_TOPOLOGY", "/dev/null"),
+        ("WARREN_AMQP_URL", unreachable.as_str()),
+        ("WARREN_MANAGEMENT_URL", "http://127.0.0.1:15672"),
+    ];
+    // When `warren status --json` runs until the API's figures are in
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let started = Instant::now();
+        let out = broker.cli_with(&["status", "--json"], &env, None);
+        // Then it does not fail for the AMQP side: it waits at most a few seconds for it and
+        // shows what the management API says
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        let status: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("--json parses");
+        let job = status["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["task"] == "job")
+            .cloned()
+            .unwrap();
+        if job["ready"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API's count never came: {status}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
