@@ -20,7 +20,7 @@ use super::{BenchTask, now_us, padding};
 /// What the delays phase measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DelayFigures {
-    /// Tasks enqueued, and that ran.
+    /// Tasks enqueued.
     pub tasks: u64,
     /// Ran (all of them, unless the phase timed out).
     pub ran: u64,
