@@ -44,6 +44,7 @@ impl Settings {
         let layout = self.layout();
         let mut plan = Plan::build(&layout, tasks);
         plan.add_control(&layout, self.cancel_retention);
+        plan.add_audit(&layout.names);
         for name in names {
             let Some(task) = self.tasks.get(name) else {
                 continue;

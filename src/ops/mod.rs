@@ -2,7 +2,9 @@
 //!
 //! Library functions that return data; printing it is the `warren` binary's job.
 
+pub mod audit;
 pub mod capacity;
+pub mod dead_index;
 pub mod dlq;
 pub mod leftovers;
 pub mod management;

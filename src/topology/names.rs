@@ -135,6 +135,12 @@ impl Names {
         format!("{}.control", self.ns)
     }
 
+    /// `{ns}.console.audit`: the stream of every action taken in `warren console` (who, what,
+    /// when, how many tasks). Dotted, so no task's work queue can have its name.
+    pub fn audit_stream(&self) -> String {
+        format!("{}.console.audit", self.ns)
+    }
+
     /// `{ns}.control.events`: the control stream (cancels, pauses, resumes). Dotted, so no
     /// task's work queue can have its name.
     pub fn control_stream(&self) -> String {

@@ -123,6 +123,28 @@ impl Plan {
         self.lazy.push(queue);
     }
 
+    /// Adds the console's audit stream `{ns}.console.audit` as a queue made on first use (the first
+    /// action an operator takes in `warren console`), kept for a year at most and deleted with
+    /// the namespace (see [`Plan::lazy`]).
+    pub fn add_audit(&mut self, names: &Names) {
+        let queue = Plan::audit_stream(names);
+        self.state.push(queue.name.clone());
+        self.lazy.push(queue);
+    }
+
+    /// The audit stream's declaration (see [`Plan::add_audit`]).
+    pub fn audit_stream(names: &Names) -> QueueDecl {
+        QueueDecl {
+            name: names.audit_stream(),
+            args: vec![
+                ("x-queue-type", ArgValue::Str("stream".into())),
+                ("x-max-age", ArgValue::Str("365D".into())),
+                ("x-max-length-bytes", ArgValue::Int(100_000_000)),
+                ("x-stream-max-segment-size-bytes", ArgValue::Int(1_000_000)),
+            ],
+        }
+    }
+
     /// Adds the control exchange `{ns}.control` (direct) and the control stream of the same
     /// name, bound under [`EVENTS_KEY`], keeping events for `retention`: a worker that starts replays
     /// what it missed from the stream.

@@ -203,6 +203,32 @@ pub(crate) fn replay(task: &str, props: &BasicProperties, body: &[u8], route: Ro
     .copy(&env, headers, route)
 }
 
+/// The copy a dead task is replayed as with `body` in place of its own: a new task (a new
+/// id, since it is not the task that died) that records which one it replays
+/// ([`header::REPLAY_OF`]); otherwise as [`replay`].
+pub(crate) fn replay_edited(
+    task: &str,
+    props: &BasicProperties,
+    body: &[u8],
+    route: Route,
+) -> Outgoing {
+    let mut out = replay(task, props, body, route);
+    let id = new_task_id();
+    let mut headers = out.properties.headers().clone().unwrap_or_default();
+    if let Some(was) = props.message_id() {
+        headers.insert(
+            header::REPLAY_OF.into(),
+            AMQPValue::LongString(was.as_str().into()),
+        );
+    }
+    out.properties = out
+        .properties
+        .with_message_id(id.as_str().into())
+        .with_headers(headers);
+    out.id = id;
+    out
+}
+
 /// `props`' foreign headers (neither the broker's `x-` ones nor Warren's own, which are set
 /// anew) with `env`'s headers over them. `warren-replays` is history rather than state of
 /// this copy: it travels on, so a replayed task that is retried still says it was replayed.

@@ -41,6 +41,9 @@ pub mod header {
     /// Unix ms of the last replay from a dead queue (integer): a cancel from before it no
     /// longer applies.
     pub const REPLAYED_AT: &str = "warren-replayed-at";
+    /// On a dead task replayed with an edited payload: the id of the dead task it replays
+    /// (the edited copy is a task of its own, with a new id).
+    pub const REPLAY_OF: &str = "warren-replay-of";
     /// How many runs a worker's shutdown interrupted (integer; absent means none). Such runs
     /// do not count as attempts, up to the type's `max_interruptions`.
     pub const INTERRUPTED: &str = "warren-interrupted";

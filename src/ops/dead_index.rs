@@ -1,0 +1,613 @@
+//! A dead queue read once into memory, then filtered and paged: what the console browses.
+//!
+//! AMQP cannot look at a message without taking it: every read of a queue is a delivery, and
+//! giving the message back raises a quorum queue's delivery count and, on a quorum queue,
+//! moves it to the back. So a browser must not read the queue per page view. The console
+//! takes one [`Snapshot`] of a dead queue (every message delivered once and all of them
+//! returned at once, in order, by [`super::dlq::snapshot`]), and answers every page, filter
+//! and detail view from it until it is refreshed or an action changes the queue. Warren's dead
+//! queues carry no delivery limit, so the count a snapshot adds drops nothing; and because
+//! the snapshot holds every message before giving any back, the queue's order is kept.
+//!
+//! Memory is bounded: each entry keeps at most [`PAYLOAD_KEEP`] bytes of its body while the
+//! snapshot is within [`PAYLOAD_BUDGET`], and [`BRIEF_KEEP`] bytes after; what was cut is
+//! said on the entry. Filtering and paging are pure and unit-tested.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::types::AMQPValue;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::wire::decode::Death;
+
+/// One dead task as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadTask {
+    /// Task id (`message_id`).
+    pub id: Option<String>,
+    /// `warren-reason`, else the broker's first death reason (`expired`, `delivery_limit`, …).
+    pub reason: Option<String>,
+    /// `warren-error`.
+    pub error: Option<String>,
+    /// `warren-attempt`: runs made.
+    pub attempts: Option<i64>,
+    /// `warren-dead-at`, unix ms; else the broker's death time.
+    pub dead_at_ms: Option<i64>,
+    /// `warren-replays`: times replayed before.
+    pub replays: Option<i64>,
+    /// `warren-worker`: which worker dead-lettered it.
+    pub worker: Option<String>,
+    /// The body as text.
+    pub payload: String,
+}
+
+/// What an operator needs to know about one dead message.
+pub fn describe(props: &BasicProperties, body: &[u8]) -> DeadTask {
+    let death = Death::read(props);
+    DeadTask {
+        id: props.message_id().as_ref().map(|s| s.to_string()),
+        reason: death.reason,
+        error: death.error,
+        attempts: death.attempts,
+        dead_at_ms: death.dead_at_ms,
+        replays: death.replays,
+        worker: death.worker,
+        payload: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+/// Body bytes an entry keeps while the snapshot is within its budget.
+pub const PAYLOAD_KEEP: usize = 64 * 1024;
+/// Body bytes an entry keeps once the snapshot's budget is spent.
+pub const BRIEF_KEEP: usize = 512;
+/// Body bytes one snapshot keeps in all (before entries fall back to [`BRIEF_KEEP`]).
+pub const PAYLOAD_BUDGET: usize = 32 * 1024 * 1024;
+/// Largest page.
+pub const PER_PAGE_MAX: usize = 500;
+
+/// One death in the broker's `x-death` history (newest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerDeath {
+    /// The queue it died in.
+    pub queue: String,
+    /// `rejected`, `expired`, `maxlen`, `delivery_limit`.
+    pub reason: String,
+    /// How many times it died there for that reason.
+    pub count: i64,
+    /// When, unix seconds (the broker's resolution).
+    pub time_s: Option<i64>,
+}
+
+/// One dead message of a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    /// Its place in the queue when the snapshot was taken, from 0 (the next to be delivered).
+    pub position: usize,
+    /// What the operator reads first; `payload` holds the kept bytes only.
+    pub task: DeadTask,
+    /// The whole body's length in bytes.
+    pub payload_bytes: usize,
+    /// The body was cut to fit the snapshot's memory budget (`payload` is its start).
+    pub payload_cut: bool,
+    /// The body is valid UTF-8 (else `payload` is shown lossily and `payload_base64` is exact).
+    pub payload_utf8: bool,
+    /// Every header as text, in name order (`x-death` apart, in [`Entry::broker_deaths`]).
+    pub headers: Vec<(String, String)>,
+    /// The broker's `x-death` history.
+    pub broker_deaths: Vec<BrokerDeath>,
+    /// `correlation_id`, when set.
+    pub correlation_id: Option<String>,
+    /// The message's `timestamp` property, unix seconds.
+    pub timestamp_s: Option<u64>,
+    /// The kept bytes, exact, when the body is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl Entry {
+    /// The entry for one dead message at `position`, keeping at most `keep` body bytes.
+    pub fn read(position: usize, props: &BasicProperties, body: &[u8], keep: usize) -> Entry {
+        let kept = &body[..body.len().min(keep)];
+        let utf8 = std::str::from_utf8(body).is_ok();
+        let mut task = describe(props, kept);
+        // A cut inside a UTF-8 character is not the body's fault.
+        if utf8 && kept.len() < body.len() {
+            task.payload = String::from_utf8_lossy(utf8_prefix(kept)).into_owned();
+        }
+        let mut headers = Vec::new();
+        let mut broker_deaths = Vec::new();
+        if let Some(table) = props.headers() {
+            for (k, v) in table.inner() {
+                if k.as_str() == "x-death" {
+                    broker_deaths = deaths(v);
+                } else {
+                    headers.push((k.to_string(), value_text(v)));
+                }
+            }
+        }
+        headers.sort();
+        Entry {
+            position,
+            task,
+            payload_bytes: body.len(),
+            payload_cut: kept.len() < body.len(),
+            payload_utf8: utf8,
+            headers,
+            broker_deaths,
+            correlation_id: props.correlation_id().as_ref().map(|s| s.to_string()),
+            timestamp_s: *props.timestamp(),
+            payload_base64: (!utf8).then(|| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(kept)
+            }),
+        }
+    }
+
+    /// The body pretty-printed when it is JSON (and was kept whole).
+    pub fn payload_pretty(&self) -> Option<String> {
+        if self.payload_cut {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&self.task.payload).ok()?;
+        serde_json::to_string_pretty(&v).ok()
+    }
+}
+
+/// The longest prefix of `bytes` that is whole UTF-8 characters.
+fn utf8_prefix(bytes: &[u8]) -> &[u8] {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => bytes,
+        Err(e) => &bytes[..e.valid_up_to()],
+    }
+}
+
+/// A header value as an operator reads it.
+fn value_text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::FieldArray(a) => {
+            let items: Vec<String> = a.as_slice().iter().map(value_text).collect();
+            format!("[{}]", items.join(", "))
+        }
+        AMQPValue::FieldTable(t) => {
+            let items: Vec<String> = t
+                .inner()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", value_text(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        other => match crate::wire::decode::as_int(other) {
+            Some(n) => n.to_string(),
+            None => format!("{other:?}"),
+        },
+    }
+}
+
+/// The `x-death` array, newest first.
+fn deaths(v: &AMQPValue) -> Vec<BrokerDeath> {
+    let AMQPValue::FieldArray(items) = v else {
+        return Vec::new();
+    };
+    items
+        .as_slice()
+        .iter()
+        .filter_map(|item| {
+            let AMQPValue::FieldTable(t) = item else {
+                return None;
+            };
+            let get = |k: &str| t.inner().get(k);
+            let text = |k: &str| get(k).map(value_text).unwrap_or_default();
+            Some(BrokerDeath {
+                queue: text("queue"),
+                reason: text("reason"),
+                count: get("count")
+                    .and_then(crate::wire::decode::as_int)
+                    .unwrap_or(0),
+                time_s: match get("time") {
+                    Some(AMQPValue::Timestamp(t)) => i64::try_from(*t).ok(),
+                    Some(other) => crate::wire::decode::as_int(other),
+                    None => None,
+                },
+            })
+        })
+        .collect()
+}
+
+/// How many body bytes the next entry keeps, given what the snapshot kept so far.
+pub fn keep_for(kept_so_far: usize) -> usize {
+    if kept_so_far < PAYLOAD_BUDGET {
+        PAYLOAD_KEEP.min(PAYLOAD_BUDGET - kept_so_far).max(BRIEF_KEEP)
+    } else {
+        BRIEF_KEEP
+    }
+}
+
+/// Every message of one dead queue at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// The queue read.
+    pub queue: String,
+    /// When, unix ms.
+    pub taken_at_ms: i64,
+    /// The messages, in queue order.
+    pub entries: Vec<Entry>,
+    /// Messages the queue held beyond what one snapshot reads ([`super::dlq::SCAN_MAX`]).
+    pub not_read: u64,
+}
+
+impl Snapshot {
+    /// The entry with task id `id` (the first, for a broadcast type's several copies).
+    pub fn find(&self, id: &str) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| e.task.id.as_deref() == Some(id))
+    }
+
+    /// The entries `filter` matches at `now_ms`.
+    pub fn matching<'a>(&'a self, filter: &'a Filter, now_ms: i64) -> impl Iterator<Item = &'a Entry> {
+        self.entries.iter().filter(move |e| filter.matches(e, now_ms))
+    }
+
+    /// The body bytes the snapshot keeps.
+    pub fn kept_bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.task.payload.len()).sum()
+    }
+
+    /// How many entries each reason has, most first (ties by name).
+    pub fn reasons(&self) -> Vec<(String, usize)> {
+        let mut by = std::collections::BTreeMap::<String, usize>::new();
+        for e in &self.entries {
+            *by.entry(e.task.reason.clone().unwrap_or_else(|| "unknown".into()))
+                .or_default() += 1;
+        }
+        let mut v: Vec<_> = by.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+/// Which dead tasks to show or act on. Every field narrows; an empty filter matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Filter {
+    /// Dead for this reason (`failed`, `expired`, `cancelled`, …).
+    pub reason: Option<String>,
+    /// At least this many runs.
+    pub min_attempts: Option<i64>,
+    /// At most this many runs.
+    pub max_attempts: Option<i64>,
+    /// Dead for at least this long.
+    pub older_than: Option<Duration>,
+    /// Dead for at most this long.
+    pub newer_than: Option<Duration>,
+    /// This task id, exactly.
+    pub id: Option<String>,
+    /// Text found in the payload or the error (case-insensitive).
+    pub text: Option<String>,
+}
+
+/// The raw text of a filter, as a query string or a form carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(default)]
+pub struct FilterText {
+    /// See [`Filter::reason`].
+    pub reason: String,
+    /// See [`Filter::min_attempts`].
+    pub min_attempts: String,
+    /// See [`Filter::max_attempts`].
+    pub max_attempts: String,
+    /// See [`Filter::older_than`], a duration (`10m`).
+    pub older_than: String,
+    /// See [`Filter::newer_than`], a duration.
+    pub newer_than: String,
+    /// See [`Filter::id`].
+    pub id: String,
+    /// See [`Filter::text`].
+    pub q: String,
+}
+
+impl FilterText {
+    /// The filter it says.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field, its value and what it takes.
+    pub fn parse(&self) -> Result<Filter> {
+        let opt = |s: &str| Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_string);
+        let int = |name: &str, s: &str| -> Result<Option<i64>> {
+            opt(s)
+                .map(|v| {
+                    v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "{name} `{v}` is not a count; give a whole number ≥ 0"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let dur = |name: &str, s: &str| -> Result<Option<Duration>> {
+            opt(s)
+                .map(|v| {
+                    crate::duration::parse_duration(&v)
+                        .map_err(|e| Error::InvalidInput(format!("{name} `{v}`: {e}")))
+                })
+                .transpose()
+        };
+        let filter = Filter {
+            reason: opt(&self.reason),
+            min_attempts: int("min_attempts", &self.min_attempts)?,
+            max_attempts: int("max_attempts", &self.max_attempts)?,
+            older_than: dur("older_than", &self.older_than)?,
+            newer_than: dur("newer_than", &self.newer_than)?,
+            id: opt(&self.id),
+            text: opt(&self.q),
+        };
+        if let (Some(lo), Some(hi)) = (filter.min_attempts, filter.max_attempts)
+            && lo > hi
+        {
+            return Err(Error::InvalidInput(format!(
+                "min_attempts {lo} is above max_attempts {hi}: nothing could match"
+            )));
+        }
+        Ok(filter)
+    }
+}
+
+impl Filter {
+    /// True when nothing narrows it.
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+
+    /// Whether `entry` passes at `now_ms`. A task without a figure a bound asks about (no
+    /// attempts, no death time) does not pass that bound.
+    pub fn matches(&self, entry: &Entry, now_ms: i64) -> bool {
+        let t = &entry.task;
+        if let Some(r) = &self.reason
+            && t.reason.as_deref().unwrap_or("unknown") != r
+        {
+            return false;
+        }
+        let attempts = t.attempts.unwrap_or(1);
+        if self.min_attempts.is_some_and(|n| attempts < n)
+            || self.max_attempts.is_some_and(|n| attempts > n)
+        {
+            return false;
+        }
+        if self.older_than.is_some() || self.newer_than.is_some() {
+            let Some(at) = t.dead_at_ms else {
+                return false;
+            };
+            let age = Duration::from_millis(u64::try_from(now_ms - at).unwrap_or(0));
+            if self.older_than.is_some_and(|d| age < d) || self.newer_than.is_some_and(|d| age > d)
+            {
+                return false;
+            }
+        }
+        if let Some(id) = &self.id
+            && t.id.as_deref() != Some(id.as_str())
+        {
+            return false;
+        }
+        if let Some(q) = &self.text {
+            let q = q.to_lowercase();
+            let found = t.payload.to_lowercase().contains(&q)
+                || t.error.as_deref().is_some_and(|e| e.to_lowercase().contains(&q));
+            if !found {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Page {
+    /// From 1.
+    pub number: usize,
+    /// Entries per page, 1..=[`PER_PAGE_MAX`].
+    pub per_page: usize,
+}
+
+impl Page {
+    /// The page `page` of `per_page` entries, as a query string gives them (empty = default:
+    /// the first page of 50).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] saying which value is wrong and what it takes.
+    pub fn parse(page: Option<&str>, per_page: Option<&str>) -> Result<Page> {
+        let number = match page.map(str::trim).filter(|s| !s.is_empty()) {
+            None => 1,
+            Some(s) => s.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                Error::InvalidInput(format!("page `{s}` is not a page number; pages count from 1"))
+            })?,
+        };
+        let per_page = match per_page.map(str::trim).filter(|s| !s.is_empty()) {
+            None => 50,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=PER_PAGE_MAX).contains(n))
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "per_page `{s}` is out of range; give 1 to {PER_PAGE_MAX}"
+                    ))
+                })?,
+        };
+        Ok(Page { number, per_page })
+    }
+
+    /// Index of this page's first item.
+    pub fn offset(&self) -> usize {
+        (self.number - 1).saturating_mul(self.per_page)
+    }
+
+    /// Pages `total` items fill (at least 1).
+    pub fn pages(&self, total: usize) -> usize {
+        total.div_ceil(self.per_page).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, FieldTable};
+
+    fn entry(id: &str, reason: &str, attempts: i64, dead_at_ms: i64, body: &str) -> Entry {
+        let mut h = FieldTable::default();
+        h.insert("warren-reason".into(), AMQPValue::LongString(reason.into()));
+        h.insert("warren-attempt".into(), AMQPValue::LongLongInt(attempts));
+        h.insert("warren-dead-at".into(), AMQPValue::LongLongInt(dead_at_ms));
+        h.insert(
+            "warren-error".into(),
+            AMQPValue::LongString(format!("error of {id}").into()),
+        );
+        let props = BasicProperties::default()
+            .with_message_id(id.into())
+            .with_headers(h);
+        Entry::read(0, &props, body.as_bytes(), PAYLOAD_KEEP)
+    }
+
+    fn text(f: impl FnOnce(&mut FilterText)) -> Result<Filter> {
+        let mut t = FilterText::default();
+        f(&mut t);
+        t.parse()
+    }
+
+    #[test]
+    fn each_field_narrows_and_an_empty_filter_matches_all() {
+        let now = 1_000_000;
+        let e = entry("a1", "failed", 3, now - 120_000, r#"{"user":"Ann"}"#);
+        assert!(Filter::default().matches(&e, now));
+        let yes = [
+            text(|t| t.reason = "failed".into()),
+            text(|t| t.min_attempts = "3".into()),
+            text(|t| t.max_attempts = "3".into()),
+            text(|t| t.older_than = "1m".into()),
+            text(|t| t.newer_than = "5m".into()),
+            text(|t| t.id = "a1".into()),
+            text(|t| t.q = "ANN".into()),
+            text(|t| t.q = "error of".into()),
+        ];
+        for f in yes {
+            assert!(f.as_ref().unwrap().matches(&e, now), "{f:?}");
+        }
+        let no = [
+            text(|t| t.reason = "expired".into()),
+            text(|t| t.min_attempts = "4".into()),
+            text(|t| t.max_attempts = "2".into()),
+            text(|t| t.older_than = "5m".into()),
+            text(|t| t.newer_than = "1m".into()),
+            text(|t| t.id = "a".into()),
+            text(|t| t.q = "bob".into()),
+        ];
+        for f in no {
+            assert!(!f.as_ref().unwrap().matches(&e, now), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn bad_filter_values_are_refused_naming_the_field() {
+        let e = text(|t| t.min_attempts = "three".into()).unwrap_err();
+        assert!(e.to_string().contains("min_attempts `three`"), "{e}");
+        let e = text(|t| t.older_than = "soon".into()).unwrap_err();
+        assert!(e.to_string().contains("older_than `soon`"), "{e}");
+        let e = text(|t| {
+            t.min_attempts = "5".into();
+            t.max_attempts = "2".into();
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("nothing could match"), "{e}");
+        assert!(text(|t| t.min_attempts = " ".into()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pages_count_from_one_and_refuse_bad_numbers() {
+        let p = Page::parse(None, None).unwrap();
+        assert_eq!((p.number, p.per_page, p.offset()), (1, 50, 0));
+        let p = Page::parse(Some("3"), Some("20")).unwrap();
+        assert_eq!((p.offset(), p.pages(41), p.pages(0)), (40, 3, 1));
+        for (page, per) in [("0", "10"), ("-1", "10"), ("x", "10"), ("1", "0"), ("1", "501")] {
+            let e = Page::parse(Some(page), Some(per)).unwrap_err();
+            assert!(matches!(e, Error::InvalidInput(_)), "{page} {per}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_cut_body_says_so_and_keeps_whole_characters() {
+        let props = BasicProperties::default();
+        let body = "ééééé".as_bytes();
+        let e = Entry::read(4, &props, body, 3);
+        assert!(e.payload_cut && e.payload_utf8);
+        assert_eq!(e.task.payload, "é");
+        assert_eq!((e.payload_bytes, e.position), (10, 4));
+        assert_eq!(e.payload_pretty(), None);
+        let whole = Entry::read(0, &props, br#"{"a":1}"#, PAYLOAD_KEEP);
+        assert_eq!(whole.payload_pretty().unwrap(), "{\n  \"a\": 1\n}");
+        let binary = Entry::read(0, &props, &[0xff, 0x00], PAYLOAD_KEEP);
+        assert!(!binary.payload_utf8);
+        assert_eq!(binary.payload_base64.as_deref(), Some("/wA="));
+    }
+
+    #[test]
+    fn headers_read_as_text_and_x_death_as_history() {
+        let mut death = FieldTable::default();
+        death.insert("queue".into(), AMQPValue::LongString("ns.mail".into()));
+        death.insert("reason".into(), AMQPValue::LongString("expired".into()));
+        death.insert("count".into(), AMQPValue::LongLongInt(2));
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        let mut h = FieldTable::default();
+        h.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+        );
+        h.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+        h.insert("n".into(), AMQPValue::LongInt(7));
+        let props = BasicProperties::default().with_headers(h);
+        let e = Entry::read(0, &props, b"{}", PAYLOAD_KEEP);
+        assert_eq!(
+            e.headers,
+            vec![("n".into(), "7".into()), ("tenant".into(), "acme".into())]
+        );
+        assert_eq!(
+            e.broker_deaths,
+            vec![BrokerDeath {
+                queue: "ns.mail".into(),
+                reason: "expired".into(),
+                count: 2,
+                time_s: Some(1_700_000_000),
+            }]
+        );
+    }
+
+    #[test]
+    fn the_budget_bounds_what_a_snapshot_keeps() {
+        assert_eq!(keep_for(0), PAYLOAD_KEEP);
+        assert_eq!(keep_for(PAYLOAD_BUDGET - 1000), 1000);
+        assert_eq!(keep_for(PAYLOAD_BUDGET - 10), BRIEF_KEEP);
+        assert_eq!(keep_for(PAYLOAD_BUDGET * 2), BRIEF_KEEP);
+    }
+
+    #[test]
+    fn reasons_are_counted_most_first() {
+        let s = Snapshot {
+            entries: vec![
+                entry("1", "failed", 1, 0, "{}"),
+                entry("2", "expired", 1, 0, "{}"),
+                entry("3", "failed", 1, 0, "{}"),
+            ],
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            s.reasons(),
+            vec![("failed".into(), 2), ("expired".into(), 1)]
+        );
+        assert_eq!(s.find("3").unwrap().task.id.as_deref(), Some("3"));
+        let f = text(|t| t.reason = "failed".into()).unwrap();
+        assert_eq!(s.matching(&f, 0).count(), 2);
+    }
+}
