@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 
@@ -160,7 +163,10 @@ pub async fn follow(session: &Session, names: &Names, trail: &Trail) -> Result<(
         .await
         .map_err(amqp("reading"))?;
     let mut args = FieldTable::default();
-    args.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
     let mut records = ch
         .basic_consume(
             stream.name.as_str().into(),

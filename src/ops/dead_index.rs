@@ -221,7 +221,9 @@ fn deaths(v: &AMQPValue) -> Vec<BrokerDeath> {
 /// How many body bytes the next entry keeps, given what the snapshot kept so far.
 pub fn keep_for(kept_so_far: usize) -> usize {
     if kept_so_far < PAYLOAD_BUDGET {
-        PAYLOAD_KEEP.min(PAYLOAD_BUDGET - kept_so_far).max(BRIEF_KEEP)
+        PAYLOAD_KEEP
+            .min(PAYLOAD_BUDGET - kept_so_far)
+            .max(BRIEF_KEEP)
     } else {
         BRIEF_KEEP
     }
@@ -249,8 +251,14 @@ impl Snapshot {
     }
 
     /// The entries `filter` matches at `now_ms`.
-    pub fn matching<'a>(&'a self, filter: &'a Filter, now_ms: i64) -> impl Iterator<Item = &'a Entry> {
-        self.entries.iter().filter(move |e| filter.matches(e, now_ms))
+    pub fn matching<'a>(
+        &'a self,
+        filter: &'a Filter,
+        now_ms: i64,
+    ) -> impl Iterator<Item = &'a Entry> {
+        self.entries
+            .iter()
+            .filter(move |e| filter.matches(e, now_ms))
     }
 
     /// The body bytes the snapshot keeps.
@@ -395,7 +403,9 @@ impl Filter {
         if let Some(q) = &self.text {
             let q = q.to_lowercase();
             let found = t.payload.to_lowercase().contains(&q)
-                || t.error.as_deref().is_some_and(|e| e.to_lowercase().contains(&q));
+                || t.error
+                    .as_deref()
+                    .is_some_and(|e| e.to_lowercase().contains(&q));
             if !found {
                 return false;
             }
@@ -423,7 +433,9 @@ impl Page {
         let number = match page.map(str::trim).filter(|s| !s.is_empty()) {
             None => 1,
             Some(s) => s.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                Error::InvalidInput(format!("page `{s}` is not a page number; pages count from 1"))
+                Error::InvalidInput(format!(
+                    "page `{s}` is not a page number; pages count from 1"
+                ))
             })?,
         };
         let per_page = match per_page.map(str::trim).filter(|s| !s.is_empty()) {
@@ -531,7 +543,13 @@ mod tests {
         assert_eq!((p.number, p.per_page, p.offset()), (1, 50, 0));
         let p = Page::parse(Some("3"), Some("20")).unwrap();
         assert_eq!((p.offset(), p.pages(41), p.pages(0)), (40, 3, 1));
-        for (page, per) in [("0", "10"), ("-1", "10"), ("x", "10"), ("1", "0"), ("1", "501")] {
+        for (page, per) in [
+            ("0", "10"),
+            ("-1", "10"),
+            ("x", "10"),
+            ("1", "0"),
+            ("1", "501"),
+        ] {
             let e = Page::parse(Some(page), Some(per)).unwrap_err();
             assert!(matches!(e, Error::InvalidInput(_)), "{page} {per}: {e}");
         }

@@ -11,12 +11,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
-use lapin::Channel;
 use serde::Serialize;
 
 use crate::broker::{Session, close_channel};
@@ -106,11 +106,7 @@ async fn fetch_all(session: &Session, queue: &str) -> Result<(Channel, Vec<Deliv
 
 /// Returns every message still unacked on `ch` to its queue: one `nack(multiple)` up to the
 /// highest tag not acked (nacking an acked tag would close the channel).
-async fn requeue_rest(
-    ch: &Channel,
-    messages: &[Delivery],
-    acked: &BTreeSet<u64>,
-) -> Result<()> {
+async fn requeue_rest(ch: &Channel, messages: &[Delivery], acked: &BTreeSet<u64>) -> Result<()> {
     let highest = messages
         .iter()
         .map(|m| m.delivery_tag)
@@ -234,12 +230,7 @@ pub async fn replay(
             report.replayed.push(id);
             continue;
         }
-        let copy = copies::replay(
-            task,
-            &m.properties,
-            &m.data,
-            routes.replay(task),
-        );
+        let copy = copies::replay(task, &m.properties, &m.data, routes.replay(task));
         if republished(producer, m, &id, copy).await? {
             acked.insert(m.delivery_tag);
             report.replayed.push(id);

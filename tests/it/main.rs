@@ -4,6 +4,7 @@ mod bad_input;
 mod broadcast;
 mod chains;
 mod cli;
+mod console;
 mod contract;
 mod control;
 mod examples;

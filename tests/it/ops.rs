@@ -33,7 +33,7 @@ async fn applied(broker: &TestBroker) -> (Settings, lapin::Connection, lapin::Ch
 }
 
 /// Publishes a dead task the way a worker would, into `{ns}.dead`.
-async fn put_dead(ch: &lapin::Channel, task: &str, id: &str, n: u32) {
+pub(crate) async fn put_dead(ch: &lapin::Channel, task: &str, id: &str, n: u32) {
     let mut h = FieldTable::default();
     h.insert("warren-attempt".into(), AMQPValue::LongLongInt(3));
     h.insert(

@@ -7,6 +7,7 @@
 //! name this command's flags and subcommands are added here ([`hints`]).
 
 mod bench;
+mod console;
 mod consumers;
 mod control;
 mod demo;
@@ -112,6 +113,8 @@ pub enum Command {
     /// List a task type's held unique keys, or free one that outlived its task.
     #[command(subcommand)]
     Unique(unique::UniqueCommand),
+    /// Serve the operator console: live counters, dead tasks, controls, audit (web UI).
+    Console(console::ConsoleArgs),
     /// Run the whole thing once: topology, workers, a planned mix of tasks, a summary.
     Demo(demo::DemoArgs),
     /// Measure Warren against a raw lapin baseline on the same broker, in one run.
@@ -250,6 +253,7 @@ async fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Schedules(args) => schedules::list(&settings, args, out).await,
         Command::Dlq(cmd) => dlq::run(&settings, cmd, out).await,
         Command::Unique(cmd) => unique::run(&settings, cmd, topology_file.as_deref(), out).await,
+        Command::Console(args) => console::run(&settings, args).await,
         Command::Demo(args) => demo::command(&settings, args, out).await,
         Command::Bench(args) => bench::command(&settings, args, out).await,
         Command::BenchDrain(args) => bench::drain_command(&settings, args, out).await,

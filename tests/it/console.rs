@@ -1,0 +1,405 @@
+//! `warren console` over HTTP against the real broker: every route, its refusals, and the
+//! dead-task actions counted in the queues.
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use lapin::options::ConfirmSelectOptions;
+
+use crate::ops::put_dead;
+use crate::support::{Reaped, TempFile, TestBroker, stderr, warren_bin};
+
+const OPERATOR: &str = "op-token-0123456789abcdef";
+const VIEWER: &str = "view-token-0123456789abcdef";
+const TOPOLOGY: &str =
+    "max_delay = \"10s\"\nqueue_type = \"classic\"\n[tasks.job]\n[tasks.other]\n";
+
+/// A console on a free loopback port, for `broker`'s vhost.
+struct Console {
+    _child: Reaped,
+    base: String,
+    agent: ureq::Agent,
+    _topology: TempFile,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Console {
+    fn start(broker: &TestBroker, base_path: &str) -> Console {
+        let topology = TempFile::with(TOPOLOGY);
+        let port = free_port();
+        let bind = format!("127.0.0.1:{port}");
+        let mut cmd = warren_bin();
+        cmd.env("WARREN_AMQP_URL", broker.amqp_url())
+            .env("WARREN_NAMESPACE", "t")
+            .env("WARREN_CONSOLE_OPERATOR_TOKEN", OPERATOR)
+            .env("WARREN_CONSOLE_VIEWER_TOKEN", VIEWER)
+            .args(["--topology", topology.as_str(), "console", "--bind", &bind])
+            .args(["--refresh", "500ms"])
+            .args(["--base-path", base_path])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = Reaped::new(cmd.spawn().expect("spawn the console"));
+        let agent = ureq::AgentBuilder::new()
+            .redirects(0)
+            .timeout(Duration::from_secs(20))
+            .build();
+        let base = format!("http://{bind}{}", base_path.trim_end_matches('/'));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent.get(&format!("{base}/api/health")).call().is_err() {
+            assert!(Instant::now() < deadline, "the console never answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Console {
+            _child: child,
+            base,
+            agent,
+            _topology: topology,
+        }
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut req = self.agent.get(&format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        answer(req.call())
+    }
+
+    fn json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = self.get(path, Some(VIEWER));
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// A POST as a browser with a session would send it (same-origin).
+    fn post(&self, path: &str, auth: &Auth, form: &[(&str, &str)]) -> (u16, String) {
+        let mut req = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .set("Sec-Fetch-Site", "same-origin");
+        match auth {
+            Auth::Bearer(t) => req = req.set("Authorization", &format!("Bearer {t}")),
+            Auth::Cookie(c) => req = req.set("Cookie", c),
+        }
+        answer(req.send_form(form))
+    }
+
+    /// Signs in with `token`; the session cookie.
+    fn login(&self, token: &str) -> String {
+        let r = self
+            .agent
+            .post(&format!("{}/login", self.base))
+            .set("Sec-Fetch-Site", "same-origin")
+            .send_form(&[("token", token)])
+            .expect("login answers");
+        assert_eq!(r.status(), 303);
+        let cookie = r
+            .header("set-cookie")
+            .expect("a session cookie")
+            .to_string();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        cookie.split(';').next().unwrap().to_string()
+    }
+
+    fn page(&self, path: &str, cookie: &str) -> String {
+        let r = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .set("Cookie", cookie)
+            .call()
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        r.into_string().unwrap()
+    }
+}
+
+enum Auth<'a> {
+    Bearer(&'a str),
+    Cookie(&'a str),
+}
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("the console did not answer: {e}"),
+    }
+}
+
+/// The CSRF token a page put into its forms.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token");
+    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+#[test]
+fn an_open_console_on_a_network_address_is_refused() {
+    let out = crate::support::run(
+        {
+            let mut cmd = warren_bin();
+            cmd.args(["console", "--bind", "0.0.0.0:0"]);
+            cmd
+        },
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("without auth"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
+    let broker = TestBroker::new();
+    let (_settings, _conn, ch) = broker.applied(TOPOLOGY).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for (i, id) in ["d1", "d2", "d3"].into_iter().enumerate() {
+        put_dead(&ch, "job", id, i as u32).await;
+    }
+    let c = Console::start(&broker, "/warren/");
+    // reading needs a token once tokens are configured
+    assert_eq!(c.get("", None).0, 401);
+    assert_eq!(c.get("/", None).0, 308, "`/warren/` leads to `/warren`");
+    assert_eq!(c.get("/api/overview", None).0, 401);
+    let overview = c.json("/api/overview");
+    assert!(overview.get("polls").is_some(), "{overview}");
+    // unknown type or id: 404; bad paging or filter: 400 with the reason
+    let (code, body) = c.get("/api/tasks/nope/dead", Some(VIEWER));
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no task type `nope`"), "{body}");
+    assert_eq!(c.get("/api/tasks/job/dead/nosuch", Some(VIEWER)).0, 404);
+    for bad in [
+        "page=0",
+        "per_page=9999",
+        "page=x",
+        "min_attempts=many",
+        "older_than=soon",
+    ] {
+        let (code, body) = c.get(&format!("/api/tasks/job/dead?{bad}"), Some(VIEWER));
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    // paging and search by payload text
+    let all = c.json("/api/tasks/job/dead?per_page=2");
+    assert_eq!(
+        (all["total"].as_u64(), all["pages"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(all["entries"].as_array().unwrap().len(), 2);
+    let found = c.json("/api/tasks/job/dead?q=%22n%22%3A2");
+    assert_eq!(found["matching"], 1, "{found}");
+    assert_eq!(found["entries"][0]["task"]["id"], "d3");
+    // browsing removed nothing and kept the order
+    assert_eq!(broker.count(&ch, "t.job.dead").await, 3);
+    let again = c.json("/api/tasks/job/dead?refresh=1");
+    let order: Vec<_> = (again["entries"].as_array().unwrap().iter())
+        .map(|e| e["task"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, ["d1", "d2", "d3"]);
+
+    // refusals: a viewer, another site, a session without the CSRF token
+    let (code, body) = c.post("/tasks/job/dead/d1/replay", &Auth::Bearer(VIEWER), &[]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("viewer"), "{body}");
+    let cross = c
+        .agent
+        .post(&format!("{}/tasks/job/dead/d1/purge", c.base))
+        .set("Authorization", &format!("Bearer {OPERATOR}"))
+        .set("Sec-Fetch-Site", "cross-site")
+        .send_form(&[]);
+    assert_eq!(answer(cross).0, 403);
+    let cookie = c.login(OPERATOR);
+    let (code, body) = c.post("/tasks/job/dead/d1/replay", &Auth::Cookie(&cookie), &[]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("CSRF"), "{body}");
+    assert_eq!(
+        broker.count(&ch, "t.job.dead").await,
+        3,
+        "nothing refused acted"
+    );
+
+    // a viewer's page has no action buttons; an operator's has them
+    let viewer_cookie = c.login(VIEWER);
+    let viewer_page = c.page("/tasks/job/dead/d1", &viewer_cookie);
+    assert!(
+        viewer_page.contains("d1") && !viewer_page.contains("/replay\""),
+        "{viewer_page}"
+    );
+    let page = c.page("/tasks/job/dead/d1", &cookie);
+    assert!(page.contains("/tasks/job/dead/d1/replay\""), "{page}");
+    let csrf = csrf_of(&page);
+
+    // an edited payload that is not JSON: 422 and the reason
+    let (code, body) = c.post(
+        "/tasks/job/dead/d1/replay",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf), ("payload", "{n: 1")],
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("not JSON"), "{body}");
+    // an edited replay: a new task that records what it replays
+    let (code, body) = c.post(
+        "/tasks/job/dead/d1/replay",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf), ("payload", "{\"n\": 99}")],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("the edited task runs as"), "{body}");
+    let msgs = crate::support::take(&ch, "t.job", 1, Instant::now(), Duration::from_secs(10)).await;
+    let props = &msgs[0].1.properties;
+    assert_eq!(msgs[0].1.data, b"{\"n\": 99}");
+    let replay_of = props
+        .headers()
+        .as_ref()
+        .unwrap()
+        .inner()
+        .get("warren-replay-of")
+        .cloned();
+    assert_eq!(
+        replay_of,
+        Some(lapin::types::AMQPValue::LongString("d1".into()))
+    );
+    assert_eq!(broker.count(&ch, "t.job.dead").await, 2);
+    // replaying it again is explained
+    let (code, body) = c.post(
+        "/tasks/job/dead/d1/replay",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("replayed or purged already"), "{body}");
+
+    // purge all that match a filter: counted first, then exactly those
+    let (code, body) = c.post(
+        "/tasks/job/dead-matching",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf), ("action", "purge"), ("reason", "failed")],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("2 dead tasks match"), "{body}");
+    assert_eq!(
+        broker.count(&ch, "t.job.dead").await,
+        2,
+        "counting acts on nothing"
+    );
+    put_dead(&ch, "job", "late", 5).await;
+    let token = {
+        let at = body.find("name=\"confirm\" value=\"").unwrap() + 22;
+        body[at..at + body[at..].find('"').unwrap()].to_string()
+    };
+    let (code, body) = c.post(
+        "/tasks/job/dead-matching",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf), ("confirm", &token)],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("2 dead tasks: purge done"), "{body}");
+    // the task that died after the count is still there
+    let left = c.json("/api/tasks/job/dead?refresh=1");
+    assert_eq!(left["total"], 1, "{left}");
+    assert_eq!(left["entries"][0]["task"]["id"], "late");
+    // a used confirmation is refused
+    let (code, _) = c.post(
+        "/tasks/job/dead-matching",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf), ("confirm", &token)],
+    );
+    assert_eq!(code, 409);
+
+    // every action is in the audit trail, from the broker
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let audit = c.json("/api/audit");
+        let actions: Vec<_> = (audit.as_array().unwrap().iter())
+            .map(|r| {
+                (
+                    r["action"].as_str().unwrap().to_string(),
+                    r["count"].as_u64(),
+                )
+            })
+            .collect();
+        if actions.len() >= 2 {
+            assert_eq!(
+                actions,
+                [
+                    ("purge-matching".to_string(), Some(2)),
+                    ("replay-edited".to_string(), Some(1))
+                ]
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "audit: {audit}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(c.page("/audit", &cookie).contains("purge-matching"));
+    // the pages render
+    for path in ["", "/tasks/job/dead", "/tasks/job/dead?q=late", "/audit"] {
+        let (code, body) = c.get(path, Some(VIEWER));
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let (code, _) = c.get("/assets/console.js", None);
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_viewers_share_one_poll_and_see_a_counter_change_live() {
+    let broker = TestBroker::new();
+    let (settings, _conn, _ch) = broker.applied(TOPOLOGY).await;
+    let c = Console::start(&broker, "");
+    // ten viewers hold an event stream open
+    let streams: Vec<_> = (0..10)
+        .map(|_| {
+            let r = c
+                .agent
+                .get(&format!("{}/events", c.base))
+                .set("Authorization", &format!("Bearer {VIEWER}"))
+                .call()
+                .expect("an event stream");
+            BufReader::new(r.into_reader())
+        })
+        .collect();
+    let polls = |c: &Console| c.json("/api/health")["polls"].as_u64().unwrap();
+    let before = polls(&c);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let made = polls(&c) - before;
+    // one poll per 500 ms refresh, whatever the number of viewers (each polling: 60)
+    assert!(made <= 8, "{made} polls in 3 s with 10 viewers");
+    // an enqueue shows on a viewer's stream without a reload
+    let producer = warren::Producer::new(&settings).unwrap();
+    producer
+        .enqueue_raw("job", b"{}".to_vec(), Default::default())
+        .await
+        .unwrap();
+    producer.close().await;
+    let mut first = streams.into_iter().next().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        first.read_line(&mut line).expect("the stream stays open");
+        if let Some(json) = line.strip_prefix("data:") {
+            let data: serde_json::Value = serde_json::from_str(json).unwrap();
+            let job = (data["rows"].as_array().unwrap().iter())
+                .find(|r| r["task"] == "job")
+                .cloned();
+            if job.is_some_and(|j| j["ready"] == "1") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ready count never reached 1: {line}"
+        );
+    }
+}
