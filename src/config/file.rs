@@ -44,6 +44,16 @@ struct FileSettings {
     tasks: BTreeMap<String, TaskFile>,
     #[serde(default)]
     schedules: BTreeMap<String, toml::Spanned<ScheduleFile>>,
+    #[serde(default)]
+    console: ConsoleFile,
+}
+
+/// `[console]`: what `warren console` hides from viewers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleFile {
+    #[serde(default)]
+    mask: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +221,7 @@ impl FileSettings {
             connect_timeout: self.connect_timeout.unwrap_or(base.connect_timeout),
             heartbeat: self.heartbeat.unwrap_or(base.heartbeat),
             cancel_retention: self.cancel_retention.unwrap_or(base.cancel_retention),
+            console_mask: self.console.mask,
         })
     }
 }

@@ -141,6 +141,9 @@ pub struct Settings {
     /// How long a cancel holds (for tasks not started yet, delayed ones included): the
     /// control stream's `x-max-age`. Defaults to 7 days.
     pub cancel_retention: Duration,
+    /// Payload fields `warren console` masks for viewers (`[console] mask = ["password"]`),
+    /// matched by name at any depth of a JSON payload, case-insensitively.
+    pub console_mask: Vec<String>,
 }
 
 /// Cancel retention when nothing else is configured: a week.
@@ -165,6 +168,7 @@ impl Default for Settings {
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             heartbeat: crate::broker::connect::HEARTBEAT_DEFAULT,
             cancel_retention: CANCEL_RETENTION_DEFAULT,
+            console_mask: Vec::new(),
         }
     }
 }

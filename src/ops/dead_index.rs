@@ -153,6 +153,51 @@ impl Entry {
         let v: serde_json::Value = serde_json::from_str(&self.task.payload).ok()?;
         serde_json::to_string_pretty(&v).ok()
     }
+
+    /// This entry with the values of payload fields named in `fields` replaced by
+    /// [`MASKED`] (at any depth, names compared case-insensitively), for someone who may not
+    /// read them. A payload that cannot be read as JSON (cut, or not JSON) is withheld whole:
+    /// a mask that cannot be applied must not show what it hides.
+    pub fn masked(&self, fields: &[String]) -> Entry {
+        if fields.is_empty() {
+            return self.clone();
+        }
+        let mut e = self.clone();
+        e.payload_base64 = None;
+        let parsed = (!self.payload_cut)
+            .then(|| serde_json::from_str::<serde_json::Value>(&self.task.payload).ok())
+            .flatten();
+        e.task.payload = match parsed {
+            Some(mut v) => {
+                mask_value(&mut v, fields);
+                v.to_string()
+            }
+            None => format!(
+                "{MASKED} ({} bytes, not readable as JSON)",
+                self.payload_bytes
+            ),
+        };
+        e
+    }
+}
+
+/// What a masked value shows.
+pub const MASKED: &str = "•••";
+
+fn mask_value(v: &mut serde_json::Value, fields: &[String]) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, inner) in map.iter_mut() {
+                if fields.iter().any(|f| f.eq_ignore_ascii_case(k)) {
+                    *inner = serde_json::Value::String(MASKED.into());
+                } else {
+                    mask_value(inner, fields);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| mask_value(i, fields)),
+        _ => {}
+    }
 }
 
 /// The longest prefix of `bytes` that is whole UTF-8 characters.
@@ -467,6 +512,33 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masking_hides_named_fields_at_any_depth_and_withholds_what_it_cannot_read() {
+        let mut e = entry(
+            "a",
+            "failed",
+            1,
+            0,
+            r#"{"user":"ann","Password":"pw","card":{"card_number":"4111"},"list":[{"password":"x"}]}"#,
+        );
+        let fields = vec!["password".to_string(), "card_number".to_string()];
+        let m = e.masked(&fields);
+        assert!(
+            !m.task.payload.contains("pw") && !m.task.payload.contains("4111"),
+            "{}",
+            m.task.payload
+        );
+        assert!(
+            !m.task.payload.contains("\"x\"") && m.task.payload.contains("ann"),
+            "{}",
+            m.task.payload
+        );
+        assert_eq!(e.masked(&[]), e);
+        e.task.payload = "password=pw".into();
+        let m = e.masked(&fields);
+        assert!(m.task.payload.starts_with(MASKED) && !m.task.payload.contains("pw"));
+    }
     use lapin::types::{FieldArray, FieldTable};
 
     fn entry(id: &str, reason: &str, attempts: i64, dead_at_ms: i64, body: &str) -> Entry {

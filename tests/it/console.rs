@@ -11,8 +11,7 @@ use crate::support::{Reaped, TempFile, TestBroker, stderr, warren_bin};
 
 const OPERATOR: &str = "op-token-0123456789abcdef";
 const VIEWER: &str = "view-token-0123456789abcdef";
-const TOPOLOGY: &str =
-    "max_delay = \"10s\"\nqueue_type = \"classic\"\n[tasks.job]\n[tasks.other]\n";
+const TOPOLOGY: &str = "max_delay = \"10s\"\nqueue_type = \"classic\"\n[console]\nmask = [\"n\"]\n[tasks.job]\n[tasks.other]\n";
 
 /// A console on a free loopback port, for `broker`'s vhost.
 struct Console {
@@ -73,7 +72,11 @@ impl Console {
     }
 
     fn json(&self, path: &str) -> serde_json::Value {
-        let (code, body) = self.get(path, Some(VIEWER));
+        self.json_as(path, VIEWER)
+    }
+
+    fn json_as(&self, path: &str, token: &str) -> serde_json::Value {
+        let (code, body) = self.get(path, Some(token));
         assert_eq!(code, 200, "{path}: {body}");
         serde_json::from_str(&body).expect("JSON")
     }
@@ -197,9 +200,15 @@ async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
         (Some(3), Some(2))
     );
     assert_eq!(all["entries"].as_array().unwrap().len(), 2);
-    let found = c.json("/api/tasks/job/dead?q=%22n%22%3A2");
+    let (_, found) = c.get("/api/tasks/job/dead?q=%22n%22%3A2", Some(OPERATOR));
+    let found: serde_json::Value = serde_json::from_str(&found).unwrap();
     assert_eq!(found["matching"], 1, "{found}");
     assert_eq!(found["entries"][0]["task"]["id"], "d3");
+    assert_eq!(found["entries"][0]["task"]["payload"], "{\"n\":2}");
+    // `[console] mask = ["n"]`: a viewer sees it masked, and cannot find it by its value
+    let masked = c.json("/api/tasks/job/dead/d3");
+    assert_eq!(masked["task"]["payload"], "{\"n\":\"•••\"}", "{masked}");
+    assert_eq!(c.json("/api/tasks/job/dead?q=%22n%22%3A2")["matching"], 0);
     // browsing removed nothing and kept the order
     assert_eq!(broker.count(&ch, "t.job.dead").await, 3);
     let again = c.json("/api/tasks/job/dead?refresh=1");
@@ -471,7 +480,7 @@ async fn browsing_ten_thousand_dead_tasks_harms_none_and_stays_bounded() {
     // a later page, a search, and a fresh snapshot: the queue keeps its count and its order
     let last = c.json("/api/tasks/job/dead?page=200");
     assert_eq!(last["entries"][49]["task"]["id"], "m09999");
-    let found = c.json("/api/tasks/job/dead?q=%22n%22%3A4242%2C");
+    let found = c.json_as("/api/tasks/job/dead?q=%22n%22%3A4242%2C", OPERATOR);
     assert_eq!(found["matching"], 1, "{}", found["matching"]);
     for _ in 0..3 {
         let again = c.json("/api/tasks/job/dead?refresh=1&per_page=500");

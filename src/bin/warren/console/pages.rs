@@ -289,8 +289,17 @@ pub(crate) struct DeadList {
     pub entries: Vec<Entry>,
 }
 
+/// The payload fields `who` may not read.
+fn mask_for<'a>(c: &'a Shared, who: &Who) -> &'a [String] {
+    match who.is_operator() {
+        true => &[],
+        false => &c.settings.console_mask,
+    }
+}
+
 async fn dead_page(
     c: &Shared,
+    who: &Who,
     task: &str,
     q: &HashMap<String, String>,
 ) -> Answer<(DeadList, FilterText)> {
@@ -299,7 +308,17 @@ async fn dead_page(
     let filter = text.parse()?;
     let snapshot = c.dead.get(c, task, q.contains_key("refresh")).await?;
     let now = now_ms();
-    let matching: Vec<&Entry> = snapshot.matching(&filter, now).collect();
+    // A viewer's search runs over the masked payloads: it must not find what it cannot see.
+    let mask = mask_for(c, who);
+    let masked: Vec<Entry> = match mask.is_empty() {
+        true => Vec::new(),
+        false => snapshot.entries.iter().map(|e| e.masked(mask)).collect(),
+    };
+    let pool: Box<dyn Iterator<Item = &Entry>> = match mask.is_empty() {
+        true => Box::new(snapshot.entries.iter()),
+        false => Box::new(masked.iter()),
+    };
+    let matching: Vec<&Entry> = pool.filter(|e| filter.matches(e, now)).collect();
     let list = DeadList {
         task: task.to_string(),
         taken_at_ms: snapshot.taken_at_ms,
@@ -325,8 +344,8 @@ pub(crate) async fn dead_list_json(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Answer<Response> {
-    c.auth.viewer(&headers)?;
-    let (list, _) = dead_page(&c, &task, &q).await?;
+    let who = c.auth.viewer(&headers)?;
+    let (list, _) = dead_page(&c, &who, &task, &q).await?;
     Ok(Json(list).into_response())
 }
 
@@ -349,7 +368,7 @@ pub(crate) async fn dead_list(
     headers: HeaderMap,
 ) -> Answer<Response> {
     let who = c.auth.viewer(&headers)?;
-    let (list, filter) = dead_page(&c, &task, &q).await?;
+    let (list, filter) = dead_page(&c, &who, &task, &q).await?;
     let query = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(
             [
@@ -374,21 +393,24 @@ pub(crate) async fn dead_list(
     })
 }
 
-async fn dead_entry(c: &Shared, task: &str, id: &str) -> Answer<Entry> {
+async fn dead_entry(c: &Shared, who: &Who, task: &str, id: &str) -> Answer<Entry> {
     declared(c, task)?;
     let mut snapshot = c.dead.get(c, task, false).await?;
     if snapshot.find(id).is_none() {
         // Died since the snapshot? Read the queue again before saying no.
         snapshot = c.dead.get(c, task, true).await?;
     }
-    snapshot.find(id).cloned().ok_or_else(|| {
-        Failure(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no dead `{task}` task has id `{id}`: it was replayed or purged, or never died"
-            ),
-        )
-    })
+    snapshot
+        .find(id)
+        .map(|e| e.masked(mask_for(c, who)))
+        .ok_or_else(|| {
+            Failure(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no dead `{task}` task has id `{id}`: it was replayed or purged, or never died"
+                ),
+            )
+        })
 }
 
 /// `GET /api/tasks/{task}/dead/{id}`
@@ -397,8 +419,8 @@ pub(crate) async fn dead_detail_json(
     Path((task, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Answer<Response> {
-    c.auth.viewer(&headers)?;
-    Ok(Json(dead_entry(&c, &task, &id).await?).into_response())
+    let who = c.auth.viewer(&headers)?;
+    Ok(Json(dead_entry(&c, &who, &task, &id).await?).into_response())
 }
 
 #[derive(Template)]
@@ -419,7 +441,7 @@ pub(crate) async fn dead_detail(
     headers: HeaderMap,
 ) -> Answer<Response> {
     let who = c.auth.viewer(&headers)?;
-    let entry = dead_entry(&c, &task, &id).await?;
+    let entry = dead_entry(&c, &who, &task, &id).await?;
     let pretty = entry.payload_pretty().unwrap_or_default();
     html(&DetailPage {
         base: c.base.clone(),
