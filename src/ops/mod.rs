@@ -12,3 +12,4 @@ pub mod schedules;
 pub mod status;
 pub mod unique;
 pub mod version;
+pub mod workers;

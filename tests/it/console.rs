@@ -6,12 +6,21 @@ use std::time::{Duration, Instant};
 
 use lapin::options::ConfirmSelectOptions;
 
+use serde::{Deserialize, Serialize};
+
 use crate::ops::put_dead;
 use crate::support::{Reaped, TempFile, TestBroker, stderr, warren_bin};
 
 const OPERATOR: &str = "op-token-0123456789abcdef";
 const VIEWER: &str = "view-token-0123456789abcdef";
 const TOPOLOGY: &str = "max_delay = \"10s\"\nqueue_type = \"classic\"\n[console]\nmask = [\"n\"]\n[tasks.job]\n[tasks.other]\n";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Job {}
+
+impl warren::Task for Job {
+    const NAME: &'static str = "job";
+}
 
 /// A console on a free loopback port, for `broker`'s vhost.
 struct Console {
@@ -384,6 +393,27 @@ async fn ten_viewers_share_one_poll_and_see_a_counter_change_live() {
     let made = polls(&c) - before;
     // one poll per 500 ms refresh, whatever the number of viewers (each polling: 60)
     assert!(made <= 8, "{made} polls in 3 s with 10 viewers");
+    // a worker shows on the workers page, from its connection and consumers
+    let worker =
+        warren::Worker::new(&settings).handle(|_: Job, _: warren::TaskContext| async { Ok(()) });
+    let (stop, running) = crate::worker::spawn(worker);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers = c.json("/api/workers");
+        let mine = (workers.as_array().unwrap().iter())
+            .find(|w| w["pid"] == std::process::id())
+            .cloned();
+        if let Some(w) = mine {
+            assert_eq!(w["tasks"][0][0], "job", "{w}");
+            assert_eq!(w["version"], env!("CARGO_PKG_VERSION"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no worker listed: {workers}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(c.get("/workers", Some(VIEWER)).1.contains("job (16)"));
+    stop.cancel();
+    running.await.unwrap().unwrap();
     // an enqueue shows on a viewer's stream without a reload
     let producer = warren::Producer::new(&settings).unwrap();
     producer

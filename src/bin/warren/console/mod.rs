@@ -214,6 +214,8 @@ fn router(console: Shared) -> Router {
         .route("/tasks/{task}/dead-matching", post(actions::matching))
         .route("/tasks/{task}/pause", post(actions::pause))
         .route("/tasks/{task}/resume", post(actions::resume))
+        .route("/workers", get(pages::workers))
+        .route("/api/workers", get(pages::workers_json))
         .route("/audit", get(pages::audit))
         .route("/api/audit", get(pages::audit_json))
         .layer(RequestBodyLimitLayer::new(4 * 1024 * 1024))

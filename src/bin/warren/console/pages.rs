@@ -495,3 +495,38 @@ impl DonePage {
         html(self)
     }
 }
+
+async fn workers_now(c: &Shared) -> Answer<Vec<warren::ops::workers::WorkerRow>> {
+    let settings = c.settings.clone();
+    tokio::task::spawn_blocking(move || {
+        let mgmt = warren::ops::management::Management::from_settings(&settings)?;
+        warren::ops::workers::fetch(&settings, &mgmt)
+    })
+    .await
+    .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(Failure::from)
+}
+
+#[derive(Template)]
+#[template(path = "console/workers.html")]
+struct WorkersPage {
+    base: String,
+    who: Who,
+    workers: Vec<warren::ops::workers::WorkerRow>,
+}
+
+/// `GET /workers`: each connected worker, from its connection and consumers.
+pub(crate) async fn workers(State(c): State<Shared>, headers: HeaderMap) -> Answer<Response> {
+    let who = c.auth.viewer(&headers)?;
+    html(&WorkersPage {
+        base: c.base.clone(),
+        who,
+        workers: workers_now(&c).await?,
+    })
+}
+
+/// `GET /api/workers`
+pub(crate) async fn workers_json(State(c): State<Shared>, headers: HeaderMap) -> Answer<Response> {
+    c.auth.viewer(&headers)?;
+    Ok(Json(workers_now(&c).await?).into_response())
+}
