@@ -13,7 +13,8 @@ use crate::support::{Reaped, TempFile, TestBroker, stderr, warren_bin};
 
 const OPERATOR: &str = "op-token-0123456789abcdef";
 const VIEWER: &str = "view-token-0123456789abcdef";
-const TOPOLOGY: &str = "max_delay = \"10s\"\nqueue_type = \"classic\"\n[console]\nmask = [\"n\"]\n[tasks.job]\n[tasks.other]\n";
+const TOPOLOGY: &str = "max_delay = \"10s\"\nqueue_type = \"classic\"\n[console]\nmask = [\"n\"]\n[tasks.job]\n[tasks.other]\n\
+     [schedules.nightly]\ntask = \"other\"\ncron = \"0 3 * * *\"\npayload = { full = true }\n";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {}
@@ -335,6 +336,26 @@ async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
     );
     assert_eq!(code, 409);
 
+    // a schedule runs now, once, with its payload
+    let (code, body) = c.post(
+        "/schedules/nope/run",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = c.post(
+        "/schedules/nightly/run",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(code, 200, "{body}");
+    let ran =
+        crate::support::take(&ch, "t.other", 1, Instant::now(), Duration::from_secs(10)).await;
+    assert_eq!(ran[0].1.data, b"{\"full\":true}");
+    let listed = c.json("/api/schedules");
+    assert_eq!(listed["schedules"][0]["name"], "nightly", "{listed}");
+    assert!(c.get("/schedules", Some(VIEWER)).1.contains("0 3 * * *"));
+
     // every action is in the audit trail, from the broker
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -347,10 +368,11 @@ async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
                 )
             })
             .collect();
-        if actions.len() >= 2 {
+        if actions.len() >= 3 {
             assert_eq!(
                 actions,
                 [
+                    ("run-schedule".to_string(), Some(1)),
                     ("purge-matching".to_string(), Some(2)),
                     ("replay-edited".to_string(), Some(1))
                 ]

@@ -390,3 +390,38 @@ pub(crate) async fn resume(
 ) -> Answer<Response> {
     set_paused(c, task, headers, form, false).await
 }
+
+/// `POST /schedules/{name}/run`: enqueues the schedule's task with its payload now, once,
+/// besides its own firings (which it does not move).
+pub(crate) async fn run_schedule(
+    State(c): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<Fields>,
+) -> Answer<Response> {
+    let who = c.auth.operator(&headers, field(&form, "csrf"))?;
+    let Some(schedule) = c.settings.schedules.get(&name) else {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("no schedule `{name}` in this console's topology"),
+        ));
+    };
+    let body = serde_json::to_vec(&schedule.payload)
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let producer = Producer::with_role(&c.settings, "console")?;
+    let sent = producer
+        .enqueue_raw(&schedule.task, body, Default::default())
+        .await;
+    producer.close().await;
+    let id = sent?;
+    let mut rec = record(&who, "run-schedule", &schedule.task, &name, 1);
+    rec.detail = format!("task id {id}");
+    audited(&c, rec).await?;
+    done(
+        &c,
+        who,
+        format!("Ran {name} now"),
+        vec![format!("`{}` enqueued as {id}", schedule.task)],
+        format!("{}/schedules", c.base),
+    )
+}

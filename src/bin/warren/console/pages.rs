@@ -530,3 +530,38 @@ pub(crate) async fn workers_json(State(c): State<Shared>, headers: HeaderMap) ->
     c.auth.viewer(&headers)?;
     Ok(Json(workers_now(&c).await?).into_response())
 }
+
+#[derive(Template)]
+#[template(path = "console/schedules.html")]
+struct SchedulesPage {
+    base: String,
+    who: Who,
+    leader: String,
+    rows: Vec<warren::ops::schedules::ScheduleRow>,
+}
+
+/// `GET /schedules`: cadence, next and last firing, the leading scheduler (from the shared
+/// poll).
+pub(crate) async fn schedules(State(c): State<Shared>, headers: HeaderMap) -> Answer<Response> {
+    let who = c.auth.viewer(&headers)?;
+    let figures = c.live.now();
+    let s = figures.status.as_ref().and_then(|s| s.schedules.clone());
+    html(&SchedulesPage {
+        base: c.base.clone(),
+        who,
+        leader: (s.as_ref().and_then(|s| s.leader.clone()))
+            .unwrap_or_else(|| "no scheduler leads now".into()),
+        rows: s.map(|s| s.schedules).unwrap_or_default(),
+    })
+}
+
+/// `GET /api/schedules`
+pub(crate) async fn schedules_json(
+    State(c): State<Shared>,
+    headers: HeaderMap,
+) -> Answer<Response> {
+    c.auth.viewer(&headers)?;
+    let figures = c.live.now();
+    let s = figures.status.as_ref().and_then(|s| s.schedules.clone());
+    Ok(Json(s).into_response())
+}
