@@ -67,7 +67,6 @@ const READ_STALL: Duration = Duration::from_secs(3);
 /// a second). Messages that die while it reads are delivered too and given back with the
 /// rest; it stops at the count the queue had when it started.
 async fn fetch_all(session: &Session, queue: &str) -> Result<(Channel, Vec<Delivery>)> {
-    let amqp = |operation: String| move |source| Error::Amqp { operation, source };
     let ch = session.channel().await?;
     let count = message_count(&ch, queue).await?;
     if count > SCAN_MAX {
@@ -76,10 +75,21 @@ async fn fetch_all(session: &Session, queue: &str) -> Result<(Channel, Vec<Deliv
              purge or replay in the management UI, or with a shovel"
         )));
     }
-    let mut messages = Vec::with_capacity(count as usize);
     if count == 0 {
-        return Ok((ch, messages));
+        return Ok((ch, Vec::new()));
     }
+    let messages = take_up_to(&ch, queue, count as usize).await?;
+    Ok((ch, messages))
+}
+
+/// Up to `n` messages of `queue` delivered on `ch` and held unacked: a consumer that stops at
+/// `n`, or once the broker has sent nothing for [`READ_STALL`], and is then cancelled (those
+/// already sent stay unacked until `requeue_rest` or the channel's close gives them back).
+async fn take_up_to(ch: &Channel, queue: &str, n: usize) -> Result<Vec<Delivery>> {
+    let amqp = |source| Error::Amqp {
+        operation: format!("reading `{queue}`"),
+        source,
+    };
     let mut consumer = ch
         .basic_consume(
             queue.into(),
@@ -88,20 +98,19 @@ async fn fetch_all(session: &Session, queue: &str) -> Result<(Channel, Vec<Deliv
             FieldTable::default(),
         )
         .await
-        .map_err(amqp(format!("reading `{queue}`")))?;
-    while messages.len() < count as usize {
+        .map_err(amqp)?;
+    let mut messages = Vec::with_capacity(n);
+    while messages.len() < n {
         match tokio::time::timeout(READ_STALL, consumer.next()).await {
             Ok(Some(Ok(d))) => messages.push(d),
-            Ok(Some(Err(e))) => return Err(amqp(format!("reading `{queue}`"))(e)),
+            Ok(Some(Err(e))) => return Err(amqp(e)),
             Ok(None) | Err(_) => break,
         }
     }
-    // No more deliveries; those already sent stay unacked until `requeue_rest` or the
-    // channel's close gives them back.
     ch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
         .await
-        .map_err(amqp(format!("reading `{queue}`")))?;
-    Ok((ch, messages))
+        .map_err(amqp)?;
+    Ok(messages)
 }
 
 /// Returns every message still unacked on `ch` to its queue: one `nack(multiple)` up to the
@@ -321,26 +330,7 @@ async fn fetch_first(session: &Session, queue: &str, max: u32) -> Result<(Channe
     ch.basic_qos(prefetch, lapin::options::BasicQosOptions { global: false })
         .await
         .map_err(amqp)?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "warren dead-queue reader".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp)?;
-    let mut messages = Vec::new();
-    while messages.len() < usize::from(prefetch) {
-        match tokio::time::timeout(READ_STALL, consumer.next()).await {
-            Ok(Some(Ok(d))) => messages.push(d),
-            Ok(Some(Err(e))) => return Err(amqp(e)),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    ch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await
-        .map_err(amqp)?;
+    let messages = take_up_to(&ch, queue, usize::from(prefetch)).await?;
     Ok((ch, messages))
 }
 

@@ -356,6 +356,41 @@ async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
     assert_eq!(listed["schedules"][0]["name"], "nightly", "{listed}");
     assert!(c.get("/schedules", Some(VIEWER)).1.contains("0 3 * * *"));
 
+    // pause a type: the shared poll shows it paused; resume
+    let (code, body) = c.post(
+        "/tasks/job/pause",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = c.json("/api/overview");
+        let job = (o["status"]["tasks"].as_array().into_iter().flatten())
+            .find(|r| r["task"] == "job")
+            .cloned();
+        if job.is_some_and(|j| j["paused"] == true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never shown paused: {o}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (code, body) = c.post(
+        "/tasks/job/resume",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        c.post(
+            "/tasks/job/explode",
+            &Auth::Cookie(&cookie),
+            &[("csrf", &csrf)]
+        )
+        .0,
+        404
+    );
+
     // every action is in the audit trail, from the broker
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -368,10 +403,12 @@ async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
                 )
             })
             .collect();
-        if actions.len() >= 3 {
+        if actions.len() >= 5 {
             assert_eq!(
                 actions,
                 [
+                    ("resume".to_string(), Some(0)),
+                    ("pause".to_string(), Some(0)),
                     ("run-schedule".to_string(), Some(1)),
                     ("purge-matching".to_string(), Some(2)),
                     ("replay-edited".to_string(), Some(1))

@@ -344,13 +344,23 @@ pub(crate) async fn matching(
     .answer()
 }
 
-async fn set_paused(
-    c: Shared,
-    task: String,
+/// `POST /tasks/{task}/pause` and `POST /tasks/{task}/resume`
+pub(crate) async fn pause_or_resume(
+    State(c): State<Shared>,
+    Path((task, verb)): Path<(String, String)>,
     headers: HeaderMap,
-    form: Fields,
-    pause: bool,
+    Form(form): Form<Fields>,
 ) -> Answer<Response> {
+    let pause = match verb.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => {
+            return Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("no action `{verb}` for a task type (pause, resume)"),
+            ));
+        }
+    };
     let who = c.auth.operator(&headers, field(&form, "csrf"))?;
     declared(&c, &task)?;
     let producer = Producer::with_role(&c.settings, "console")?;
@@ -369,26 +379,6 @@ async fn set_paused(
         vec![format!("`{task}` {action}d on every worker")],
         format!("{}/", c.base),
     )
-}
-
-/// `POST /tasks/{task}/pause`
-pub(crate) async fn pause(
-    State(c): State<Shared>,
-    Path(task): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<Fields>,
-) -> Answer<Response> {
-    set_paused(c, task, headers, form, true).await
-}
-
-/// `POST /tasks/{task}/resume`
-pub(crate) async fn resume(
-    State(c): State<Shared>,
-    Path(task): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<Fields>,
-) -> Answer<Response> {
-    set_paused(c, task, headers, form, false).await
 }
 
 /// `POST /schedules/{name}/run`: enqueues the schedule's task with its payload now, once,
