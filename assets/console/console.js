@@ -1,6 +1,14 @@
 // Live counters: one EventSource on the console's shared poll. No inline script anywhere
 // (the Content-Security-Policy forbids it); this file is all the script there is.
 (function () {
+  // The cancel form posts to /tasks/{the chosen type}/cancel.
+  var cancel = document.getElementById("cancel");
+  if (cancel) {
+    cancel.addEventListener("submit", function () {
+      var task = document.getElementById("cancel-task").value;
+      cancel.action = cancel.getAttribute("data-action-base") + encodeURIComponent(task) + "/cancel";
+    });
+  }
   var table = document.getElementById("overview");
   if (!table || !window.EventSource) return;
   var base = document.body.getAttribute("data-base") || "";

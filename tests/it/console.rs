@@ -390,6 +390,20 @@ async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
         .0,
         404
     );
+    // cancel by id: no ids is 400; the ids are sent to every worker
+    let (code, _) = c.post(
+        "/tasks/job/cancel",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(code, 400);
+    let (code, body) = c.post(
+        "/tasks/job/cancel",
+        &Auth::Cookie(&cookie),
+        &[("csrf", &csrf), ("ids", "late, gone")],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Cancelled 2"), "{body}");
 
     // every action is in the audit trail, from the broker
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -403,10 +417,11 @@ async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
                 )
             })
             .collect();
-        if actions.len() >= 5 {
+        if actions.len() >= 6 {
             assert_eq!(
                 actions,
                 [
+                    ("cancel".to_string(), Some(2)),
                     ("resume".to_string(), Some(0)),
                     ("pause".to_string(), Some(0)),
                     ("run-schedule".to_string(), Some(1)),

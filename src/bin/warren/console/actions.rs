@@ -344,8 +344,9 @@ pub(crate) async fn matching(
     .answer()
 }
 
-/// `POST /tasks/{task}/pause` and `POST /tasks/{task}/resume`
-pub(crate) async fn pause_or_resume(
+/// `POST /tasks/{task}/pause`, `…/resume`, and `…/cancel` (form field `ids`: task ids
+/// separated by spaces, commas or lines).
+pub(crate) async fn control(
     State(c): State<Shared>,
     Path((task, verb)): Path<(String, String)>,
     headers: HeaderMap,
@@ -354,10 +355,11 @@ pub(crate) async fn pause_or_resume(
     let pause = match verb.as_str() {
         "pause" => true,
         "resume" => false,
+        "cancel" => return cancel(c, task, headers, form).await,
         _ => {
             return Err(Failure(
                 StatusCode::NOT_FOUND,
-                format!("no action `{verb}` for a task type (pause, resume)"),
+                format!("no action `{verb}` for a task type (pause, resume, cancel)"),
             ));
         }
     };
@@ -377,6 +379,37 @@ pub(crate) async fn pause_or_resume(
         who,
         format!("{action}: {task}"),
         vec![format!("`{task}` {action}d on every worker")],
+        format!("{}/", c.base),
+    )
+}
+
+async fn cancel(c: Shared, task: String, headers: HeaderMap, form: Fields) -> Answer<Response> {
+    let who = c.auth.operator(&headers, field(&form, "csrf"))?;
+    declared(&c, &task)?;
+    let ids: Vec<String> = (field(&form, "ids").unwrap_or_default())
+        .split(|ch: char| ch.is_whitespace() || ch == ',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            "give the ids to cancel in `ids`, separated by spaces, commas or lines".into(),
+        ));
+    }
+    let producer = Producer::with_role(&c.settings, "console")?;
+    let sent = producer.cancel(&task, &ids).await;
+    producer.close().await;
+    sent?;
+    audited(&c, record(&who, "cancel", &task, &ids.join(" "), ids.len())).await?;
+    done(
+        &c,
+        who,
+        format!("Cancelled {} `{task}` tasks", ids.len()),
+        vec![format!(
+            "not started ones never start, running ones are stopped; both go dead as `cancelled`: {}",
+            ids.join(", ")
+        )],
         format!("{}/", c.base),
     )
 }

@@ -212,7 +212,7 @@ fn router(console: Shared) -> Router {
         .route("/tasks/{task}/dead/{id}/replay", post(actions::replay_one))
         .route("/tasks/{task}/dead/{id}/purge", post(actions::purge_one))
         .route("/tasks/{task}/dead-matching", post(actions::matching))
-        .route("/tasks/{task}/{verb}", post(actions::pause_or_resume))
+        .route("/tasks/{task}/{verb}", post(actions::control))
         .route("/schedules", get(pages::schedules))
         .route("/api/schedules", get(pages::schedules_json))
         .route("/schedules/{name}/run", post(actions::run_schedule))
