@@ -25,8 +25,9 @@ use crate::producer::Producer;
 use crate::topology::Names;
 use crate::wire::copies;
 
-pub use super::dead_index::{DeadTask, describe};
-use super::dead_index::{Entry, Snapshot, keep_for};
+pub use super::dead_entry::{DeadTask, describe};
+use super::dead_entry::{Entry, keep_for};
+use super::dead_index::Snapshot;
 
 /// Largest dead queue `list`/`replay` will hold in memory at once.
 pub const SCAN_MAX: u32 = 100_000;

@@ -15,7 +15,8 @@ use futures_util::Stream;
 use rust_embed::RustEmbed;
 use serde::Serialize;
 use warren::broker::Session;
-use warren::ops::dead_index::{Entry, FilterText, Page, Snapshot};
+use warren::ops::dead_entry::Entry;
+use warren::ops::dead_index::{FilterText, Page, Snapshot};
 use warren::ops::status::Row;
 use warren::topology::Names;
 
