@@ -74,7 +74,11 @@ pub fn rows(ns: &str, connections: &[Value], consumers: &[Value]) -> Vec<WorkerR
         tasks.sort();
         tasks.dedup();
         let (host, pid) = match host_pid.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().ok()),
+            // `host:pid`, or `host:pid-N` for a worker's further connections
+            Some((h, p)) => (
+                h.to_string(),
+                p.split('-').next().and_then(|p| p.parse().ok()),
+            ),
             None => (host_pid.to_string(), None),
         };
         out.push(WorkerRow {
@@ -120,7 +124,7 @@ mod tests {
     #[test]
     fn workers_come_from_their_connections_and_consumers() {
         let connections = [
-            json!({"name": "10.0.0.5:4711 -> 10.0.0.1:5672", "user_provided_name": "warren worker web-1:42",
+            json!({"name": "10.0.0.5:4711 -> 10.0.0.1:5672", "user_provided_name": "warren worker web-1:42-3",
                    "client_properties": {"version": "0.1.0"}, "peer_host": "10.0.0.5", "connected_at": 1700}),
             json!({"name": "10.0.0.6:1 -> 10.0.0.1:5672", "user_provided_name": "warren producer web-2:7"}),
             json!({"name": "10.0.0.7:1 -> 10.0.0.1:5672", "user_provided_name": "warren worker other-ns:9"}),
