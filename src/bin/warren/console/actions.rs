@@ -8,7 +8,6 @@ use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use warren::broker::Session;
 use warren::ops::audit::AuditRecord;
 use warren::ops::dead_index::FilterText;
 use warren::ops::dlq::{self, Selection};
@@ -69,8 +68,7 @@ async fn audited(c: &Shared, record: AuditRecord) -> Answer<()> {
     let settings = &c.settings;
     let names = Names::new(&settings.namespace);
     let written = async {
-        let session =
-            Session::open(&settings.broker_url(), "console", settings.connect_timeout).await?;
+        let session = c.session().await?;
         let r = warren::ops::audit::record(&session, &names, &record).await;
         session.close("audit record written").await;
         r
@@ -123,12 +121,7 @@ pub(crate) async fn replay_one(
             .map_err(|e| Failure(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     }
     let producer = Producer::with_role(&c.settings, "console")?;
-    let session = Session::open(
-        &c.settings.broker_url(),
-        "console",
-        c.settings.connect_timeout,
-    )
-    .await?;
+    let session = c.session().await?;
     let result = match edited {
         Some(body) => dlq::replay_edited(&session, &producer, &task, &id, body.as_bytes())
             .await
@@ -211,12 +204,7 @@ pub(crate) async fn purge_one(
 }
 
 async fn purge(c: &Shared, task: &str, ids: &BTreeSet<String>) -> Answer<Vec<String>> {
-    let session = Session::open(
-        &c.settings.broker_url(),
-        "console",
-        c.settings.connect_timeout,
-    )
-    .await?;
+    let session = c.session().await?;
     let names = Names::new(&c.settings.namespace);
     let removed = dlq::purge_ids(&session, &names, task, ids).await;
     session.close("purged").await;
@@ -256,12 +244,7 @@ pub(crate) async fn matching(
         let (acted, missing) = match action.as_str() {
             "replay" => {
                 let producer = Producer::with_role(&c.settings, "console")?;
-                let session = Session::open(
-                    &c.settings.broker_url(),
-                    "console",
-                    c.settings.connect_timeout,
-                )
-                .await?;
+                let session = c.session().await?;
                 let r =
                     dlq::replay(&session, &producer, &for_task, &Selection::Ids(ids), false).await;
                 session.close("replayed").await;

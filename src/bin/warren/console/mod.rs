@@ -68,6 +68,15 @@ pub(crate) struct Console {
 
 pub(crate) type Shared = Arc<Console>;
 
+impl Console {
+    /// A session for one read or action, named `warren console host:pid` in the management UI.
+    /// One per request, not one kept open: a broker restart costs the next request nothing.
+    pub async fn session(&self) -> Result<warren::broker::Session> {
+        let s = &self.settings;
+        warren::broker::Session::open(&s.broker_url(), "console", s.connect_timeout).await
+    }
+}
+
 /// A failed request: its status and the reason, shown as text.
 #[derive(Debug)]
 pub(crate) struct Failure(pub StatusCode, pub String);

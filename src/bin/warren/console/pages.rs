@@ -14,7 +14,6 @@ use axum::response::{Html, IntoResponse, Response};
 use futures_util::Stream;
 use rust_embed::RustEmbed;
 use serde::Serialize;
-use warren::broker::Session;
 use warren::ops::dead_entry::Entry;
 use warren::ops::dead_index::{FilterText, Page, Snapshot};
 use warren::ops::status::Row;
@@ -64,8 +63,7 @@ impl DeadCache {
             }
         }
         let settings = &console.settings;
-        let session =
-            Session::open(&settings.broker_url(), "console", settings.connect_timeout).await?;
+        let session = console.session().await?;
         let names = Names::new(&settings.namespace);
         let taken = warren::ops::dlq::snapshot(&session, &names, task).await;
         session.close("snapshot taken").await;
