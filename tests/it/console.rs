@@ -41,6 +41,11 @@ fn free_port() -> u16 {
 
 impl Console {
     fn start(broker: &TestBroker, base_path: &str) -> Console {
+        Console::start_with(broker, base_path, &[])
+    }
+
+    /// As [`Console::start`], with `env` set on top (a broker address that is down).
+    fn start_with(broker: &TestBroker, base_path: &str, env: &[(&str, &str)]) -> Console {
         let topology = TempFile::with(TOPOLOGY);
         let port = free_port();
         let bind = format!("127.0.0.1:{port}");
@@ -54,6 +59,9 @@ impl Console {
             .args(["--base-path", base_path])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = Reaped::new(cmd.spawn().expect("spawn the console"));
         let agent = ureq::AgentBuilder::new()
             .redirects(0)
@@ -169,6 +177,63 @@ fn an_open_console_on_a_network_address_is_refused() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("without auth"), "{}", stderr(&out));
+}
+
+/// With neither AMQP nor the management API answering, the console still serves: the
+/// overview says the last poll failed and why, a read or an action that needs the broker is
+/// 502 with the reason, and nothing is reported done.
+#[test]
+fn with_the_broker_down_the_console_says_so_and_acts_on_nothing() {
+    let broker = TestBroker::new();
+    let down = free_port();
+    let amqp = format!("amqp://guest:guest@127.0.0.1:{down}/%2f");
+    let mgmt = format!("http://127.0.0.1:{down}/");
+    let console = Console::start_with(
+        &broker,
+        "/",
+        &[
+            ("WARREN_AMQP_URL", &amqp),
+            ("WARREN_MANAGEMENT_URL", &mgmt),
+            // Each request retries the connection until this runs out.
+            ("WARREN_CONNECT_TIMEOUT", "2s"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let overview = loop {
+        let o = console.json("/api/overview");
+        if !o["error"].is_null() {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "no failed poll reported: {o}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let why = overview["error"].as_str().unwrap();
+    assert!(why.contains(&format!("127.0.0.1:{down}")), "{why}");
+    assert!(
+        overview["status"].is_null(),
+        "no figures were ever read: {overview}"
+    );
+    let (code, page) = console.get("/", Some(VIEWER));
+    assert_eq!(code, 200);
+    assert!(page.contains("The last poll failed"), "{page}");
+
+    let (code, body) = console.get("/api/tasks/job/dead", Some(VIEWER));
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains(&down.to_string()),
+        "the reason names the address: {body}"
+    );
+    let (code, body) = console.post(
+        "/tasks/job/dead/some-id/replay",
+        &Auth::Bearer(OPERATOR),
+        &[],
+    );
+    assert_eq!(code, 502, "{body}");
+    let (code, body) = console.post("/tasks/job/pause", &Auth::Bearer(OPERATOR), &[]);
+    assert_eq!(code, 502, "{body}");
+    let (code, _) = console.get("/api/health", None);
+    assert_eq!(code, 200, "the console itself stays up");
+    drop(console);
 }
 
 #[tokio::test(flavor = "multi_thread")]
