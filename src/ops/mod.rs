@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod capacity;
+pub mod cluster;
 pub mod dead_entry;
 pub mod dead_index;
 pub mod dlq;

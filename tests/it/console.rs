@@ -246,6 +246,22 @@ async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
     for (i, id) in ["d1", "d2", "d3"].into_iter().enumerate() {
         put_dead(&ch, "job", id, i as u32).await;
     }
+    // a quorum queue in the namespace (the topology's are classic), for the cluster view
+    let mut quorum = lapin::types::FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        "t.probe".into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum,
+    )
+    .await
+    .unwrap();
     let c = Console::start(&broker, "/warren/");
     // reading needs a token once tokens are configured
     assert_eq!(c.get("", None).0, 401);
@@ -253,6 +269,36 @@ async fn routes_answer_refuse_bad_input_and_act_exactly_on_what_they_say() {
     assert_eq!(c.get("/api/overview", None).0, 401);
     let overview = c.json("/api/overview");
     assert!(overview.get("polls").is_some(), "{overview}");
+    // the cluster: this node running, and the one quorum queue of the namespace led by it
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cluster = loop {
+        let o = c.json("/api/overview");
+        if o["cluster"]["quorum"]
+            .as_array()
+            .is_some_and(|q| !q.is_empty())
+        {
+            break o["cluster"].clone();
+        }
+        assert!(Instant::now() < deadline, "no cluster shown: {o}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let node = cluster["nodes"][0]["name"].as_str().unwrap().to_string();
+    assert!(node.starts_with("rabbit@"), "{cluster}");
+    assert_eq!(cluster["nodes"][0]["running"], true, "{cluster}");
+    let quorum = cluster["quorum"].as_array().unwrap();
+    assert_eq!(
+        quorum.len(),
+        1,
+        "only the quorum queue, not the classic ones: {cluster}"
+    );
+    assert_eq!(quorum[0]["queue"], "t.probe");
+    assert_eq!(quorum[0]["leader"], node.as_str());
+    assert_eq!(quorum[0]["online"], serde_json::json!([node]));
+    let (code, page) = c.get("", Some(VIEWER));
+    assert!(
+        code == 200 && page.contains("id=\"quorum\""),
+        "{code}: {page}"
+    );
     // unknown type or id: 404; bad paging or filter: 400 with the reason
     let (code, body) = c.get("/api/tasks/nope/dead", Some(VIEWER));
     assert_eq!(code, 404, "{body}");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
+use warren::ops::cluster::Cluster;
 use warren::ops::management::Management;
 use warren::ops::status::Status;
 use warren::{Result, Settings};
@@ -17,6 +18,8 @@ use warren::{Result, Settings};
 pub(crate) struct Figures {
     /// The status, once one poll answered.
     pub status: Option<Status>,
+    /// Nodes up and each quorum queue's leader and members online, once one poll answered.
+    pub cluster: Option<Cluster>,
     /// Why the last poll failed, when it did (the figures above are then older).
     pub error: Option<String>,
     /// When the last poll answered, unix ms.
@@ -45,23 +48,24 @@ impl Live {
             .ok()
             .map(|v| v.to_string());
         tokio::spawn(async move {
-            let mut last: Option<Status> = None;
+            let mut last: Option<(Status, Cluster)> = None;
             loop {
                 let (s, m) = (settings.clone(), mgmt.clone());
-                let polled =
-                    tokio::task::spawn_blocking(move || warren::ops::status::fetch(&s, &m)).await;
+                let polled = tokio::task::spawn_blocking(move || poll(&s, &m)).await;
                 let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
                 let mut figures = Figures {
-                    status: last.clone(),
+                    status: last.as_ref().map(|l| l.0.clone()),
+                    cluster: last.as_ref().map(|l| l.1.clone()),
                     polls: n,
                     polled_at_ms: now_ms(),
                     ..Figures::default()
                 };
                 match polled {
-                    Ok(Ok(mut status)) => {
+                    Ok(Ok((mut status, cluster))) => {
                         status.broker = broker.clone();
-                        last = Some(status.clone());
+                        last = Some((status.clone(), cluster.clone()));
                         figures.status = Some(status);
+                        figures.cluster = Some(cluster);
                     }
                     Ok(Err(e)) => figures.error = Some(e.to_string()),
                     Err(e) => figures.error = Some(format!("the poll panicked: {e}")),
@@ -89,6 +93,14 @@ impl Live {
     pub fn polls(&self) -> u64 {
         self.polls.load(Ordering::Relaxed)
     }
+}
+
+/// One poll: the namespace's status and its cluster (two more API calls, shared by every
+/// viewer like the rest).
+fn poll(settings: &Settings, mgmt: &Management) -> Result<(Status, Cluster)> {
+    let status = warren::ops::status::fetch(settings, mgmt)?;
+    let cluster = warren::ops::cluster::fetch(mgmt, &status.vhost, &settings.namespace)?;
+    Ok((status, cluster))
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -148,6 +148,7 @@ struct OverviewPage {
     broker: String,
     delayed: String,
     error: Option<String>,
+    cluster: Option<warren::ops::cluster::Cluster>,
     rows: Vec<RowView>,
 }
 
@@ -168,6 +169,7 @@ pub(crate) async fn overview(State(c): State<Shared>, headers: HeaderMap) -> Ans
         broker: status.and_then(|s| s.broker.clone()).unwrap_or_default(),
         delayed: figure(status.and_then(|s| s.delayed)),
         error: figures.error.clone(),
+        cluster: figures.cluster.clone(),
         rows: status
             .map(|s| s.tasks.iter().map(RowView::of).collect())
             .unwrap_or_default(),
