@@ -15,7 +15,8 @@ fn cluster_sh(args: &[&str]) -> String {
     let mut child = std::process::Command::new("scripts/cluster.sh")
         .args(args)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        // its stderr says why it failed (which node did not start, where its log is)
+        .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("scripts/cluster.sh");
     let mut out = String::new();
